@@ -1,0 +1,88 @@
+"""The one place that builds a SparkSession.
+
+On a cluster, spark-submit has already given the session its settings and this factory only adds
+what correctness needs (UTC session time zone, micro-second Parquet timestamps that Delta readers
+expect). In local mode it also sets small-machine defaults, each only when the caller did not set
+it already (``conf/spark/local.conf``, ``--conf spark.x=y`` and ``extra`` win).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from pyspark import SparkConf, SparkContext
+from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+# Needed for correct tables whatever the master: Delta stores timestamps as UTC micro-seconds.
+REQUIRED_CONF: dict[str, str] = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+}
+
+LOCAL_DEFAULTS: dict[str, str] = {
+    "spark.sql.shuffle.partitions": "4",
+    "spark.default.parallelism": "4",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.python.worker.reuse": "true",
+}
+
+TEST_DEFAULTS: dict[str, str] = {
+    "spark.ui.enabled": "false",
+    "spark.sql.shuffle.partitions": "2",
+    "spark.default.parallelism": "2",
+    "spark.driver.memory": "2g",
+    "spark.sql.adaptive.enabled": "false",
+}
+
+
+def build_session(
+    app_name: str = "longtail",
+    *,
+    master: str | None = None,
+    extra: Mapping[str, str] | None = None,
+    for_tests: bool = False,
+) -> SparkSession:
+    """Build (or return the running) SparkSession with longtail's required settings.
+
+    Args:
+        app_name: the application name shown in the Spark UI and logs.
+        master: only for programmatic use (tests, notebooks); spark-submit sets it otherwise.
+        extra: settings that win over the local defaults.
+        for_tests: UI off, two shuffle partitions.
+
+    Example:
+        >>> spark = build_session("longtail-ingest")
+    """
+    # Start (or join, under spark-submit) the JVM first so that SparkConf() sees what spark-submit,
+    # --properties-file and --conf already set; our defaults then fill only the gaps.
+    SparkContext._ensure_initialized()
+    given = SparkConf()
+    master = master or given.get("spark.master", "local[*]")
+    conf: dict[str, str] = {}
+    if master.startswith("local"):
+        conf.update(LOCAL_DEFAULTS)
+        if for_tests:
+            conf.update(TEST_DEFAULTS)
+        conf = {k: v for k, v in conf.items() if not given.contains(k)}
+    conf.update(REQUIRED_CONF)
+    conf.update(extra or {})
+    builder = SparkSession.builder.appName(app_name).master(master)
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    for key, value in REQUIRED_CONF.items():  # a session that already existed keeps its own otherwise
+        spark.conf.set(key, value)
+    spark.sparkContext.setLogLevel(os.environ.get("LONGTAIL_SPARK_LOG_LEVEL", "WARN"))
+    log.info("Spark %s, master %s", spark.version, spark.sparkContext.master)
+    return spark
+
+
+def is_local(spark: SparkSession) -> bool:
+    """True when the session runs in local mode (driver and executors in one JVM)."""
+    return spark.sparkContext.master.startswith("local")
