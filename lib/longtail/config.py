@@ -172,7 +172,11 @@ class RecommendConfig:
     def __post_init__(self) -> None:
         _check(self.k >= 1, "recommend.k", "must be >= 1")
         _check(self.candidates >= self.k, "recommend.candidates", "must be >= recommend.k")
-        _check(self.half_life_days is None or self.half_life_days > 0, "recommend.half_life_days", "must be > 0 or null")
+        _check(
+            self.half_life_days is None or self.half_life_days > 0,
+            "recommend.half_life_days",
+            "must be > 0 or null",
+        )
         _check(self.fusion_k > 0, "recommend.fusion_k", "must be > 0")
         _check(self.popularity_penalty >= 0, "recommend.popularity_penalty", "must be >= 0")
         _check(self.rerank_rounds >= 0, "recommend.rerank_rounds", "must be >= 0")
@@ -193,11 +197,15 @@ class EvaluateConfig:
     report_dir: str | None = None  # None: <lake.root>/reports
 
     def __post_init__(self) -> None:
-        _check(len(self.k) >= 1 and all(k >= 1 for k in self.k), "evaluate.k", "must be a list of integers >= 1")
+        _check(
+            len(self.k) >= 1 and all(k >= 1 for k in self.k), "evaluate.k", "must be a list of integers >= 1"
+        )
         _check(0 < self.test_fraction < 1, "evaluate.test_fraction", "must be in (0, 1)")
         _check(0 < self.head_fraction < 1, "evaluate.head_fraction", "must be in (0, 1)")
         bad = [v for v in self.variants if v not in VARIANTS]
-        _check(not bad and len(self.variants) >= 1, "evaluate.variants", f"allowed: {list(VARIANTS)}; got {bad}")
+        _check(
+            not bad and len(self.variants) >= 1, "evaluate.variants", f"allowed: {list(VARIANTS)}; got {bad}"
+        )
 
 
 @dataclass(frozen=True)
@@ -242,7 +250,9 @@ def join_uri(root: str, *parts: str) -> str:
 
 
 # --- loading -------------------------------------------------------------------------------------
-def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = (), *, base: bool = True) -> Config:
+def load_config(
+    files: Iterable[str | Path] = (), overrides: Iterable[str] = (), *, base: bool = True
+) -> Config:
     """Build a validated :class:`Config` from YAML files and ``a.b=c`` overrides.
 
     Args:
@@ -258,7 +268,9 @@ def load_config(files: Iterable[str | Path] = (), overrides: Iterable[str] = (),
             raise ConfigError("--conf", f"file not found: {path}")
         loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if not isinstance(loaded, dict):
-            raise ConfigError("--conf", f"{path} must hold a mapping of sections, got {type(loaded).__name__}")
+            raise ConfigError(
+                "--conf", f"{path} must hold a mapping of sections, got {type(loaded).__name__}"
+            )
         _deep_merge(tree, loaded)
     for item in overrides:
         key, sep, raw = item.partition("=")
