@@ -166,6 +166,7 @@ class RecommendConfig:
     rerank_rounds: int = 3
     rerank_strength: float = 0.1
     min_tail_share: float = 0.0
+    head_fraction: float = 0.2  # head = the top share of items by interaction count; tail = the rest
     block_users: int = 1024
     block_items: int = 4096
 
@@ -182,6 +183,7 @@ class RecommendConfig:
         _check(self.rerank_rounds >= 0, "recommend.rerank_rounds", "must be >= 0")
         _check(self.rerank_strength >= 0, "recommend.rerank_strength", "must be >= 0")
         _check(0 <= self.min_tail_share <= 1, "recommend.min_tail_share", "must be in [0, 1]")
+        _check(0 < self.head_fraction < 1, "recommend.head_fraction", "must be in (0, 1)")
         _check(self.block_users >= 1, "recommend.block_users", "must be >= 1")
         _check(self.block_items >= 1, "recommend.block_items", "must be >= 1")
 
@@ -192,7 +194,6 @@ class EvaluateConfig:
     test_fraction: float = 0.2
     cutoff: str | None = None  # ISO-8601 time: a global cut-off instead of the per-user fraction
     variants: tuple[str, ...] = VARIANTS
-    head_fraction: float = 0.2
     sweep: tuple[float, ...] = ()  # fusion_k values for the trade-off curve; empty: no sweep
     report_dir: str | None = None  # None: <lake.root>/reports
 
@@ -201,7 +202,6 @@ class EvaluateConfig:
             len(self.k) >= 1 and all(k >= 1 for k in self.k), "evaluate.k", "must be a list of integers >= 1"
         )
         _check(0 < self.test_fraction < 1, "evaluate.test_fraction", "must be in (0, 1)")
-        _check(0 < self.head_fraction < 1, "evaluate.head_fraction", "must be in (0, 1)")
         bad = [v for v in self.variants if v not in VARIANTS]
         _check(
             not bad and len(self.variants) >= 1, "evaluate.variants", f"allowed: {list(VARIANTS)}; got {bad}"
