@@ -1,0 +1,11 @@
+"""spark-submit entry point of the `encode` stage: parse args -> load config -> build session -> run.
+
+Run it through ../spark-submit.sh (encode); all logic lives in the longtail package.
+"""
+
+import sys
+
+from longtail.cli import run_job
+
+if __name__ == "__main__":
+    sys.exit(run_job("encode", sys.argv[1:]))

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# longtail launcher: ./spark-submit.sh [STAGE] [--conf FILE] [--set key=value ...] [spark-submit options]
+# With no stage it runs `pipeline` in local mode on the embedded (generated) sample.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+STAGES="generate-sample ingest encode train recommend evaluate pipeline"
+# spark-submit options that take no value; every other --option passes through with its value.
+SPARK_FLAGS=" --verbose -v --supervise --kill --status --version "
+
+usage() {
+  cat <<EOF
+Usage: ./spark-submit.sh [STAGE] [longtail options] [spark-submit options]
+
+Stages (default: pipeline):
+  generate-sample  write a deterministic synthetic catalogue and interaction log (CSV)
+  ingest           raw items + interactions -> items, interactions, quarantine tables
+  encode           BERT vectors of new or changed item texts -> item_embeddings (MERGE)
+  train            ALS factors and the text-to-CF projection head
+  recommend        fused top-K lists -> recommendations
+  evaluate         time-based hold-out, all variants, metrics table + HTML report
+  pipeline         all stages in order under one run id
+
+longtail options:
+  --conf FILE        a YAML config applied over conf/base.yaml (repeatable)
+  --set KEY=VALUE    override one config key, e.g. --set recommend.k=20 (repeatable)
+  --run-id ID        the run id recorded in the runs table (default: generated)
+  -h, --help         this help
+
+Every other option goes to spark-submit unchanged, e.g. --master yarn, --deploy-mode client,
+--conf spark.executor.memory=8g (a --conf whose value contains '=' is a Spark setting),
+--packages io.delta:delta-spark_2.13:4.0.0, --properties-file FILE, --archives env.tar.gz#environment.
+In local mode (the default, --master local[*]) conf/spark/local.conf is used unless you pass
+--properties-file. With any other master the longtail package is zipped to build/longtail.zip
+and shipped with --py-files.
+
+Environment: LONGTAIL_PYTHON (the Python to use; default .venv/bin/python, else python3),
+SPARK_HOME (use that Spark's spark-submit instead of pyspark's own).
+EOF
+}
+
+stage=""
+ours=()
+spark=()
+master=""
+props=""
+pyfiles=""
+while [[ $# -gt 0 ]]; do
+  arg="$1"
+  case "$arg" in
+    -h|--help) usage; exit 0 ;;
+    --set|--run-id)
+      [[ $# -ge 2 ]] || { echo "spark-submit.sh: $arg needs a value" >&2; exit 2; }
+      ours+=("$arg" "$2"); shift 2 ;;
+    --set=*|--run-id=*) ours+=("$arg"); shift ;;
+    --conf)
+      [[ $# -ge 2 ]] || { echo "spark-submit.sh: --conf needs a value" >&2; exit 2; }
+      if [[ "$2" == *=* ]]; then spark+=("--conf" "$2"); else ours+=("--conf" "$2"); fi
+      shift 2 ;;
+    --master) master="$2"; shift 2 ;;
+    --master=*) master="${arg#--master=}"; shift ;;
+    --properties-file) props="$2"; shift 2 ;;
+    --py-files) pyfiles="$2"; shift 2 ;;
+    -*)
+      if [[ "$SPARK_FLAGS" == *" $arg "* || "$arg" == *=* ]]; then spark+=("$arg"); shift
+      else
+        [[ $# -ge 2 ]] || { echo "spark-submit.sh: $arg needs a value" >&2; exit 2; }
+        spark+=("$arg" "$2"); shift 2
+      fi ;;
+    *)
+      if [[ -z "$stage" && " $STAGES " == *" $arg "* ]]; then stage="$arg"; shift
+      else echo "spark-submit.sh: unknown stage or argument '$arg' (stages: $STAGES; see --help)" >&2; exit 2
+      fi ;;
+  esac
+done
+stage="${stage:-pipeline}"
+
+PY="${LONGTAIL_PYTHON:-}"
+if [[ -z "$PY" ]]; then
+  if [[ -x "$HERE/.venv/bin/python" ]]; then PY="$HERE/.venv/bin/python"; else PY="$(command -v python3)"; fi
+fi
+if [[ -n "${SPARK_HOME:-}" && -x "$SPARK_HOME/bin/spark-submit" ]]; then
+  SUBMIT="$SPARK_HOME/bin/spark-submit"
+else
+  SUBMIT="$("$PY" -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit"))')" || {
+    echo "spark-submit.sh: pyspark is not installed for $PY; run the README's set-up command first" >&2; exit 2; }
+fi
+
+# The master: --master, else spark.master from the properties file, else local mode.
+if [[ -z "$master" && -n "$props" && -f "$props" ]]; then
+  master="$(awk '$1 == "spark.master" {print $2}' "$props" | tail -n 1)"
+fi
+if [[ -z "$master" && -n "${SPARK_CONF_DIR:-}" && -f "$SPARK_CONF_DIR/spark-defaults.conf" ]]; then
+  master="$(awk '$1 == "spark.master" {print $2}' "$SPARK_CONF_DIR/spark-defaults.conf" | tail -n 1)"
+fi
+master="${master:-local[*]}"
+args=(--master "$master")
+
+if [[ "$master" == local* ]]; then
+  args+=(--properties-file "${props:-$HERE/conf/spark/local.conf}")
+  [[ -n "$pyfiles" ]] && args+=(--py-files "$pyfiles")
+else
+  [[ -n "$props" ]] && args+=(--properties-file "$props")
+  # Ship the package to the executors as a zip on --py-files (pure Python: zipimport works).
+  mkdir -p "$HERE/build"
+  "$PY" - "$HERE/lib" "$HERE/build/longtail.zip" <<'PYEOF'
+import os, sys, zipfile
+lib, out = sys.argv[1], sys.argv[2]
+tmp = out + ".tmp"
+with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+    for root, dirs, files in os.walk(os.path.join(lib, "longtail")):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for f in sorted(files):
+            if not f.endswith(".pyc"):
+                p = os.path.join(root, f)
+                z.write(p, os.path.relpath(p, lib))
+os.replace(tmp, out)
+PYEOF
+  args+=(--py-files "$HERE/build/longtail.zip${pyfiles:+,$pyfiles}")
+fi
+
+# The driver imports longtail from lib/; local-mode Python workers inherit this environment.
+export PYTHONPATH="$HERE/lib${PYTHONPATH:+:$PYTHONPATH}"
+export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$PY}"
+export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}"
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+export TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
+
+job="$HERE/jobs/${stage//-/_}.py"
+
+exec "$SUBMIT" "${args[@]}" "${spark[@]}" "$job" "${ours[@]}"

@@ -1,0 +1,91 @@
+"""Config: layering, overrides, and errors that name the key and what is allowed (no Spark)."""
+
+from pathlib import Path
+
+import pytest
+
+from longtail.config import Config, ConfigError, load_config
+
+
+def test_base_yaml_matches_dataclass_defaults():
+    # conf/base.yaml documents every key; it must load and agree with the code's defaults.
+    assert load_config() == Config()
+
+
+def test_contract_keys_and_overrides():
+    cfg = load_config(
+        overrides=[
+            "lake.root=/tmp/x",
+            "input.items=a.csv",
+            "input.interactions=b.parquet",
+            "encoder.model=bert-base-uncased",
+            "recommend.k=20",
+            "evaluate.k=[5, 10]",
+        ]
+    )
+    assert cfg.lake.root == "/tmp/x"
+    assert (cfg.input.items, cfg.input.interactions) == ("a.csv", "b.parquet")
+    assert cfg.encoder.model == "bert-base-uncased"
+    assert cfg.recommend.k == 20
+    assert cfg.evaluate.k == (5, 10)
+    assert cfg.sample_path == "/tmp/x/sample_input"
+
+
+def test_files_layer_in_order_and_overrides_win(tmp_path: Path):
+    a = tmp_path / "a.yaml"
+    a.write_text("recommend: {k: 7, candidates: 50}\nlake: {root: s3a://bucket/lt/}\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("recommend: {k: 8}\n")
+    cfg = load_config([a, b], ["recommend.candidates=60"])
+    assert (cfg.recommend.k, cfg.recommend.candidates) == (8, 60)
+    assert cfg.checkpoint_dir == "s3a://bucket/lt/_checkpoints"
+
+
+def test_config_is_frozen():
+    cfg = load_config()
+    with pytest.raises(AttributeError):
+        cfg.recommend.k = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "says"),
+    [
+        ("recommend.kk=3", "recommend.kk", "unknown key; allowed keys here"),
+        ("nosuch.k=3", "nosuch", "unknown key"),
+        ("recommend.k=ten", "recommend.k", "must be an integer"),
+        ("recommend.k=0", "recommend.k", "must be >= 1"),
+        ("recommend.variant=best", "recommend.variant", "allowed values: ['popular', 'cf', 'content'"),
+        ("lake.engine=spark", "lake.engine", "allowed values: ['auto', 'delta-rs', 'delta-spark']"),
+        ("evaluate.test_fraction=1.5", "evaluate.test_fraction", "must be in (0, 1)"),
+        ("evaluate.k=[10, x]", "evaluate.k[1]", "must be an integer"),
+        ("evaluate.variants=[cf, magic]", "evaluate.variants", "got ['magic']"),
+        ("recommend.centre=maybe", "recommend.centre", "must be true or false"),
+        ("ingest.max_bad_fraction=2", "ingest.max_bad_fraction", "must be in [0, 1]"),
+        ("input.items=only.csv", "input.items", "set input.items and input.interactions together"),
+        ("recommend=3", "recommend", "must be a mapping"),
+        ("recommend.k", "recommend.k", "written key=value"),
+    ],
+)
+def test_errors_name_the_key(override, key, says):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=[override])
+    assert info.value.key == key
+    assert says in str(info.value)
+    assert f"'{key}'" in str(info.value)
+
+
+def test_missing_and_malformed_files(tmp_path: Path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config([tmp_path / "nope.yaml"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config([bad])
+
+
+def test_profiles_in_conf_load():
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    for name in ("local.yaml", "cluster.example.yaml", "gpu.example.yaml"):
+        cfg = load_config([conf / name])
+        assert cfg.lake.root
+    assert load_config([conf / "gpu.example.yaml"]).encoder.device == "cuda"
