@@ -160,7 +160,12 @@ def _pick(df: DataFrame, wanted: str, candidates: tuple[str, ...], what: str) ->
 
 
 # --- items ---------------------------------------------------------------------------------------
-@F.pandas_udf("empty boolean, content_hash string")
+_TEXT_CHECK = T.StructType(
+    [T.StructField("empty", T.BooleanType()), T.StructField("content_hash", T.StringType())]
+)
+
+
+@F.pandas_udf(_TEXT_CHECK)  # type: ignore[call-overload]
 def _text_check(title: pd.Series, description: pd.Series) -> pd.DataFrame:
     texts = [encoder_text(t, d) for t, d in zip(title, description, strict=True)]
     empty = [not encoder_text(None, d) for d in description]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping
 
 from pyspark import SparkConf, SparkContext
@@ -70,6 +71,8 @@ def build_session(
         if for_tests:
             conf.update(TEST_DEFAULTS)
         conf = {k: v for k, v in conf.items() if not given.contains(k)}
+        # Local Python workers run the driver's interpreter (its venv) unless told otherwise.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     conf.update(REQUIRED_CONF)
     conf.update(extra or {})
     builder = SparkSession.builder.appName(app_name).master(master)

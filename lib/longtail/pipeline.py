@@ -1,0 +1,140 @@
+"""`pipeline`: every stage in order under one run id, skipping stages whose outputs are current.
+
+generate-sample (only when no input is configured) -> ingest -> encode -> train -> recommend ->
+evaluate. ``ingest`` and ``encode`` always run: both are incremental and commit nothing when their
+inputs have not changed. ``train``, ``recommend`` and ``evaluate`` are skipped when the `runs` table
+holds a succeeded run of the same stage that read exactly the table versions that are current now,
+under the same settings for that stage (see :data:`SETTINGS`). Each stage prints a progress line
+with its time; the pipeline ends with the headline metrics table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from longtail import schema as S
+from longtail.config import Config
+from longtail.lake import Lake
+from longtail.runs import SUCCEEDED, run_stage
+
+log = logging.getLogger(__name__)
+
+ORDER = ("generate-sample", "ingest", "encode", "train", "recommend", "evaluate")
+# The config sections whose values decide whether a stage's earlier output is still current.
+SETTINGS: dict[str, tuple[str, ...]] = {
+    "train": ("encoder", "train"),
+    "recommend": ("encoder", "train", "recommend"),
+    "evaluate": ("encoder", "train", "recommend", "evaluate"),
+}
+ALWAYS = ("ingest", "encode")  # incremental stages: they find out themselves that nothing changed
+HEADLINE = (
+    ("ndcg", 10, "all"),
+    ("recall", 20, "all"),
+    ("long_tail_coverage", 10, "all"),
+    ("aplt", 10, "all"),
+    ("recall", 20, "cold"),
+)
+
+
+def is_current(spark: SparkSession, lake: Lake, cfg: Config, stage: str) -> bool:
+    """True when a succeeded run of ``stage`` read the table versions current now, with the same
+    settings for that stage. The `runs` table is small (one row per stage run)."""
+    if stage not in SETTINGS or not lake.exists(S.RUNS):
+        return False
+    rows = (
+        lake.read(S.RUNS)
+        .where((F.col("stage") == stage) & (F.col("status") == SUCCEEDED))
+        .orderBy(F.col("finished_at").desc())
+        .limit(1)
+        .collect()
+    )
+    if not rows:
+        return False
+    read = json.loads(rows[0]["tables_read"] or "{}")
+    if not read or any(lake.version(table) != version for table, version in read.items()):
+        return False
+    then = json.loads(rows[0]["config"])
+    now = cfg.to_dict()
+    same = json.loads(json.dumps({k: now[k] for k in SETTINGS[stage]}, default=str))
+    return all(then.get(k) == same[k] for k in SETTINGS[stage])
+
+
+def run(
+    spark: SparkSession, cfg: Config, *, lake: Lake | None = None, run_id: str | None = None
+) -> dict[str, Any]:
+    """Run all stages under ``run_id``; returns each stage's status, time and summary."""
+    from longtail.cli import load_stage_module
+    from longtail.runs import new_run_id
+
+    run_id = run_id or new_run_id()
+    stages = [s for s in ORDER if s != "generate-sample" or cfg.input.items is None]
+    out: dict[str, Any] = {"run_id": run_id, "stages": {}}
+    t_all = time.perf_counter()
+    for i, stage in enumerate(stages, 1):
+        stage_lake = Lake(spark, cfg.lake.root, cfg.lake.engine)  # fresh: reads/writes per stage
+        prefix = f"[{i}/{len(stages)}] {stage:<15}"
+        if stage not in ALWAYS and is_current(spark, stage_lake, cfg, stage):
+            _progress(f"{prefix} skipped (outputs current)")
+            out["stages"][stage] = {"status": "skipped"}
+            continue
+        fn: Callable[..., dict[str, Any]] = load_stage_module(stage).run
+        record = run_stage(spark, cfg, stage, fn, run_id=run_id, lake=stage_lake)
+        _progress(f"{prefix} done in {record.seconds:7.1f} s  {_short(record.summary)}")
+        out["stages"][stage] = {
+            "status": record.status,
+            "seconds": round(record.seconds, 1),
+            "summary": record.summary,
+        }
+    out["seconds"] = round(time.perf_counter() - t_all, 1)
+    table = headline_table(lake or Lake(spark, cfg.lake.root, cfg.lake.engine), run_id)
+    if table:
+        _progress("\n" + table)
+    _progress(f"pipeline {run_id} finished in {out['seconds']:.1f} s; lake: {cfg.lake.root}")
+    return out
+
+
+def headline_table(lake: Lake, run_id: str) -> str:
+    """The headline metrics of ``run_id`` as a fixed-width table (variants x headline metrics),
+    read from the `metrics` table; empty when the run wrote no metrics."""
+    if not lake.exists(S.METRICS):
+        return ""
+    wanted = F.lit(False)
+    for metric, k, segment in HEADLINE:
+        wanted = wanted | ((F.col(S.METRIC) == metric) & (F.col(S.K) == k) & (F.col(S.SEGMENT) == segment))
+    rows = lake.read(S.METRICS).where((F.col(S.RUN_ID) == run_id) & wanted).collect()  # <= 5 x variants
+    if not rows:
+        return ""
+    values = {(r[S.VARIANT], r[S.METRIC], r[S.K], r[S.SEGMENT]): r[S.VALUE] for r in rows}
+    variants = sorted({r[S.VARIANT] for r in rows}, key=_variant_order)
+    names = [f"{m}@{k}" + ("" if seg == "all" else f" ({seg})") for m, k, seg in HEADLINE]
+    width = max(len(n) for n in names) + 2
+    lines = ["variant".ljust(14) + "".join(n.rjust(width) for n in names)]
+    for v in variants:
+        cells = []
+        for m, k, seg in HEADLINE:
+            value = values.get((v, m, k, seg))
+            cells.append(("-" if value is None else f"{value:.4f}").rjust(width))
+        lines.append(v.ljust(14) + "".join(cells))
+    return "\n".join(lines)
+
+
+def _variant_order(v: str) -> int:
+    order = ("popular", "cf", "content", "fused", "fused_rerank")
+    return order.index(v) if v in order else len(order)
+
+
+def _short(summary: dict[str, Any]) -> str:
+    text = json.dumps(summary, default=str)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _progress(line: str) -> None:
+    print(line, flush=True)
+    log.info(line)
