@@ -126,6 +126,10 @@ export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
 
+# Pre-flight: validate the arguments and the config before any JVM starts.
+PYTHONPATH="$PYTHONPATH" "$PY" -c 'import sys; from longtail.cli import check_args; sys.exit(check_args(sys.argv[1], sys.argv[2:]))' \
+  "$stage" "${ours[@]}" || exit $?
+
 job="$HERE/jobs/${stage//-/_}.py"
 
 exec "$SUBMIT" "${args[@]}" "${spark[@]}" "$job" "${ours[@]}"

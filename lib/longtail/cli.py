@@ -77,6 +77,20 @@ def load_stage_module(stage: str) -> Any:
         raise
 
 
+def check_args(stage: str, argv: Sequence[str]) -> int:
+    """Validate a job's arguments and config without starting anything (the launcher's pre-flight).
+
+    Returns 0, or 2 after printing the error: a bad key costs no JVM start-up, let alone cluster time.
+    """
+    args = parser(stage).parse_args(argv)
+    try:
+        load_config(args.conf, args.set)
+    except ConfigError as exc:
+        print(f"longtail: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def run_job(stage: str, argv: Sequence[str] | None = None) -> int:
     """Parse arguments, validate the config, build the session, run the stage, stop the session."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
