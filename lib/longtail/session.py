@@ -37,7 +37,6 @@ TEST_DEFAULTS: dict[str, str] = {
     "spark.ui.enabled": "false",
     "spark.sql.shuffle.partitions": "2",
     "spark.default.parallelism": "2",
-    "spark.driver.memory": "2g",
     "spark.sql.adaptive.enabled": "false",
 }
 
@@ -64,7 +63,7 @@ def build_session(
     # --properties-file and --conf already set; our defaults then fill only the gaps.
     SparkContext._ensure_initialized()
     given = SparkConf()
-    master = master or given.get("spark.master", "local[*]")
+    master = master or given.get("spark.master") or "local[*]"
     conf: dict[str, str] = {}
     if master.startswith("local"):
         conf.update(LOCAL_DEFAULTS)
@@ -88,4 +87,4 @@ def build_session(
 
 def is_local(spark: SparkSession) -> bool:
     """True when the session runs in local mode (driver and executors in one JVM)."""
-    return spark.sparkContext.master.startswith("local")
+    return (spark.sparkContext.master or "").startswith("local")
