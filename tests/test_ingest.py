@@ -159,7 +159,7 @@ def test_too_much_bad_input_fails_and_leaves_tables(spark, lake_root, inputs):
         ingest(spark, _cfg(lake_root, *inputs), run_id="r1")
     lake = Lake(spark, lake_root)
     assert not lake.exists(S.ITEMS) and not lake.exists(S.INTERACTIONS)
-    assert lake.read(S.QUARANTINE).count() == 15  # the failure can be inspected
+    assert lake.read(S.QUARANTINE).count() == 5 + 9  # the failure can be inspected
 
 
 def test_json_lines_and_parquet_inputs(spark, lake_root, tmp_path):
