@@ -885,11 +885,11 @@ class _DeltaSparkEngine(_Engine):
         try:
             yield
         finally:
-            for k, v in old.items():
-                if v is None:
+            for k, previous in old.items():
+                if previous is None:
                     self.spark.conf.unset(k)
                 else:
-                    self.spark.conf.set(k, v)
+                    self.spark.conf.set(k, previous)
 
     def _txn_confs(self, txn: Txn | None) -> dict[str, str]:
         confs = {self._NO_DV: "false"}
