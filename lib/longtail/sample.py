@@ -239,18 +239,19 @@ def generate_frames(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
         weights = rng.dirichlet(np.ones(k))
         n = max(2, int(rng.lognormal(np.log(s.interactions_per_user), 0.6)))
         start = int(rng.integers(0, span // 2))
-        times = np.sort(rng.integers(start, span, size=n))
-        seen: set[int] = set()
-        for t in times:
+        chosen: list[int] = []
+        for _ in range(4 * n):  # distinct items; popular ones are often drawn twice
+            if len(chosen) == n:
+                break
             topic_idx = prefs[rng.choice(k, p=weights)] if rng.random() < 0.9 else rng.integers(n_topics)
             pool = by_topic[topic_idx]
             if len(pool) == 0:
                 continue
-            p = pop[pool] / pop[pool].sum()
-            item = int(pool[rng.choice(len(pool), p=p)])
-            if item in seen:
-                continue
-            seen.add(item)
+            item = int(pool[rng.choice(len(pool), p=pop[pool] / pop[pool].sum())])
+            if item not in chosen:
+                chosen.append(item)
+        times = np.sort(rng.integers(start, span, size=len(chosen)))
+        for item, t in zip(chosen, times, strict=True):
             rating = float(np.clip(np.round(rng.normal(3.8, 0.9) * 2) / 2, 0.5, 5.0))
             inter_rows.append((f"u{u:05d}", f"i{item:06d}", _T0 + int(t), rating))
     interactions = pd.DataFrame(inter_rows, columns=["user_id", "item_id", "timestamp", "rating"])
