@@ -1,0 +1,87 @@
+"""The runs table and the pipeline's "outputs are current" check."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from longtail import schema as S
+from longtail.config import load_config
+from longtail.lake import Lake
+from longtail.pipeline import headline_table, is_current
+from longtail.runs import FAILED, SUCCEEDED, run_stage
+
+pytestmark = pytest.mark.spark
+
+
+def _copy_stage(spark, cfg, *, lake, run_id):
+    # A stand-in stage with real I/O: reads `interactions`, writes `items`.
+    n = lake.read(S.INTERACTIONS).count()
+    lake.overwrite(S.ITEMS, spark.createDataFrame([(str(n),)], "item_id string"))
+    return {"n": n}
+
+
+def _failing_stage(spark, cfg, *, lake, run_id):
+    lake.read(S.INTERACTIONS).count()
+    raise ValueError("boom")
+
+
+def test_runs_rows_record_status_versions_and_config(spark, lake_root):
+    cfg = load_config(overrides=[f"lake.root={lake_root}", "recommend.k=7"])
+    lake = Lake(spark, lake_root)
+    lake.overwrite(S.INTERACTIONS, spark.createDataFrame([("u", "i")], "user_id string, item_id string"))
+    lake.append(S.INTERACTIONS, spark.createDataFrame([("u", "j")], "user_id string, item_id string"))
+
+    record = run_stage(spark, cfg, "train", _copy_stage, run_id="run-1")
+    assert record.status == SUCCEEDED and record.summary == {"n": 2}
+    with pytest.raises(ValueError, match="boom"):
+        run_stage(spark, cfg, "recommend", _failing_stage, run_id="run-1")
+
+    rows = {r["stage"]: r for r in Lake(spark, lake_root).read(S.RUNS).collect()}
+    ok, bad = rows["train"], rows["recommend"]
+    assert (ok["run_id"], ok["status"], ok["message"]) == ("run-1", SUCCEEDED, None)
+    assert json.loads(ok["tables_read"]) == {S.INTERACTIONS: 1}
+    assert json.loads(ok["tables_written"]) == {S.ITEMS: 0}
+    assert json.loads(ok["config"])["recommend"]["k"] == 7
+    assert ok["finished_at"] >= ok["started_at"]
+    assert (bad["status"], bad["message"]) == (FAILED, "ValueError: boom")
+    assert json.loads(bad["tables_written"]) == {}
+
+
+def test_is_current_follows_table_versions_and_settings(spark, lake_root):
+    cfg = load_config(overrides=[f"lake.root={lake_root}"])
+    lake = Lake(spark, lake_root)
+    lake.overwrite(S.INTERACTIONS, spark.createDataFrame([("u", "i")], "user_id string, item_id string"))
+    assert not is_current(spark, lake, cfg, "train")  # never ran
+    run_stage(spark, cfg, "train", _copy_stage, run_id="r1")
+    assert is_current(spark, Lake(spark, lake_root), cfg, "train")
+    # Another recommend setting does not make train stale; another train setting does.
+    assert is_current(
+        spark, lake, load_config(overrides=[f"lake.root={lake_root}", "recommend.k=3"]), "train"
+    )
+    assert not is_current(
+        spark, lake, load_config(overrides=[f"lake.root={lake_root}", "train.als.rank=8"]), "train"
+    )
+    # A new version of an input table makes it stale.
+    lake.append(S.INTERACTIONS, spark.createDataFrame([("u", "j")], "user_id string, item_id string"))
+    assert not is_current(spark, lake, cfg, "train")
+    assert not is_current(spark, lake, cfg, "ingest")  # incremental stages always run
+
+
+def test_headline_table(spark, lake_root):
+    lake = Lake(spark, lake_root)
+    rows = [
+        ("r", "cf", "ndcg", 10, "all", 0.125),
+        ("r", "cf", "recall", 20, "cold", 0.0),
+        ("r", "fused", "ndcg", 10, "all", 0.12),
+        ("r", "fused", "long_tail_coverage", 10, "all", 0.25),
+        ("other", "cf", "ndcg", 10, "all", 0.9),
+        ("r", "cf", "ndcg", 20, "all", 0.5),
+    ]
+    lake.append(S.METRICS, spark.createDataFrame(rows, S.METRICS_SCHEMA))
+    lines = headline_table(lake, "r").splitlines()
+    assert lines[0].split()[:3] == ["variant", "ndcg@10", "recall@20"]
+    assert lines[1].split() == ["cf", "0.1250", "-", "-", "-", "0.0000"]
+    assert lines[2].split() == ["fused", "0.1200", "-", "0.2500", "-", "-"]
+    assert headline_table(lake, "missing") == ""
