@@ -13,13 +13,16 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet
 import pytest
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from longtail import lake as lake_mod
 from longtail.config import load_config
 from longtail.lake import (
+    CommitConflictError,
     DuplicateKeysError,
     Lake,
     LakeError,
@@ -240,6 +243,66 @@ def test_txn_makes_a_retried_write_a_no_op(spark, lake_root):
     assert lake.version("t") == 1 and _rows(lake.read("t")) == sorted(ROWS[:2])
     assert lake.txn_version("t", "other-app") is None
     assert lake.merge("t", _df(spark, ROWS[2:]), ["id"], txn=("stage-x", 3)) == 2
+
+
+def test_a_concurrent_conflicting_commit_fails_cleanly(spark, lake_root, monkeypatch):
+    lake, other = Lake(spark, lake_root), Lake(spark, lake_root)
+    lake.overwrite("t", _df(spark, ROWS[:2]))  # v0: one file holding a, b
+    real = lake_mod._DeltaRsEngine._files_matching
+
+    def meanwhile(self, *args, **kwargs):  # another writer deletes b after our merge read the file
+        found = real(self, *args, **kwargs)
+        assert other.delete("t", "id = 'b'") == 1
+        return found
+
+    monkeypatch.setattr(lake_mod._DeltaRsEngine, "_files_matching", meanwhile)
+    with pytest.raises(CommitConflictError, match="concurrent transaction deleted data"):
+        lake.merge("t", _df(spark, [("a", None, 10.0, None)]), ["id"])
+    monkeypatch.undo()
+    # the other writer's commit stands, ours left nothing: its staged folders are gone
+    assert lake.version("t") == 1 and _rows(lake.read("t")) == [ROWS[0]]
+    assert len(_data_folders(lake.path("t"))) == 2  # v0's folder and the delete's rewrite
+
+
+def test_concurrent_appends_both_commit(spark, lake_root, monkeypatch):
+    lake, other = Lake(spark, lake_root), Lake(spark, lake_root)
+    lake.overwrite("t", _df(spark, ROWS[:1]))
+    real = lake_mod._Stage.write
+    calls: list[int | None] = []
+
+    def meanwhile(self, df):
+        files = real(self, df)
+        if not calls:  # only the first write: the other writer's own write passes straight through
+            calls.append(None)
+            calls[0] = other.append("t", _df(spark, ROWS[1:2]))
+        return files
+
+    monkeypatch.setattr(lake_mod._Stage, "write", meanwhile)
+    assert lake.append("t", _df(spark, ROWS[2:])) == 2  # committed after the other's version 1
+    assert calls == [1] and _rows(lake.read("t")) == sorted(ROWS)
+
+
+def test_row_counts_from_spark_match_the_footers(spark, lake_root):
+    # the fallback for stores pyarrow cannot open (remote URIs without credentials in the env)
+    stage = lake_mod._Stage(spark, os.path.join(lake_root, "s"))
+    files = stage.write(_df(spark, ROWS, 2))  # slices: [a], [b, c]
+    names = [f.rel_path.split("/")[1] for f in files]
+    counts = stage._spark_counts(stage.folders[0], names)
+    assert sorted(c for c, _ in counts.values()) == [1, 2]
+    assert {n: c for n, (c, _) in counts.items()} == {f.rel_path.split("/")[1]: f.num_records for f in files}
+    stage.discard()
+    assert not os.path.exists(stage.folders[0])
+
+
+def test_legacy_int96_timestamps_are_not_written(spark, lake_root):
+    spark.conf.set("spark.sql.parquet.outputTimestampType", "INT96")
+    try:
+        Lake(spark, lake_root).overwrite("t", _df(spark, ROWS[:1]))
+    finally:
+        assert spark.conf.get("spark.sql.parquet.outputTimestampType") == "TIMESTAMP_MICROS"
+        spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    f = DeltaTable(os.path.join(lake_root, "t")).file_uris()[0]
+    assert pa.parquet.read_schema(f).field("ts").type == pa.timestamp("us", tz="UTC")
 
 
 def test_tables_read_the_same_through_deltalake(spark, lake_root):

@@ -54,6 +54,7 @@ _RS_SCHEMES = {"s3a": "s3", "s3n": "s3", "gcs": "gs"}
 _STRING_STATS_MAX = 32  # longer strings get no min/max (as delta-spark truncates; we simply skip)
 _META_WRITE_ID = "longtail.writeId"
 _META_OPERATION = "longtail.operation"
+_TS_TYPE_CONF = "spark.sql.parquet.outputTimestampType"
 
 Txn = tuple[str, int]
 
@@ -683,28 +684,39 @@ class _Stage:
         folder = f"{self.write_id}-{len(self.folders)}"
         uri = _join(self.table_path, folder)
         self.folders.append(uri)
+        if self.spark.conf.get(_TS_TYPE_CONF, None) != "TIMESTAMP_MICROS":
+            # Delta readers expect micro-second timestamps, not Spark's legacy INT96.
+            log.warning("setting %s=TIMESTAMP_MICROS for Delta data files", _TS_TYPE_CONF)
+            self.spark.conf.set(_TS_TYPE_CONF, "TIMESTAMP_MICROS")
         df.write.mode("errorifexists").parquet(uri)
         fs, jpath = _hadoop_fs(self.spark, uri)
-        files: list[_DataFile] = []
-        statuses = fs.listStatus(jpath)
-        for st in statuses:
+        found: list[tuple[str, int, int]] = []  # (name, size, modification time)
+        for st in fs.listStatus(jpath):
             name = st.getPath().getName()
-            if not st.isFile() or name.startswith(("_", ".")):
-                if name == "_SUCCESS":
-                    fs.delete(st.getPath(), False)
-                continue
-            file_uri = _join(uri, name)
-            num_records, stats = _parquet_stats(file_uri)
-            files.append(
-                _DataFile(
-                    uri=file_uri,
-                    rel_path=f"{folder}/{name}",
-                    size=int(st.getLen()),
-                    modification_time=int(st.getModificationTime()),
-                    num_records=num_records,
-                    stats=stats,
-                )
+            if st.isFile() and not name.startswith(("_", ".")):
+                found.append((name, int(st.getLen()), int(st.getModificationTime())))
+            elif name == "_SUCCESS":
+                fs.delete(st.getPath(), False)
+        try:
+            stats = {name: _parquet_stats(_join(uri, name)) for name, _, _ in found}
+        except Exception:
+            if _is_local(uri):
+                raise
+            # pyarrow cannot open this store with the environment's credentials: row counts from
+            # Spark instead (one job over the new files; no min/max, which the protocol allows).
+            log.warning("Parquet footers under %s not readable with pyarrow; stats from Spark", uri)
+            stats = self._spark_counts(uri, [name for name, _, _ in found])
+        files = [
+            _DataFile(
+                uri=_join(uri, name),
+                rel_path=f"{folder}/{name}",
+                size=size,
+                modification_time=mtime,
+                num_records=stats[name][0],
+                stats=stats[name][1],
             )
+            for name, size, mtime in found
+        ]
         files.sort(key=lambda f: f.rel_path)
         # Files without rows carry nothing (the log holds the schema): drop them.
         for f in files:
@@ -714,6 +726,18 @@ class _Stage:
         if not nonempty:
             fs.delete(jpath, True)
         return nonempty
+
+    def _spark_counts(self, folder: str, names: list[str]) -> dict[str, tuple[int, str]]:
+        counts = {name: 0 for name in names}
+        if names:
+            rows = (
+                self.spark.read.parquet(*[_join(folder, n) for n in names])
+                .groupBy(F.col("_metadata.file_name").alias("f"))
+                .count()
+                .collect()  # one row per file
+            )
+            counts.update({r["f"]: int(r["count"]) for r in rows})
+        return {n: (c, json.dumps({"numRecords": c})) for n, c in counts.items()}
 
     def discard(self) -> None:
         """Delete this write's folders (best effort: they are not referenced by the log)."""
