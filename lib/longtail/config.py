@@ -134,6 +134,7 @@ class HeadConfig:
     epochs: int = 300
     lr: float = 0.01
     weight_decay: float = 1e-4
+    l2: float = 10.0  # ridge penalty of the linear head (sum-of-squares loss scale)
     min_count: int = 5  # items with at least this many interactions train the head
     max_items: int = 500_000  # training rows collected to the driver at most (sampled beyond)
     seed: int = 42
@@ -142,6 +143,7 @@ class HeadConfig:
         _check(self.hidden >= 0, "train.head.hidden", "must be >= 0")
         _check(self.epochs >= 1, "train.head.epochs", "must be >= 1")
         _check(self.lr > 0, "train.head.lr", "must be > 0")
+        _check(self.l2 >= 0, "train.head.l2", "must be >= 0")
         _check(self.min_count >= 1, "train.head.min_count", "must be >= 1")
         _check(self.max_items >= 1, "train.head.max_items", "must be >= 1")
 
@@ -160,11 +162,12 @@ class RecommendConfig:
     candidates: int = 100  # CF top-N and content top-N per user
     centre: bool = True  # subtract the catalogue's mean vector before cosine
     half_life_days: float | None = 180.0  # recency decay of the user profile; None: no decay
-    fusion_k: float = 10.0  # evidence weight w_i = n_i / (n_i + fusion_k)
-    normalise: Literal["rank", "zscore", "quantile"] = "rank"
-    popularity_penalty: float = 0.0
+    head_prior: float = 0.0  # CF factors (n*als + c*head)/(n + c); 0: the head only where ALS has none
+    fusion_k: float = 50.0  # evidence weight w_i = n_i / (n_i + fusion_k)
+    normalise: Literal["zscore", "rank"] = "zscore"
+    popularity_penalty: float = 0.0  # subtracted: popularity_penalty * log(1 + n_i)
     rerank_rounds: int = 3
-    rerank_strength: float = 0.1
+    rerank_strength: float = 0.2  # subtracted: rerank_strength * log(1 + exposure)
     min_tail_share: float = 0.0
     head_fraction: float = 0.2  # head = the top share of items by interaction count; tail = the rest
     block_users: int = 1024
@@ -179,6 +182,7 @@ class RecommendConfig:
             "must be > 0 or null",
         )
         _check(self.fusion_k > 0, "recommend.fusion_k", "must be > 0")
+        _check(self.head_prior >= 0, "recommend.head_prior", "must be >= 0")
         _check(self.popularity_penalty >= 0, "recommend.popularity_penalty", "must be >= 0")
         _check(self.rerank_rounds >= 0, "recommend.rerank_rounds", "must be >= 0")
         _check(self.rerank_strength >= 0, "recommend.rerank_strength", "must be >= 0")

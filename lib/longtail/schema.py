@@ -20,6 +20,7 @@ ID_MAP_USERS = "user_ids"
 ID_MAP_ITEMS = "item_ids"
 USER_FACTORS = "user_factors"
 ITEM_FACTORS = "item_factors"
+PROJECTION_HEAD = "projection_head"
 RECOMMENDATIONS = "recommendations"
 METRICS = "metrics"
 RUNS = "runs"
@@ -156,6 +157,16 @@ ITEM_FACTORS_SCHEMA = T.StructType(
     ]
 )
 
+PROJECTION_HEAD_SCHEMA = T.StructType(
+    [
+        T.StructField(RUN_ID, T.StringType(), False),
+        T.StructField(MODEL_ID, T.StringType(), False),
+        T.StructField("spec", T.StringType(), False),  # JSON: longtail.head.HeadSpec
+        T.StructField("weights", T.BinaryType(), False),  # safetensors bytes
+        T.StructField("trained_at", T.TimestampType(), False),
+    ]
+)
+
 SCHEMAS: dict[str, T.StructType] = {
     ITEMS: ITEMS_SCHEMA,
     INTERACTIONS: INTERACTIONS_SCHEMA,
@@ -168,6 +179,7 @@ SCHEMAS: dict[str, T.StructType] = {
     ID_MAP_ITEMS: ID_MAP_ITEMS_SCHEMA,
     USER_FACTORS: USER_FACTORS_SCHEMA,
     ITEM_FACTORS: ITEM_FACTORS_SCHEMA,
+    PROJECTION_HEAD: PROJECTION_HEAD_SCHEMA,
 }
 
 

@@ -1,0 +1,374 @@
+"""`train`: implicit-feedback ALS on `interactions`, stable id maps, and the text-to-CF head.
+
+1. **Id maps.** ALS needs dense integer ids. ``user_ids`` and ``item_ids`` map each string id to an
+   int once and forever: a run only appends ids it has not seen, numbered after the largest one
+   in the table (sorted by id, numbered with ``zipWithIndex``: no single-partition window). The
+   item map covers the whole catalogue (``items``), so cold items have an index too.
+2. **ALS** (Spark MLlib, ``implicitPrefs=True``) on the interactions summed per (user, item):
+   the summed weight is the implicit rating, which ALS turns into confidence ``1 + alpha * r``.
+   ALS gets a checkpoint directory (``train.checkpoint_dir``): without one its lineage has
+   overflowed the JVM stack in local mode. Factors go to ``user_factors`` and ``item_factors``.
+3. **Projection head** (:mod:`longtail.head`): fitted on the warm items (at least
+   ``train.head.min_count`` interactions) from their current text vectors to their ALS factors;
+   the training set is collected to the driver up to ``train.head.max_items`` rows (a seeded
+   sample beyond). Stored in ``projection_head`` (one row: safetensors bytes, JSON spec) last,
+   with the versions of the factor tables it belongs to, so ``recommend`` can tell a complete
+   ``train`` run from one that failed half-way (:func:`load_model` checks it).
+
+:func:`fit` does steps 1-3 on DataFrames without writing anything (``evaluate`` trains on the
+training part of a hold-out this way); :func:`run` is the stage: it reads the lake, fits, writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from longtail import schema as S
+from longtail.config import Config, HeadConfig
+from longtail.head import HeadError, ProjectionHead
+from longtail.lake import Lake
+
+log = logging.getLogger(__name__)
+
+MAX_IDX = 2**31 - 1  # ALS ids are Java ints
+RATING = "rating"
+COUNT = "n"
+
+
+class TrainError(RuntimeError):
+    """`train` cannot run on what the lake holds (no interactions, no vectors, stale tables)."""
+
+
+@dataclass
+class Model:
+    """What ``train`` produces and ``recommend`` reads (lazy DataFrames plus the head).
+
+    Attributes:
+        model_id: the encoder ``model_id`` whose vectors the head reads.
+        user_map, item_map: ``(user_id, user_idx)`` and ``(item_id, item_idx)``.
+        user_factors, item_factors: ``(user_id, user_idx, features)``, ``(item_id, item_idx, features)``.
+        head: the text-to-CF projection head.
+        rank: the ALS rank (factor size).
+    """
+
+    model_id: str
+    user_map: DataFrame
+    item_map: DataFrame
+    user_factors: DataFrame
+    item_factors: DataFrame
+    head: ProjectionHead
+    rank: int
+
+    def unpersist(self) -> None:
+        for df in (self.user_map, self.item_map, self.user_factors, self.item_factors):
+            df.unpersist()
+
+
+# --- id maps -------------------------------------------------------------------------------------
+def new_ids(ids: DataFrame, existing: DataFrame | None, *, id_col: str, idx_col: str) -> DataFrame:
+    """Rows ``(id_col, idx_col)`` for the ids of ``ids`` that ``existing`` lacks, numbered after
+    its largest index in id order. Null and duplicate ids are ignored.
+
+    Example:
+        >>> new_ids(users, lake.read("user_ids"), id_col="user_id", idx_col="user_idx")
+    """
+    spark = ids.sparkSession
+    fresh = ids.select(id_col).where(F.col(id_col).isNotNull()).distinct()
+    start = 0
+    if existing is not None:
+        fresh = fresh.join(existing.select(id_col), id_col, "left_anti")
+        top = existing.agg(F.max(idx_col)).first()
+        start = 0 if top is None or top[0] is None else int(top[0]) + 1
+    numbered = fresh.orderBy(id_col).rdd.zipWithIndex().map(lambda p: (p[0][0], start + p[1]))
+    schema = T.StructType([T.StructField(id_col, T.StringType()), T.StructField(idx_col, T.LongType())])
+    guard = F.when(F.col(idx_col) <= MAX_IDX, F.col(idx_col).cast("int")).otherwise(
+        F.raise_error(F.lit(f"{idx_col} passed {MAX_IDX}: ALS cannot index that many ids"))
+    )
+    return spark.createDataFrame(numbered, schema).select(id_col, guard.alias(idx_col))
+
+
+def id_maps(
+    interactions: DataFrame,
+    items: DataFrame,
+    *,
+    users_existing: DataFrame | None = None,
+    items_existing: DataFrame | None = None,
+) -> tuple[DataFrame, DataFrame, DataFrame, DataFrame]:
+    """``(user_map, item_map, new_user_rows, new_item_rows)``: the full maps and what is new."""
+    new_u = new_ids(interactions, users_existing, id_col=S.USER_ID, idx_col=S.USER_IDX)
+    catalogue = items.select(S.ITEM_ID).unionByName(interactions.select(S.ITEM_ID))
+    new_i = new_ids(catalogue, items_existing, id_col=S.ITEM_ID, idx_col=S.ITEM_IDX)
+    user_map = new_u if users_existing is None else users_existing.unionByName(new_u)
+    item_map = new_i if items_existing is None else items_existing.unionByName(new_i)
+    return user_map, item_map, new_u, new_i
+
+
+# --- ALS -----------------------------------------------------------------------------------------
+def implicit_ratings(interactions: DataFrame, user_map: DataFrame, item_map: DataFrame) -> DataFrame:
+    """``(user_idx, item_idx, rating, n)``: weights summed per (user, item) and the event count."""
+    return (
+        interactions.join(user_map, S.USER_ID)
+        .join(item_map, S.ITEM_ID)
+        .groupBy(S.USER_IDX, S.ITEM_IDX)
+        .agg(F.sum(S.WEIGHT).alias(RATING), F.count(F.lit(1)).alias(COUNT))
+    )
+
+
+def fit_als(spark: SparkSession, ratings: DataFrame, cfg: Config) -> tuple[DataFrame, DataFrame]:
+    """Fit implicit ALS; returns persisted ``(user_idx, features)`` and ``(item_idx, features)``."""
+    from pyspark.ml.recommendation import ALS
+
+    spark.sparkContext.setCheckpointDir(cfg.checkpoint_dir)
+    a = cfg.train.als
+    als = ALS(
+        rank=a.rank,
+        maxIter=a.max_iter,
+        regParam=a.reg,
+        alpha=a.alpha,
+        implicitPrefs=True,
+        userCol=S.USER_IDX,
+        itemCol=S.ITEM_IDX,
+        ratingCol=RATING,
+        seed=a.seed,
+        checkpointInterval=5,
+        coldStartStrategy="drop",
+    )
+    model = als.fit(ratings)
+    users = model.userFactors.select(F.col("id").alias(S.USER_IDX), S.FEATURES).persist()
+    items = model.itemFactors.select(F.col("id").alias(S.ITEM_IDX), S.FEATURES).persist()
+    return users, items
+
+
+# --- the head ------------------------------------------------------------------------------------
+def item_counts(interactions: DataFrame) -> DataFrame:
+    """``(item_id, n)``: interactions per item (the evidence count ``n_i`` of the design)."""
+    return interactions.groupBy(S.ITEM_ID).agg(F.count(F.lit(1)).alias(COUNT))
+
+
+def head_training_set(
+    item_factors: DataFrame, embeddings: DataFrame, counts: DataFrame, options: HeadConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Collect ``(x, y, weights, n_warm)`` of the warm items, at most ``options.max_items`` rows.
+
+    Warm: at least ``options.min_count`` interactions and ALS factors. Weight ``n / (n + min_count)``.
+    Beyond the cap, a seeded sample of about ``max_items`` rows is taken in Spark before collecting.
+    """
+    warm = (
+        counts.where(F.col(COUNT) >= options.min_count)
+        .join(item_factors.select(S.ITEM_ID, S.FEATURES), S.ITEM_ID)
+        .join(embeddings.select(S.ITEM_ID, S.EMBEDDING), S.ITEM_ID)
+        .persist()
+    )
+    try:
+        n_warm = warm.count()
+        rows = warm
+        if n_warm > options.max_items:
+            rows = warm.sample(fraction=min(1.0, options.max_items / n_warm * 1.02), seed=options.seed)
+            rows = rows.limit(options.max_items)
+            log.info("head: %d warm items, training on a sample of about %d", n_warm, options.max_items)
+        pdf: Any = rows.orderBy(S.ITEM_ID).toPandas()  # bounded by train.head.max_items rows
+    finally:
+        warm.unpersist()
+    if pdf.empty:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), np.zeros(0, np.float32), n_warm
+    x = np.stack(pdf[S.EMBEDDING].to_numpy()).astype(np.float32)
+    y = np.stack(pdf[S.FEATURES].to_numpy()).astype(np.float32)
+    n = pdf[COUNT].to_numpy().astype(np.float32)
+    return x, y, n / (n + options.min_count), n_warm
+
+
+def fit_head(
+    item_factors: DataFrame,
+    embeddings: DataFrame,
+    counts: DataFrame,
+    options: HeadConfig,
+    *,
+    model_id: str,
+    extra: dict[str, Any] | None = None,
+) -> ProjectionHead:
+    """Collect the warm items and fit the projection head (see :func:`head_training_set`)."""
+    x, y, w, n_warm = head_training_set(item_factors, embeddings, counts, options)
+    if len(x) < 2:
+        raise HeadError(
+            f"only {n_warm} warm item(s) (>= {options.min_count} interactions, with ALS factors and a "
+            "text vector): too few to train the projection head; lower train.head.min_count or run encode"
+        )
+    return ProjectionHead.fit(
+        x,
+        y,
+        w,
+        model_id=model_id,
+        hidden=options.hidden,
+        l2=options.l2,
+        epochs=options.epochs,
+        lr=options.lr,
+        weight_decay=options.weight_decay,
+        seed=options.seed,
+        extra={"warm_items": n_warm, **(extra or {})},
+    )
+
+
+# --- the whole fit -------------------------------------------------------------------------------
+def fit(
+    spark: SparkSession,
+    cfg: Config,
+    interactions: DataFrame,
+    items: DataFrame,
+    embeddings: DataFrame,
+    *,
+    model_id: str,
+    users_existing: DataFrame | None = None,
+    items_existing: DataFrame | None = None,
+) -> tuple[Model, DataFrame, DataFrame]:
+    """Fit ALS and the head on DataFrames; nothing is written.
+
+    Args:
+        interactions: ``(user_id, item_id, ts, weight)`` to learn from.
+        items: the catalogue (``item_id``); every item gets an index.
+        embeddings: one current vector per item (:func:`longtail.encode.current_embeddings`).
+        model_id: the encoder model of ``embeddings``.
+        users_existing, items_existing: the stored id maps to extend (None: start from 0).
+
+    Returns:
+        ``(model, new_user_rows, new_item_rows)``; the model's DataFrames are persisted.
+    """
+    user_map, item_map, new_u, new_i = id_maps(
+        interactions, items, users_existing=users_existing, items_existing=items_existing
+    )
+    user_map, item_map = user_map.persist(), item_map.persist()
+    ratings = implicit_ratings(interactions, user_map, item_map).persist()
+    try:
+        if ratings.isEmpty():
+            raise TrainError("train: no interactions to learn from")
+        users_f, items_f = fit_als(spark, ratings, cfg)
+    finally:
+        ratings.unpersist()
+    user_factors = users_f.join(user_map, S.USER_IDX).select(S.USER_ID, S.USER_IDX, S.FEATURES).persist()
+    item_factors = items_f.join(item_map, S.ITEM_IDX).select(S.ITEM_ID, S.ITEM_IDX, S.FEATURES).persist()
+    head = fit_head(item_factors, embeddings, item_counts(interactions), cfg.train.head, model_id=model_id)
+    model = Model(model_id, user_map, item_map, user_factors, item_factors, head, cfg.train.als.rank)
+    return model, new_u, new_i
+
+
+# --- the stage -----------------------------------------------------------------------------------
+def head_row(spark: SparkSession, head: ProjectionHead, run_id: str) -> DataFrame:
+    """The ``projection_head`` table's one row for ``head``."""
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return spark.createDataFrame(
+        [(run_id, head.spec.model_id, head.spec.to_json(), bytearray(head.to_bytes()), now)],
+        S.PROJECTION_HEAD_SCHEMA,
+    )
+
+
+def load_model(lake: Lake, *, model_id: str | None = None) -> Model:
+    """The model the last complete ``train`` run wrote; raises :class:`TrainError` if there is
+    none, if ``train`` did not finish (factor tables newer than the head), or if the head was
+    trained for another encoder model than ``model_id``."""
+    needed = (S.ID_MAP_USERS, S.ID_MAP_ITEMS, S.USER_FACTORS, S.ITEM_FACTORS, S.PROJECTION_HEAD)
+    missing = [t for t in needed if not lake.exists(t)]
+    if missing:
+        raise TrainError(f"tables {missing} do not exist under {lake.root}: run train first")
+    rows = lake.read(S.PROJECTION_HEAD).collect()  # one row
+    if len(rows) != 1:
+        raise TrainError(f"projection_head holds {len(rows)} rows, expected 1: run train again")
+    head = ProjectionHead.from_bytes(rows[0]["weights"], rows[0]["spec"])
+    written = head.spec.extra.get("tables", {})
+    for table in (S.USER_FACTORS, S.ITEM_FACTORS):
+        if written.get(table) != lake.version(table):
+            raise TrainError(
+                f"{table} is at version {lake.version(table)} but the projection head was trained with "
+                f"version {written.get(table)}: a train run did not finish; run train again"
+            )
+    if model_id is not None and head.spec.model_id != model_id:
+        raise TrainError(
+            f"the projection head was trained on vectors of {head.spec.model_id!r}, but encoder.model "
+            f"gives {model_id!r}: run train again after encode"
+        )
+    return Model(
+        model_id=head.spec.model_id,
+        user_map=lake.read(S.ID_MAP_USERS),
+        item_map=lake.read(S.ID_MAP_ITEMS),
+        user_factors=lake.read(S.USER_FACTORS),
+        item_factors=lake.read(S.ITEM_FACTORS),
+        head=head,
+        rank=head.spec.out_dim,
+    )
+
+
+def run(
+    spark: SparkSession, cfg: Config, *, lake: Lake | None = None, run_id: str | None = None
+) -> dict[str, Any]:
+    """Train ALS and the projection head on the lake's tables and write them.
+
+    Returns:
+        A summary: users, items (catalogue), interactions, rated items, warm items, the head's
+        validation figures, table versions written, seconds.
+    """
+    from longtail.encode import current_embeddings
+    from longtail.encoder import inspect_model
+
+    t0 = time.perf_counter()
+    lake = lake or Lake.from_config(spark, cfg)
+    for table in (S.INTERACTIONS, S.ITEMS, S.ITEM_EMBEDDINGS):
+        if not lake.exists(table):
+            step = "encode" if table == S.ITEM_EMBEDDINGS else "ingest"
+            raise TrainError(f"train: table '{table}' does not exist under {lake.root}; run {step} first")
+    enc = cfg.encoder
+    mid = inspect_model(enc.model, pooling=enc.pooling, max_length=enc.max_length).model_id
+    interactions = lake.read(S.INTERACTIONS)
+    items = lake.read(S.ITEMS)
+    embeddings = current_embeddings(lake, mid, items=items)
+    users_existing = lake.read(S.ID_MAP_USERS) if lake.exists(S.ID_MAP_USERS) else None
+    items_existing = lake.read(S.ID_MAP_ITEMS) if lake.exists(S.ID_MAP_ITEMS) else None
+    model, new_u, new_i = fit(
+        spark,
+        cfg,
+        interactions,
+        items,
+        embeddings,
+        model_id=mid,
+        users_existing=users_existing,
+        items_existing=items_existing,
+    )
+    try:
+        for table, rows in ((S.ID_MAP_USERS, new_u), (S.ID_MAP_ITEMS, new_i)):
+            rows = rows.persist()
+            if not lake.exists(table):
+                lake.overwrite(table, rows)
+            elif not rows.isEmpty():
+                lake.append(table, rows)
+            rows.unpersist()
+        spec = model.head.spec
+        versions = {
+            S.USER_FACTORS: lake.overwrite(S.USER_FACTORS, model.user_factors),
+            S.ITEM_FACTORS: lake.overwrite(S.ITEM_FACTORS, model.item_factors),
+        }
+        spec = dataclasses.replace(spec, extra={**spec.extra, "run_id": run_id, "tables": versions})
+        head = ProjectionHead(spec, model.head.params)
+        lake.overwrite(S.PROJECTION_HEAD, head_row(spark, head, run_id or ""))
+        counts = {
+            "users": model.user_factors.count(),
+            "items_with_factors": model.item_factors.count(),
+        }
+    finally:
+        model.unpersist()
+    summary = {
+        "model_id": mid,
+        **counts,
+        "als": {"rank": cfg.train.als.rank, "reg": cfg.train.als.reg, "alpha": cfg.train.als.alpha},
+        "head": {"trained_items": spec.trained_items, "validation": spec.validation, "hidden": spec.hidden},
+        "versions": versions,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    log.info("train: %s", summary)
+    return summary

@@ -1,0 +1,84 @@
+"""A tiny synthetic lake for the train / recommend / evaluate tests: two topics that text and
+taste agree on, a popularity skew, and cold items.
+
+Items ``a00..a19`` belong to topic A and ``b00..b19`` to topic B; their text vectors (dim 32, the
+tiny BERT's width) point along the topic's direction plus noise. Users ``u00..u29`` each like one
+topic (even users A, odd users B) and interact with items of that topic, the low-numbered ones
+far more often (power law); ``a18, a19, b18, b19`` never get an interaction (cold).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+
+from longtail import schema as S
+from longtail.config import load_config
+from longtail.encoder import inspect_model
+from longtail.lake import Lake
+from longtail.text import content_hash
+
+DIM = 32
+T0 = dt.datetime(2024, 1, 1)
+N_PER_TOPIC = 20
+COLD = ("a18", "a19", "b18", "b19")
+
+
+def item_ids() -> list[str]:
+    return [f"{t}{i:02d}" for t in "ab" for i in range(N_PER_TOPIC)]
+
+
+def vectors(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    topic = {"a": rng.normal(size=DIM), "b": rng.normal(size=DIM)}
+    out = {}
+    for item in item_ids():
+        v = topic[item[0]] + 0.6 * rng.normal(size=DIM)
+        out[item] = (v / np.linalg.norm(v)).astype(np.float32)
+    return out
+
+
+def interactions(seed: int = 0, n_users: int = 30) -> list[tuple[str, str, dt.datetime, float]]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    warm = np.arange(N_PER_TOPIC - 2)
+    p = 1.0 / (warm + 1.0) ** 1.1
+    p /= p.sum()
+    for u in range(n_users):
+        t = "ab"[u % 2]
+        picks = rng.choice(warm, size=8, replace=False, p=p)
+        for j, i in enumerate(picks):
+            rows.append((f"u{u:02d}", f"{t}{i:02d}", T0 + dt.timedelta(days=int(u + 3 * j)), 1.0 + (j % 3)))
+    return rows
+
+
+def build_lake(spark, root: str, model_dir: str) -> tuple[Lake, str]:
+    """Write items, interactions and item_embeddings (under the tiny BERT's model_id) to ``root``."""
+    lake = Lake(spark, root)
+    mid = inspect_model(model_dir).model_id
+    items = [(i, i.upper(), f"text of {i}", None, content_hash(f"text of {i}"), T0) for i in item_ids()]
+    lake.overwrite(S.ITEMS, spark.createDataFrame(items, S.ITEMS_SCHEMA))
+    lake.overwrite(S.INTERACTIONS, spark.createDataFrame(interactions(), S.INTERACTIONS_SCHEMA))
+    vecs = vectors()
+    emb = [(i, content_hash(f"text of {i}"), mid, vecs[i].tolist(), T0) for i in item_ids()]
+    lake.overwrite(S.ITEM_EMBEDDINGS, spark.createDataFrame(emb, S.ITEM_EMBEDDINGS_SCHEMA))
+    return lake, mid
+
+
+def config(root: str, model_dir: str | Path, *extra: str):
+    return load_config(
+        overrides=[
+            f"lake.root={root}",
+            f"encoder.model={model_dir}",
+            "train.als.rank=4",
+            "train.als.max_iter=8",
+            "train.head.min_count=2",
+            "recommend.k=5",
+            "recommend.candidates=8",
+            "recommend.block_users=7",
+            "recommend.block_items=9",
+            *extra,
+        ]
+    )
