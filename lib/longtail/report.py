@@ -1,0 +1,642 @@
+"""The per-run evaluation report: one self-contained ``report.html`` and a ``report.md`` beside it.
+
+Inputs are the small, already-collected results of `evaluate` (the metrics table, Lorenz points,
+recall by decile, an optional sweep over the fusion knob) and a context dict (data sources, row
+counts, split summary, config, timings). Output, under ``out_dir`` (``<lake.root>/reports/<run_id>``):
+
+* ``report.html``: tables, the three plots embedded as base64 PNG, inline CSS, no external
+  resources (it opens offline and can be mailed as one file);
+* ``report.md`` and the PNGs it references by relative path (``tradeoff.png``, ``lorenz.png``,
+  ``deciles.png``), for repositories and wikis.
+
+``out_dir`` may be a local path (or ``file:`` URI) or any Hadoop URI (``s3a://``, ``abfss://``,
+``hdfs://``): those are written through Spark's Hadoop FileSystem, with the caller's credentials
+configuration, which is why ``spark`` is a parameter. No half-written report: every file is
+written under a temporary name and renamed, and ``report.html`` is written last, so its presence
+means the report is complete.
+
+Example:
+    >>> paths = write_report(
+    ...     "lake/reports/run-1", run_id="run-1", metrics=m, lorenz=l, deciles=d, sweep=None,
+    ...     context={"config": cfg.to_dict()}, k=10, spark=spark)
+    >>> paths["html"]
+    'lake/reports/run-1/report.html'
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import json
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on a cluster driver; must precede pyplot
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+from pyspark.sql import SparkSession
+
+from longtail.config import VARIANTS
+
+log = logging.getLogger(__name__)
+
+HTML_NAME = "report.html"
+MD_NAME = "report.md"
+TRADEOFF_PNG = "tradeoff.png"
+LORENZ_PNG = "lorenz.png"
+DECILES_PNG = "deciles.png"
+
+ACCURACY_COLUMNS = ("recall", "ndcg", "hit_rate", "map", "precision")
+BEYOND_COLUMNS = ("catalog_coverage", "long_tail_coverage", "aplt", "arp", "gini", "entropy", "novelty")
+SEGMENT_ORDER = ("all", "head", "tail", "cold")
+LABELS = {
+    "recall": "Recall",
+    "ndcg": "NDCG",
+    "hit_rate": "HitRate",
+    "map": "MAP",
+    "precision": "Precision",
+    "catalog_coverage": "Catalog cov.",
+    "long_tail_coverage": "LT cov.",
+    "aplt": "APLT",
+    "arp": "ARP",
+    "gini": "Gini",
+    "entropy": "Entropy",
+    "novelty": "Novelty",
+}
+# Which way is "better", for highlighting the best variant per column (ARP: neither).
+HIGHER_IS_BETTER = set(ACCURACY_COLUMNS) | {
+    "catalog_coverage",
+    "long_tail_coverage",
+    "aplt",
+    "entropy",
+    "novelty",
+}
+LOWER_IS_BETTER = {"gini"}
+_DPI = 110
+
+
+# --- tables --------------------------------------------------------------------------------------
+def format_value(metric: str, value: Any) -> str:
+    """How a metric value is printed in the tables: 4 decimals; ARP 1; bits 2; missing as 'n/a'."""
+    if value is None or pd.isna(value):
+        return "n/a"
+    if metric == "arp":
+        return f"{value:.1f}"
+    if metric in ("entropy", "novelty"):
+        return f"{value:.2f}"
+    return f"{value:.4f}"
+
+
+def variant_order(variants: Iterable[str]) -> list[str]:
+    """The pipeline's variants in pipeline order (popular ... fused_rerank), then others by name."""
+    present = list(dict.fromkeys(variants))
+    known = [v for v in VARIANTS if v in present]
+    return known + sorted(v for v in present if v not in VARIANTS)
+
+
+def metric_table(metrics: pd.DataFrame, columns: Sequence[str], *, segment: str = "all") -> pd.DataFrame:
+    """Variants as rows, (metric, k) as columns, for one segment (k ascending, then ``columns``).
+
+    Example:
+        >>> metric_table(m, ("recall", "ndcg")).loc["cf", ("ndcg", 10)]
+    """
+    sub = metrics[(metrics["segment"] == segment) & metrics["metric"].isin(columns)]
+    if sub.empty:
+        return pd.DataFrame()
+    wide = sub.pivot_table(index="variant", columns=["metric", "k"], values="value", aggfunc="first")
+    ks = sorted({int(k) for k in sub["k"]})
+    ordered = [(m, k) for k in ks for m in columns if (m, k) in wide.columns]
+    return wide.reindex(index=variant_order(wide.index), columns=pd.MultiIndex.from_tuples(ordered))
+
+
+def segment_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """(variant, segment) as rows, (accuracy metric, k) as columns."""
+    sub = metrics[metrics["metric"].isin(ACCURACY_COLUMNS)]
+    if sub.empty:
+        return pd.DataFrame()
+    wide = sub.pivot_table(
+        index=["variant", "segment"], columns=["metric", "k"], values="value", aggfunc="first"
+    )
+    ks = sorted({int(k) for k in sub["k"]})
+    ordered = [(m, k) for k in ks for m in ACCURACY_COLUMNS if (m, k) in wide.columns]
+    rows = [
+        (v, s)
+        for v in variant_order(sub["variant"])
+        for s in [*SEGMENT_ORDER, *sorted(set(sub["segment"]) - set(SEGMENT_ORDER))]
+        if (v, s) in wide.index
+    ]
+    return wide.reindex(index=pd.MultiIndex.from_tuples(rows), columns=pd.MultiIndex.from_tuples(ordered))
+
+
+def _best(table: pd.DataFrame) -> dict[tuple[str, int], float]:
+    best: dict[tuple[str, int], float] = {}
+    for metric, k in table.columns:
+        col = table[(metric, k)].dropna()
+        if len(col) < 2:
+            continue
+        if metric in HIGHER_IS_BETTER:
+            best[(metric, k)] = col.max()
+        elif metric in LOWER_IS_BETTER:
+            best[(metric, k)] = col.min()
+    return best
+
+
+def _html_table(
+    table: pd.DataFrame, *, index_names: Sequence[str], group_best_by_level: int | None = None
+) -> str:
+    """A table with a two-row header (K, then metric); the best value per column in bold."""
+    if table.empty:
+        return "<p class='empty'>No values.</p>"
+    ks = list(dict.fromkeys(k for _, k in table.columns))
+    head1 = "".join(f"<th rowspan='2'>{html.escape(n)}</th>" for n in index_names)
+    for k in ks:
+        span = sum(1 for _, kk in table.columns if kk == k)
+        head1 += f"<th colspan='{span}' class='kgroup'>@{k}</th>"
+    head2 = "".join(
+        f"<th class='{'kstart' if i == 0 or table.columns[i - 1][1] != k else ''}'>{LABELS.get(m, m)}</th>"
+        for i, (m, k) in enumerate(table.columns)
+    )
+    groups = (
+        [table]
+        if group_best_by_level is None
+        else [g for _, g in table.groupby(level=group_best_by_level, sort=False)]
+    )
+    best_of = {}
+    for g in groups:
+        for key, value in _best(g).items():
+            for idx in g.index[g[key] == value]:
+                best_of[(idx, key)] = True
+    rows = []
+    prev_first = None
+    for idx, row in table.iterrows():
+        keys = idx if isinstance(idx, tuple) else (idx,)
+        first_of_group = len(keys) > 1 and keys[0] != prev_first
+        prev_first = keys[0]
+        cells = "".join(
+            f"<th class='rowhead'>{html.escape(str(v)) if (j > 0 or len(keys) == 1 or first_of_group) else ''}</th>"
+            for j, v in enumerate(keys)
+        )
+        for i, (m, k) in enumerate(table.columns):
+            text = format_value(m, row[(m, k)])
+            cls = "kstart" if i == 0 or table.columns[i - 1][1] != k else ""
+            if best_of.get((idx, (m, k))):
+                text = f"<strong>{text}</strong>"
+            cells += f"<td class='{cls}'>{text}</td>"
+        rows.append(f"<tr class='{'groupstart' if first_of_group else ''}'>{cells}</tr>")
+    return f"<table><thead><tr>{head1}</tr><tr>{head2}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _md_table(table: pd.DataFrame, *, index_names: Sequence[str]) -> str:
+    if table.empty:
+        return "_No values._\n"
+    header = [*index_names, *[f"{LABELS.get(m, m)}@{k}" for m, k in table.columns]]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * len(index_names) + ["---:"] * len(table.columns)) + "|",
+    ]
+    for idx, row in table.iterrows():
+        keys = idx if isinstance(idx, tuple) else (idx,)
+        cells = [str(v) for v in keys] + [format_value(m, row[(m, k)]) for m, k in table.columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --- plots ---------------------------------------------------------------------------------------
+def _colours(variants: Sequence[str]) -> dict[str, Any]:
+    cmap = plt.get_cmap("tab10")
+    return {v: cmap(i % 10) for i, v in enumerate(variants)}
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _no_data(ax: Any, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what}", ha="center", va="center", transform=ax.transAxes, color="grey")
+
+
+# Label positions tried around a point, in order: (dx, dy) in points, horizontal alignment.
+_LABEL_SPOTS = ((8, 5, "left"), (8, -13, "left"), (-8, 5, "right"), (-8, -13, "right"), (0, 10, "center"),
+                (0, -20, "center"))  # fmt: skip
+
+
+def _place_labels(fig: Figure, ax: Any, texts: list[Any], obstacles: Sequence[Any] = ()) -> None:
+    """Move each point label to the first spot around its point that overlaps no other label.
+
+    Spots are tried right, then left, then above and below the point; labels whose spot would leave
+    the axes are skipped over. A label with no free spot keeps the first one that stays inside.
+    """
+    if not texts:
+        return
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    frame = ax.get_window_extent(renderer)
+    placed: list[Any] = [o.get_window_extent(renderer) for o in obstacles]
+    for text in sorted(texts, key=lambda t: -t.xy[1]):
+        chosen = None
+        for dx, dy, ha in _LABEL_SPOTS:
+            text.set_position((dx, dy))
+            text.set_horizontalalignment(ha)
+            box = text.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if not inside:
+                continue
+            chosen = chosen or (dx, dy, ha)
+            if not any(box.expanded(1.04, 1.2).overlaps(p) for p in placed):
+                chosen = (dx, dy, ha)
+                break
+        dx, dy, ha = chosen or _LABEL_SPOTS[0]
+        text.set_position((dx, dy))
+        text.set_horizontalalignment(ha)
+        placed.append(text.get_window_extent(renderer))
+
+
+def plot_tradeoff(metrics: pd.DataFrame, sweep: pd.DataFrame | None, *, k: int) -> bytes:
+    """NDCG@K (y) against long-tail coverage@K (x): one labelled point per variant, a curve per sweep."""
+    fig, ax = plt.subplots(figsize=(8.4, 5.4))
+    sub = metrics[(metrics["k"] == k) & (metrics["segment"] == "all")]
+    wide = sub.pivot_table(index="variant", columns="metric", values="value", aggfunc="first")
+    sweeps = sweep if sweep is not None and not sweep.empty else None
+    sweep_texts: list[Any] = []
+    variants = variant_order([*wide.index, *([] if sweeps is None else sweeps["variant"])])
+    colours = _colours(variants)
+    if sweeps is not None:
+        for v, g in sweeps.groupby("variant", sort=False):
+            g = g.sort_values("value")
+            ax.plot(g["long_tail_coverage"], g["ndcg"], "-", marker=".", color=colours[v], alpha=0.55, lw=1.5)
+            param = str(g["param"].iloc[0])
+            for _, r in g.iterrows():
+                sweep_texts += [ax.annotate(f"{r['value']:g}", (r["long_tail_coverage"], r["ndcg"]), xytext=(3, -9),
+                            textcoords="offset points", fontsize=7, color=colours[v], alpha=0.9)]  # fmt: skip
+            ax.plot([], [], "-", marker=".", color=colours[v], alpha=0.55, label=f"{v}: sweep over {param}")
+    texts = []
+    have = {"ndcg", "long_tail_coverage"} <= set(wide.columns)
+    if have:
+        for v in variant_order(wide.index):
+            x, y = wide.loc[v, "long_tail_coverage"], wide.loc[v, "ndcg"]
+            if pd.isna(x) or pd.isna(y):
+                continue
+            ax.scatter([x], [y], s=70, color=colours[v], edgecolor="black", linewidth=0.6, zorder=3)
+            texts.append(ax.annotate(v, (x, y), xytext=(8, 5), textcoords="offset points", fontsize=10,
+                                     fontweight="bold", color=colours[v], zorder=4))  # fmt: skip
+    else:
+        _no_data(ax, f"NDCG@{k} / long-tail coverage@{k}")
+    ax.set_xlabel(f"long-tail coverage@{k} (share of tail items recommended at least once)")
+    ax.set_ylabel(f"NDCG@{k}")
+    ax.set_title(f"Accuracy against long-tail coverage (K = {k}): up and right is better")
+    ax.grid(True, alpha=0.3)
+    ax.margins(x=0.12, y=0.12)
+    if sweeps is not None:
+        ax.legend(loc="best", fontsize=8, frameon=False)
+    _place_labels(fig, ax, texts, sweep_texts)
+    return _png(fig)
+
+
+def plot_lorenz(lorenz: pd.DataFrame, metrics: pd.DataFrame, *, k: int) -> bytes:
+    """The Lorenz curve of top-K exposure per variant, with the line of equality (Gini in the legend)."""
+    fig, ax = plt.subplots(figsize=(6.6, 5.6))
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="equal exposure")
+    gini = metrics[(metrics["metric"] == "gini") & (metrics["k"] == k)].set_index("variant")["value"]
+    variants = variant_order(lorenz["variant"]) if not lorenz.empty else []
+    colours = _colours(variant_order([*variants, *gini.index]))
+    for v in variants:
+        g = lorenz[lorenz["variant"] == v].sort_values("share_of_items")
+        label = f"{v} (Gini {gini[v]:.3f})" if v in gini.index and not pd.isna(gini[v]) else v
+        ax.plot(g["share_of_items"], g["share_of_exposure"], color=colours[v], lw=2, label=label)
+    if not variants:
+        _no_data(ax, "exposure")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("share of catalogue items (least exposed first)")
+    ax.set_ylabel(f"share of top-{k} exposure")
+    ax.set_title(f"Lorenz curve of exposure (K = {k})")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=9, frameon=False)
+    return _png(fig)
+
+
+def plot_deciles(deciles: pd.DataFrame, *, k: int) -> bytes:
+    """Recall@K per item-popularity decile (1 = most popular), grouped bars per variant."""
+    fig, ax = plt.subplots(figsize=(10.0, 4.6))
+    variants = variant_order(deciles["variant"]) if not deciles.empty else []
+    colours = _colours(variants)
+    width = 0.8 / max(1, len(variants))
+    for j, v in enumerate(variants):
+        g = deciles[deciles["variant"] == v].sort_values("decile")
+        xs = g["decile"] - 0.4 + width * (j + 0.5)
+        ax.bar(xs, g["recall"].fillna(0.0), width=width, color=colours[v], label=v)
+    if variants:
+        n_test = deciles.drop_duplicates("decile").set_index("decile")["n_test"]
+        ax.set_xticks(range(1, 11))
+        ax.set_xticklabels([f"{d}\nn={int(n_test.get(d, 0))}" for d in range(1, 11)], fontsize=8)
+        ax.legend(fontsize=9, frameon=False, ncols=min(5, len(variants)), loc="upper right")
+    else:
+        _no_data(ax, "deciles")
+    ax.set_xlabel(
+        "item-popularity decile of the test item (1 = the most popular 10% of the catalogue; n = test pairs)"
+    )
+    ax.set_ylabel(f"Recall@{k} (micro-averaged)")
+    ax.set_title(f"Recall@{k} by item-popularity decile")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_xlim(0.5, 10.5)
+    return _png(fig)
+
+
+# --- context -------------------------------------------------------------------------------------
+def _flatten(value: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested mappings as (dotted key, leaf) pairs; lists and scalars are leaves."""
+    out: list[tuple[str, Any]] = []
+    for key, leaf in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(leaf, Mapping) and leaf:
+            out += _flatten(leaf, f"{name}.")
+        else:
+            out.append((name, leaf))
+    return out
+
+
+def _context_html(context: Mapping[str, Any]) -> str:
+    """Each top-level key a sub-heading; mappings as dotted key/value tables (config: evaluate.k)."""
+    parts = []
+    for key, value in context.items():
+        parts.append(f"<h3>{html.escape(str(key))}</h3>")
+        if isinstance(value, Mapping):
+            rows = "".join(
+                f"<tr><th>{html.escape(k)}</th><td>{html.escape(_scalar(v))}</td></tr>"
+                for k, v in _flatten(value)
+            )
+            parts.append(f"<table class='kv'>{rows}</table>")
+        elif isinstance(value, list | tuple):
+            parts.append(f"<pre>{html.escape(json.dumps(value, indent=2, default=str))}</pre>")
+        else:
+            parts.append(f"<p>{html.escape(_scalar(value))}</p>")
+    return "".join(parts)
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, float):
+        return str(value) if len(str(value)) <= 10 else f"{value:.6g}"  # 1.0 stays 1.0, as in YAML
+    if isinstance(value, list | tuple | Mapping) or value is None or isinstance(value, bool):
+        return json.dumps(value, default=str)  # [10, 20], null, true: as in the YAML config
+    return str(value)
+
+
+def _context_md(context: Mapping[str, Any]) -> str:
+    return "```json\n" + json.dumps(dict(context), indent=2, default=str) + "\n```\n"
+
+
+# --- documents -----------------------------------------------------------------------------------
+_CSS = """
+body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#1d2330;margin:0;background:#f6f7f9}
+main{max-width:1180px;margin:0 auto;padding:24px 32px 48px;background:#fff}
+h1{font-size:26px;margin:8px 0 4px}h2{font-size:19px;margin:32px 0 8px;border-bottom:1px solid #e3e6ea;padding-bottom:4px}
+h3{font-size:15px;margin:18px 0 6px}.meta{color:#5b6373;margin:0 0 12px}.note{color:#5b6373;font-size:13px;margin:6px 0}
+table{border-collapse:collapse;font-size:13px;margin:8px 0;font-variant-numeric:tabular-nums}
+th,td{padding:4px 8px;border-bottom:1px solid #eceef1;text-align:right;white-space:nowrap}
+thead th{background:#f0f2f5;font-weight:600;text-align:center}th.kgroup{border-left:2px solid #c9ced6}
+th.rowhead{text-align:left;font-weight:600;background:#fafbfc}.kstart{border-left:2px solid #c9ced6}
+tr.groupstart td,tr.groupstart th{border-top:2px solid #d5d9df}tbody tr:hover{background:#f5f8ff}
+strong{color:#0b5394}table.kv th{text-align:left;font-weight:600;background:#fafbfc}table.kv td{text-align:left}
+figure{margin:12px 0}figure img{max-width:100%;height:auto;border:1px solid #eceef1}
+figcaption{color:#5b6373;font-size:13px;margin-top:4px}
+details{margin-top:28px;border:1px solid #e3e6ea;border-radius:4px;padding:8px 14px}
+summary{cursor:pointer;font-weight:600;font-size:16px}
+pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:12px;max-height:480px}
+.wrap{overflow-x:auto}
+"""
+
+_GLOSSARY = (
+    "Recall, NDCG, HitRate, MAP (truncated at K) and Precision (hits / K) are averaged over users with at "
+    "least one test item; catalog cov. = share of the whole catalogue recommended; LT cov. = share of "
+    "long-tail items recommended; APLT = mean share of tail items per list; ARP = mean training "
+    "popularity of recommended items; Gini and entropy (bits) of exposure over the catalogue; novelty = "
+    "mean self-information log2((N+1)/(users(i)+1)) in bits. Best per column in bold (ARP: none). "
+    "Definitions: docs/evaluation.md."
+)
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def render_html(
+    *, run_id: str, k: int, main: pd.DataFrame, beyond: pd.DataFrame, segments: pd.DataFrame,
+    pngs: Mapping[str, bytes], context: Mapping[str, Any], generated: str,
+) -> str:  # fmt: skip
+    """The report as one self-contained HTML page."""
+    title = f"longtail evaluation — {run_id}"
+    fig = {
+        TRADEOFF_PNG: (
+            "Accuracy against long-tail coverage",
+            f"NDCG@{k} against long-tail coverage@{k}, one point per variant; lines: variants swept over "
+            "the fusion knob (labels: the knob's value).",
+        ),
+        LORENZ_PNG: (
+            "Exposure: Lorenz curve",
+            f"Share of all top-{k} slots taken by the least-exposed share of the catalogue; the further below "
+            "the diagonal, the more concentrated the exposure.",
+        ),
+        DECILES_PNG: (
+            "Recall by item popularity",
+            f"Recall@{k} over test pairs whose item lies in each training-popularity decile of the catalogue "
+            "(micro-averaged: hits / test pairs).",
+        ),
+    }
+    figures = "".join(
+        f"<h2>{html.escape(head)}</h2><figure><img alt='{html.escape(head)}' src='{_data_uri(pngs[name])}'>"
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for name, (head, caption) in fig.items()
+        if name in pngs
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title><style>{_CSS}</style></head>
+<body><main>
+<h1>longtail evaluation report</h1>
+<p class="meta">run <code>{html.escape(run_id)}</code> · generated {html.escape(generated)} · plots at K = {k}</p>
+<h2>Accuracy (all test items)</h2>
+<div class="wrap">{_html_table(main, index_names=["variant"])}</div>
+<h2>Long tail and exposure</h2>
+<div class="wrap">{_html_table(beyond, index_names=["variant"])}</div>
+<p class="note">{html.escape(_GLOSSARY)}</p>
+<h2>Accuracy by segment of the test item</h2>
+<div class="wrap">{_html_table(segments, index_names=["variant", "segment"], group_best_by_level=1)}</div>
+<p class="note">head = the most popular items by training count; tail = the rest, cold items included; cold = items
+with no training interaction. A segment's metrics use only its test items as the relevant set, over the users
+that have one.</p>
+{figures}
+<details><summary>Data and configuration</summary>{_context_html(context)}</details>
+</main></body></html>
+"""
+
+
+def render_markdown(
+    *, run_id: str, k: int, main: pd.DataFrame, beyond: pd.DataFrame, segments: pd.DataFrame,
+    png_names: Iterable[str], context: Mapping[str, Any], generated: str,
+) -> str:  # fmt: skip
+    """The report as Markdown, the plots referenced by relative path."""
+    names = set(png_names)
+    figs = [
+        (TRADEOFF_PNG, f"Accuracy against long-tail coverage (NDCG@{k} vs long-tail coverage@{k})"),
+        (LORENZ_PNG, f"Lorenz curve of top-{k} exposure"),
+        (DECILES_PNG, f"Recall@{k} by item-popularity decile"),
+    ]
+    out = [
+        "# longtail evaluation report\n",
+        f"Run `{run_id}`, generated {generated}; plots at K = {k}.\n",
+        "## Accuracy (all test items)\n",
+        _md_table(main, index_names=["variant"]),
+        "## Long tail and exposure\n",
+        _md_table(beyond, index_names=["variant"]),
+        _GLOSSARY + "\n",
+        "## Accuracy by segment of the test item\n",
+        _md_table(segments, index_names=["variant", "segment"]),
+    ]
+    for name, title in figs:
+        if name in names:
+            out += [f"## {title}\n", f"![{title}]({name})\n"]
+    out += ["<details><summary>Data and configuration</summary>\n", _context_md(context), "</details>\n"]
+    return "\n".join(out)
+
+
+# --- writing -------------------------------------------------------------------------------------
+def _local_dir(out_dir: str) -> str | None:
+    """The local path of ``out_dir``, or None when it is a URI for Hadoop."""
+    parsed = urlparse(out_dir)
+    if parsed.scheme == "file":
+        return parsed.path
+    if parsed.scheme and len(parsed.scheme) > 1:  # 'C:\\...' is a Windows drive, not a scheme
+        return None
+    return out_dir
+
+
+def _write_local(directory: str, files: Sequence[tuple[str, bytes]]) -> dict[str, str]:
+    os.makedirs(directory, exist_ok=True)
+    written = {}
+    for name, data in files:
+        final = os.path.join(directory, name)
+        tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, final)  # atomic on POSIX: readers see the old or the new file
+        written[name] = final
+    return written
+
+
+def _write_hadoop(spark: SparkSession, out_dir: str, files: Sequence[tuple[str, bytes]]) -> dict[str, str]:
+    jvm: Any = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    base = out_dir.rstrip("/")
+    directory = jvm.org.apache.hadoop.fs.Path(base)
+    fs = directory.getFileSystem(conf)
+    fs.mkdirs(directory)
+    written = {}
+    for name, data in files:
+        final = jvm.org.apache.hadoop.fs.Path(f"{base}/{name}")
+        tmp = jvm.org.apache.hadoop.fs.Path(f"{base}/.{name}.{uuid.uuid4().hex}.tmp")
+        stream = fs.create(tmp, True)
+        try:
+            stream.write(bytearray(data))
+        finally:
+            stream.close()
+        # Hadoop's rename does not replace: drop the old file first (object stores copy anyway).
+        if fs.exists(final):
+            fs.delete(final, False)
+        if not fs.rename(tmp, final):
+            fs.delete(tmp, False)
+            raise OSError(f"could not rename {tmp} to {final}")
+        written[name] = f"{base}/{name}"
+    return written
+
+
+def write_files(
+    out_dir: str, files: Sequence[tuple[str, bytes]], *, spark: SparkSession | None = None
+) -> dict[str, str]:
+    """Write ``(name, bytes)`` into ``out_dir`` in order, each under a temporary name then renamed.
+
+    Local paths and ``file:`` URIs are written directly; other URIs through Spark's Hadoop
+    FileSystem (``spark`` required).
+
+    Returns:
+        name -> written path or URI.
+    """
+    local = _local_dir(out_dir)
+    if local is not None:
+        return _write_local(local, files)
+    if spark is None:
+        raise ValueError(f"writing the report to {out_dir!r} needs a SparkSession (its Hadoop FileSystem)")
+    return _write_hadoop(spark, out_dir, files)
+
+
+def write_report(
+    out_dir: str,
+    *,
+    run_id: str,
+    metrics: pd.DataFrame,
+    lorenz: pd.DataFrame,
+    deciles: pd.DataFrame,
+    sweep: pd.DataFrame | None,
+    context: Mapping[str, Any],
+    k: int,
+    spark: SparkSession | None = None,
+) -> dict[str, str]:
+    """Write ``report.html`` (self-contained) and ``report.md`` with its PNGs into ``out_dir``.
+
+    Args:
+        out_dir: a local path or a Hadoop URI, e.g. ``<lake.root>/reports/<run_id>``.
+        run_id: the run the report belongs to (shown in the title).
+        metrics: ``variant``, ``metric``, ``k``, ``segment``, ``value`` (``run_id`` may be present).
+        lorenz: ``variant``, ``share_of_items``, ``share_of_exposure`` (:func:`longtail.metrics.lorenz_curve`).
+        deciles: ``variant``, ``decile``, ``recall``, ``n_test`` (:func:`longtail.metrics.recall_by_decile`).
+        sweep: ``variant``, ``param``, ``value``, ``ndcg``, ``long_tail_coverage`` (points of a curve
+            over the fusion knob), or None / empty for no curves.
+        context: JSON-able facts shown in a collapsible section (sources, counts, split, config,
+            timings); top-level keys become sub-headings.
+        k: the cut-off of the plots.
+        spark: needed only when ``out_dir`` is not local.
+
+    Returns:
+        ``{"html": ..., "md": ..., "tradeoff_png": ..., "lorenz_png": ..., "deciles_png": ...}``:
+        the written paths (or URIs).
+
+    Example:
+        >>> write_report(out, run_id="r1", metrics=m, lorenz=l, deciles=d, sweep=None, context={}, k=10)["html"]
+    """
+    metrics = metrics.assign(k=metrics["k"].astype(int), value=metrics["value"].astype(float))
+    main = metric_table(metrics, ACCURACY_COLUMNS)
+    beyond = metric_table(metrics, BEYOND_COLUMNS)
+    segments = segment_table(metrics)
+    pngs = {
+        TRADEOFF_PNG: plot_tradeoff(metrics, sweep, k=k),
+        LORENZ_PNG: plot_lorenz(lorenz, metrics, k=k),
+        DECILES_PNG: plot_deciles(deciles, k=k),
+    }
+    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    common = {"run_id": run_id, "k": k, "main": main, "beyond": beyond, "segments": segments, "context": context,
+              "generated": generated}  # fmt: skip
+    md = render_markdown(png_names=pngs, **common)
+    page = render_html(pngs=pngs, **common)
+    # the HTML last: once it exists, the report is complete
+    files = [*pngs.items(), (MD_NAME, md.encode("utf-8")), (HTML_NAME, page.encode("utf-8"))]
+    written = write_files(out_dir, files, spark=spark)
+    log.info("report written to %s", written[HTML_NAME])
+    return {
+        "html": written[HTML_NAME],
+        "md": written[MD_NAME],
+        "tradeoff_png": written[TRADEOFF_PNG],
+        "lorenz_png": written[LORENZ_PNG],
+        "deciles_png": written[DECILES_PNG],
+    }
