@@ -219,7 +219,7 @@ def test_one_function_per_metric_gives_the_same_values(hand):
 
 def test_evaluated_users_are_counted(hand):
     recs, test, stats = hand
-    got = M.evaluated_users(recs, test, stats)
+    got = M.evaluated_users_table(recs, test, stats)
     expected = pd.DataFrame(
         [
             # A lists u1..u4; u5 has test items but no A list; u4 has an A list but no test item
@@ -235,6 +235,14 @@ def test_evaluated_users_are_counted(hand):
         columns=["variant", "segment", "evaluated_users", "evaluated_without_list", "excluded_users"],
     )
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+    summary = M.evaluated_users(recs, test, stats)
+    assert summary["evaluated_users"] == {"all": 4, "head": 3, "tail": 2, "cold": 2}
+    assert summary["variants"]["A"] == {
+        "users_with_list": 4,
+        "evaluated_without_list": {"all": 1, "head": 1, "tail": 0, "cold": 0},
+        "excluded_users": {"all": 1, "head": 2, "tail": 2, "cold": 2},
+    }
+    assert summary["variants"]["B"]["users_with_list"] == 2
 
 
 def test_gini_bounds(spark):

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import cast
+from typing import Any, cast
 
 import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
@@ -321,17 +321,18 @@ def map_at_k(recs: DataFrame, test: DataFrame, item_stats: DataFrame, *, ks: Seq
     return _accuracy(recs, test, item_stats, ks=ks, metrics=(MAP,))
 
 
-def evaluated_users(recs: DataFrame, test: DataFrame, item_stats: DataFrame) -> pd.DataFrame:
+def evaluated_users_table(recs: DataFrame, test: DataFrame, item_stats: DataFrame) -> pd.DataFrame:
     """Who the accuracy metrics average over, per variant and segment (small; collected).
 
     Returns:
         pandas DataFrame with columns ``variant``, ``segment``, ``evaluated_users`` (users with at
         least one test item in the segment: the denominator), ``evaluated_without_list`` (of those,
         users without a list from the variant: they count with zeros) and ``excluded_users`` (users
-        with a list from the variant but no test item in the segment: left out).
+        with a list from the variant but no test item in the segment: left out). One row per variant
+        and segment of :data:`SEGMENTS`, in that order.
 
     Example:
-        >>> evaluated_users(recs, test, item_stats).query("segment == 'all'")
+        >>> evaluated_users_table(recs, test, item_stats).query("segment == 'all'")
     """
     S.require_columns(recs, [S.VARIANT, S.USER_ID], "metrics: recs")
     rel_users = relevant_items(test, item_stats).select(S.USER_ID, S.SEGMENT).distinct()
@@ -358,6 +359,39 @@ def evaluated_users(recs: DataFrame, test: DataFrame, item_stats: DataFrame) -> 
     order = {s: i for i, s in enumerate(SEGMENTS)}
     out = out.sort_values([S.VARIANT, S.SEGMENT], key=lambda c: c.map(order) if c.name == S.SEGMENT else c)
     return out.reset_index(drop=True)
+
+
+def evaluated_users(recs: DataFrame, test: DataFrame, item_stats: DataFrame) -> dict[str, Any]:
+    """:func:`evaluated_users_table` as a JSON-able dict, for logs, the runs table and the report.
+
+    Returns:
+        ``{"evaluated_users": {segment: n}, "variants": {variant: {"users_with_list": n,
+        "evaluated_without_list": {segment: n}, "excluded_users": {segment: n}}}}``: per segment the
+        users with a test item in it (the denominator of its accuracy metrics); per variant the
+        users it gave a list, the evaluated users without one (counted with zeros) and the users
+        with a list but no test item in the segment (left out).
+
+    Example:
+        >>> evaluated_users(recs, test, item_stats)["variants"]["cf"]["excluded_users"]["all"]
+        0
+    """
+    table = evaluated_users_table(recs, test, item_stats)
+    users_with_list = recs.groupBy(S.VARIANT).agg(F.countDistinct(S.USER_ID).alias("n")).collect()
+    n_list = {r[S.VARIANT]: int(r["n"]) for r in users_with_list}
+    first = table.drop_duplicates(S.SEGMENT)
+    out: dict[str, Any] = {
+        "evaluated_users": {str(r.segment): int(r.evaluated_users) for r in first.itertuples()},
+        "variants": {},
+    }
+    for variant, rows in table.groupby(S.VARIANT, sort=False):
+        out["variants"][str(variant)] = {
+            "users_with_list": n_list.get(str(variant), 0),
+            "evaluated_without_list": {
+                str(r.segment): int(r.evaluated_without_list) for r in rows.itertuples()
+            },
+            "excluded_users": {str(r.segment): int(r.excluded_users) for r in rows.itertuples()},
+        }
+    return out
 
 
 # --- beyond accuracy: per user list --------------------------------------------------------------
