@@ -77,7 +77,10 @@ def test_extra_columns_are_kept(spark):
         [("u", "i", _t(1), 1.0, "web"), ("u", "j", _t(2), 2.0, "app")], SCHEMA + ", channel string"
     )
     train, test = time_split(df, test_fraction=0.2)
-    assert [tuple(r) for r in train.collect()] == [("u", "i", _t(1).replace(tzinfo=None), 1.0, "web")]
+    utc = dt.timezone.utc  # PySpark returns naive local times
+    assert [(*r[:2], r.ts.astimezone(utc), *r[3:]) for r in train.collect()] == [
+        ("u", "i", _t(1), 1.0, "web")
+    ]
     assert [r.channel for r in test.collect()] == ["app"]
 
 

@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Any
 
 from pyspark.sql import Column, DataFrame, Window
@@ -134,61 +135,59 @@ def split_summary(train: DataFrame, test: DataFrame, items: DataFrame | None = N
         interaction), ``test_interactions_of_cold_users``, ``train_items``, ``test_items``,
         ``cold_items`` (distinct test items without a training interaction),
         ``test_interactions_on_cold_items``, ``test_share`` (test / all interactions),
-        ``train_ts_min``, ``train_ts_max``, ``test_ts_min``, ``test_ts_max`` (ISO strings or None),
+        ``train_ts_min``, ``train_ts_max``, ``test_ts_min``, ``test_ts_max`` (ISO strings in UTC, or None),
         and with ``items``: ``catalog_items`` and ``catalog_items_without_train_interaction``.
 
     Example:
         >>> split_summary(*time_split(interactions), items)["cold_items"]
         12
     """
-    out: dict[str, Any] = {}
+    parts = []
     for name, df in (("train", train), ("test", test)):
-        row = df.agg(
-            F.count(F.lit(1)).alias("n"),
-            F.countDistinct(S.USER_ID).alias("users"),
-            F.countDistinct(S.ITEM_ID).alias("items"),
-            F.min(S.TS).alias("ts_min"),
-            F.max(S.TS).alias("ts_max"),
-        ).first()
-        assert row is not None
-        out[f"{name}_interactions"] = int(row["n"])
-        out[f"{name}_users"] = int(row["users"])
-        out[f"{name}_items"] = int(row["items"])
-        out[f"{name}_ts_min"] = row["ts_min"].isoformat() if row["ts_min"] is not None else None
-        out[f"{name}_ts_max"] = row["ts_max"].isoformat() if row["ts_max"] is not None else None
-
+        parts.append(
+            df.agg(
+                F.count(F.lit(1)).alias(f"{name}_interactions"),
+                F.countDistinct(S.USER_ID).alias(f"{name}_users"),
+                F.countDistinct(S.ITEM_ID).alias(f"{name}_items"),
+                F.min(S.TS).alias(f"{name}_ts_min"),
+                F.max(S.TS).alias(f"{name}_ts_max"),
+            )
+        )
     train_users = train.select(S.USER_ID).distinct()
     train_items = train.select(S.ITEM_ID).distinct()
-    cold_user_rows = test.join(train_users, S.USER_ID, "left_anti")
-    cold_item_rows = test.join(train_items, S.ITEM_ID, "left_anti")
-    row = (
-        cold_user_rows.agg(F.countDistinct(S.USER_ID).alias("u"), F.count(F.lit(1)).alias("n"))
-        .crossJoin(cold_item_rows.agg(F.countDistinct(S.ITEM_ID).alias("i"), F.count(F.lit(1)).alias("m")))
-        .crossJoin(
-            train.select(S.USER_ID)
-            .unionByName(test.select(S.USER_ID))
-            .agg(F.countDistinct(S.USER_ID).alias("all"))
+    parts.append(
+        test.join(train_users, S.USER_ID, "left_anti").agg(
+            F.countDistinct(S.USER_ID).alias("cold_users"),
+            F.count(F.lit(1)).alias("test_interactions_of_cold_users"),
         )
-        .first()
     )
-    assert row is not None
-    out["users"] = int(row["all"])
-    out["cold_users"] = int(row["u"])
-    out["test_interactions_of_cold_users"] = int(row["n"])
-    out["cold_items"] = int(row["i"])
-    out["test_interactions_on_cold_items"] = int(row["m"])
-    total = out["train_interactions"] + out["test_interactions"]
-    out["test_share"] = out["test_interactions"] / total if total else None
+    parts.append(
+        test.join(train_items, S.ITEM_ID, "left_anti").agg(
+            F.countDistinct(S.ITEM_ID).alias("cold_items"),
+            F.count(F.lit(1)).alias("test_interactions_on_cold_items"),
+        )
+    )
+    parts.append(
+        train.select(S.USER_ID)
+        .unionByName(test.select(S.USER_ID))
+        .agg(F.countDistinct(S.USER_ID).alias("users"))
+    )
     if items is not None:
         catalogue = items.select(S.ITEM_ID).distinct()
-        row = (
-            catalogue.agg(F.count(F.lit(1)).alias("n"))
-            .crossJoin(
-                catalogue.join(train_items, S.ITEM_ID, "left_anti").agg(F.count(F.lit(1)).alias("cold"))
+        parts.append(catalogue.agg(F.count(F.lit(1)).alias("catalog_items")))
+        parts.append(
+            catalogue.join(train_items, S.ITEM_ID, "left_anti").agg(
+                F.count(F.lit(1)).alias("catalog_items_without_train_interaction")
             )
-            .first()
         )
-        assert row is not None
-        out["catalog_items"] = int(row["n"])
-        out["catalog_items_without_train_interaction"] = int(row["cold"])
+    row = functools.reduce(DataFrame.crossJoin, parts).first()  # one-row aggregates: one job
+    assert row is not None
+    out: dict[str, Any] = {}
+    for key, value in row.asDict().items():
+        if isinstance(value, dt.datetime):  # PySpark hands back naive local time: turn it into UTC
+            out[key] = value.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat()
+        else:
+            out[key] = int(value) if value is not None else None
+    total = out["train_interactions"] + out["test_interactions"]
+    out["test_share"] = out["test_interactions"] / total if total else None
     return out
