@@ -211,22 +211,30 @@ def user_accuracy(recs: DataFrame, test: DataFrame, item_stats: DataFrame, *, ks
     """
     ks = _check_ks(ks)
     rel = relevant_items(test, item_stats)
-    n_rel = rel.groupBy(S.USER_ID, S.SEGMENT).agg(F.count(F.lit(1)).alias(_N_REL))
-    hits = _recs(recs, max(ks)).join(rel, [S.USER_ID, S.ITEM_ID])
+    return _user_accuracy(recs, rel, _relevant_counts(rel), ks)
+
+
+def _relevant_counts(rel: DataFrame) -> DataFrame:
+    """(user_id, segment, _n_rel): the size of each user's relevant set per segment."""
+    return rel.groupBy(S.USER_ID, S.SEGMENT).agg(F.count(F.lit(1)).alias(_N_REL))
+
+
+def _user_accuracy(recs: DataFrame, rel: DataFrame, n_rel: DataFrame, ks: Sequence[int]) -> DataFrame:
+    hits = _recs(recs, max(ks)).join(rel.join(n_rel, [S.USER_ID, S.SEGMENT]), [S.USER_ID, S.ITEM_ID])
     # P@r at a hit of rank r = (hits at ranks <= r) / r; the same for every k >= r.
     nth_hit = F.row_number().over(Window.partitionBy(S.VARIANT, S.USER_ID, S.SEGMENT).orderBy(S.RANK))
-    hits = hits.withColumn(_AP, nth_hit / F.col(S.RANK))
-    per_user = (
-        hits.withColumn(S.K, F.explode(F.array(*[F.lit(k) for k in ks])))
+    return (
+        hits.withColumn(_AP, nth_hit / F.col(S.RANK))
+        .withColumn(S.K, F.explode(F.array(*[F.lit(k) for k in ks])))
         .where(F.col(S.RANK) <= F.col(S.K))
         .groupBy(S.VARIANT, S.K, S.SEGMENT, S.USER_ID)
         .agg(
             F.count(F.lit(1)).alias(_HITS),
             F.sum(1.0 / F.log2(F.col(S.RANK).cast("double") + 1.0)).alias(_DCG),
             F.sum(_AP).alias(_AP),
+            F.first(_N_REL).alias(_N_REL),
         )
     )
-    return per_user.join(n_rel, [S.USER_ID, S.SEGMENT])
 
 
 def _accuracy(
@@ -238,13 +246,13 @@ def _accuracy(
     in the segment (users without a hit, with or without a list, add 0).
     """
     ks = _check_ks(ks)
-    per_user = user_accuracy(recs, test, item_stats, ks=ks)
+    rel = relevant_items(test, item_stats)
+    n_rel = _relevant_counts(rel)
+    per_user = _user_accuracy(recs, rel, n_rel, ks)
     sums = per_user.groupBy(S.VARIANT, S.K, S.SEGMENT).agg(
         *[F.sum(_per_user_accuracy(m, ks)).alias(m) for m in metrics]
     )
-    n_eval = (
-        relevant_items(test, item_stats).groupBy(S.SEGMENT).agg(F.countDistinct(S.USER_ID).alias(_N_EVAL))
-    )
+    n_eval = n_rel.groupBy(S.SEGMENT).agg(F.count(F.lit(1)).alias(_N_EVAL))
     ks_df = _variants(recs).select(S.VARIANT, F.explode(F.array(*[F.lit(k) for k in ks])).alias(S.K))
     grid = ks_df.crossJoin(n_eval)
     wide = grid.join(sums, [S.VARIANT, S.K, S.SEGMENT], "left").select(
