@@ -8,7 +8,17 @@ import pytest
 from pyspark.sql import DataFrame
 
 from longtail.schema import MissingColumnsError
-from longtail.topk import EMPTY, Signal, block_top_k, blocked_top_k, candidates, composite, composite_keys
+from longtail.topk import (
+    EMPTY,
+    Signal,
+    balanced_labels,
+    block_top_k,
+    blocked_top_k,
+    candidates,
+    composite,
+    composite_keys,
+    spark_hash_partition,
+)
 
 pytestmark = pytest.mark.spark
 
@@ -142,7 +152,7 @@ def test_reference_covers_the_cases(data):
     [
         dict(block_queries=1000, block_items=1000),  # one block a side, larger than the input
         dict(block_queries=5, block_items=7),  # sizes that divide nothing
-        dict(block_queries=8, block_items=13, query_blocks_per_task=2, item_blocks_per_task=2),
+        dict(block_queries=8, block_items=13, query_blocks_per_task=2, item_blocks_per_task=2, row_chunk=3),
     ],
     ids=["one-block", "5x7", "several-item-partitions"],
 )
@@ -174,6 +184,24 @@ def test_empty_items_give_an_empty_result(spark, inputs):
     queries, items, _ = inputs
     result = blocked_top_k(queries, items.limit(0), SIGNALS)
     assert result.count() == 0 and result.columns[:2] == ["user_idx", "item_idx"]
+
+
+def test_balanced_labels_fill_every_partition_evenly(spark):
+    from pyspark.sql import functions as F
+
+    values = np.arange(-3000, 3000)
+    spark_side = spark.createDataFrame([(int(v),) for v in values], "v int").select(
+        F.pmod(F.hash("v"), F.lit(7))
+    )
+    np.testing.assert_array_equal(spark_hash_partition(values, 7), [r[0] for r in spark_side.collect()])
+    labels = balanced_labels(23, 5)
+    placed = (
+        spark.createDataFrame([(b, int(x)) for b, x in enumerate(labels)], "b int, label int")
+        .repartition(5, "label")
+        .select("b", F.spark_partition_id().alias("p"))
+        .collect()
+    )
+    assert all(r.p == r.b % 5 for r in placed) and len(placed) == 23
 
 
 # --- the numpy kernels ---------------------------------------------------------------------------

@@ -69,7 +69,7 @@ _INT_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
 _MAX_BLOCK_BYTES = 1 << 30  # one packed matrix must stay far below Arrow's 2 GiB binary limit
 
 # internal column names (user-given names only appear in the final select)
-_QB, _IB, _Q, _I = "_qb", "_ib", "_q", "_i"
+_QB, _IB, _Q, _I, _PART = "_qb", "_ib", "_q", "_i", "_part"
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ class _Plan:
     dims: tuple[int, ...]  # 0: the signal has no vectors on one side (no scores at all)
     n_query_blocks: int
     n_item_blocks: int
+    row_chunk: int
 
 
 def blocked_top_k(
@@ -111,6 +112,7 @@ def blocked_top_k(
     block_items: int = 4096,
     query_blocks_per_task: int = 1,
     item_blocks_per_task: int = 16,
+    row_chunk: int = 512,
 ) -> DataFrame:
     """Each query's top-k items under every signal, united over signals, as a lazy DataFrame.
 
@@ -128,6 +130,8 @@ def blocked_top_k(
         item_blocks_per_task: item blocks per partition of the block cross product; a task holds
             that many item blocks in memory, and the merge moves ``n_item_partitions`` partial top-k
             lists per query, so larger means less shuffle and more memory.
+        row_chunk: query rows scored at a time inside a block pair; a Python worker holds
+            ``row_chunk x block_items`` scores per signal (float32) and as many int64 indices.
 
     Returns:
         One row per (query, item) in the union of the signals' top-k lists, excluded pairs left out:
@@ -159,6 +163,7 @@ def blocked_top_k(
         ("block_items", block_items),
         ("query_blocks_per_task", query_blocks_per_task),
         ("item_blocks_per_task", item_blocks_per_task),
+        ("row_chunk", row_chunk),
     ]:
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"blocked_top_k: {name} must be an integer >= 1, got {value!r}")
@@ -178,14 +183,22 @@ def blocked_top_k(
         dims=tuple(dims),
         n_query_blocks=math.ceil(n_q / block_queries),
         n_item_blocks=math.ceil(n_i / block_items),
+        row_chunk=row_chunk,
     )
-    qblocks = _query_blocks(queries, exclude, signals, plan, query_key, item_key)
-    iblocks = _item_blocks(items, signals, plan, item_key)
-    # The layout of the cross product: a task = (query partition, item partition). Repartitioning the
-    # packed blocks also turns them into shuffle output, so that the cartesian's re-reads of a
-    # partition (once per task) read bytes instead of re-running the Python packing.
-    qblocks = qblocks.repartition(math.ceil(plan.n_query_blocks / query_blocks_per_task), _QB)
-    iblocks = iblocks.repartition(math.ceil(plan.n_item_blocks / item_blocks_per_task), _IB)
+    # The layout of the cross product: a task = (query partition, item partition). Each packed block
+    # carries a partition label chosen so that Spark's hash partitioning puts block b in partition
+    # b % n_partitions (plain hash partitioning of block ids leaves some partitions empty and
+    # others with 2-3 blocks: unequal tasks). Repartitioning also makes the packed blocks shuffle
+    # output, so the cartesian's re-reads of a partition (once per task) read bytes instead of
+    # re-running the Python packing.
+    q_parts = math.ceil(plan.n_query_blocks / query_blocks_per_task)
+    i_parts = math.ceil(plan.n_item_blocks / item_blocks_per_task)
+    q_labels = balanced_labels(plan.n_query_blocks, q_parts)
+    i_labels = balanced_labels(plan.n_item_blocks, i_parts)
+    qblocks = _query_blocks(queries, exclude, signals, plan, query_key, item_key, q_labels)
+    iblocks = _item_blocks(items, signals, plan, item_key, i_labels)
+    qblocks = qblocks.repartition(q_parts, _PART).drop(_PART)
+    iblocks = iblocks.repartition(i_parts, _PART).drop(_PART)
     pairs = qblocks.hint("shuffle_replicate_nl").crossJoin(iblocks)
     partial = pairs.mapInArrow(_score_pairs_fn(plan), _partial_ddl(plan))
     merged = partial.groupBy(_QB).applyInArrow(_merge_fn(plan), _merged_ddl(plan))
@@ -300,12 +313,13 @@ def _query_blocks(
     plan: _Plan,
     query_key: str,
     item_key: str,
+    labels: np.ndarray,
 ) -> DataFrame:
     vecs = [F.col(s.query_col).alias(f"_v{j}") for j, s in enumerate(signals)]
     rows = queries.select(
         _bucket(query_key, plan.n_query_blocks).alias(_QB), F.col(query_key).cast("long").alias(_Q), *vecs
     )
-    fn = _pack_queries_fn(plan)
+    fn = _pack_queries_fn(plan, labels)
     ddl = _query_block_ddl(plan)
     if exclude is None:
         return rows.groupBy(_QB).applyInArrow(lambda t: fn(t, None), ddl)
@@ -318,7 +332,9 @@ def _query_blocks(
     return rows.groupBy(_QB).cogroup(ex.groupBy(_QB)).applyInArrow(fn, ddl)
 
 
-def _item_blocks(items: DataFrame, signals: Sequence[Signal], plan: _Plan, item_key: str) -> DataFrame:
+def _item_blocks(
+    items: DataFrame, signals: Sequence[Signal], plan: _Plan, item_key: str, labels: np.ndarray
+) -> DataFrame:
     vecs = [F.col(s.item_col).alias(f"_v{j}") for j, s in enumerate(signals)]
     rows = items.select(
         _bucket(item_key, plan.n_item_blocks).alias(_IB), F.col(item_key).cast("long").alias(_I), *vecs
@@ -348,18 +364,18 @@ def _item_blocks(items: DataFrame, signals: Sequence[Signal], plan: _Plan, item_
         # fresh names: the two cogroup sides come from the same rows (an ambiguous self-join otherwise)
         .select(F.col(_IB).alias("_dib"), F.col(_I).alias("_dk"), F.col("_h._sig").alias("_sig"))
     )
-    fn = _pack_items_fn(plan)
+    fn = _pack_items_fn(plan, labels)
     return rows.groupBy(_IB).cogroup(dups.groupBy("_dib")).applyInArrow(fn, _item_block_ddl(plan))
 
 
 def _query_block_ddl(plan: _Plan) -> str:
     sig = ", ".join(f"q_v{j} binary, q_m{j} binary" for j in range(len(plan.ks)))
-    return f"{_QB} int, q_ids binary, {sig}, ex_rows binary, ex_items binary, ex_ib binary"
+    return f"{_QB} int, {_PART} int, q_ids binary, {sig}, ex_rows binary, ex_items binary, ex_ib binary"
 
 
 def _item_block_ddl(plan: _Plan) -> str:
     sig = ", ".join(f"i_v{j} binary, i_m{j} binary, i_d{j} binary" for j in range(len(plan.ks)))
-    return f"{_IB} int, i_ids binary, {sig}"
+    return f"{_IB} int, {_PART} int, i_ids binary, {sig}"
 
 
 def _partial_ddl(plan: _Plan) -> str:
@@ -370,6 +386,47 @@ def _partial_ddl(plan: _Plan) -> str:
 def _merged_ddl(plan: _Plan) -> str:
     sig = ", ".join(f"_s{j} double, _r{j} int" for j in range(len(plan.ks)))
     return f"{_Q} long, {_I} long, {sig}"
+
+
+def spark_hash_partition(values: np.ndarray, n: int) -> np.ndarray:
+    """The partition that ``repartition(n, col)`` gives an int ``col`` value: pmod(murmur3(v, 42), n).
+
+    Spark's ``HashPartitioning`` on one int column is ``Murmur3_x86_32.hashInt(v, 42)`` taken
+    ``pmod n``; this is the same function, vectorised (uint32 arithmetic wraps like Java's int).
+    """
+    u32 = np.uint32
+    with np.errstate(over="ignore"):
+        k = np.asarray(values, np.int64).astype(np.int32).view(u32) * u32(0xCC9E2D51)
+        k = ((k << u32(15)) | (k >> u32(17))) * u32(0x1B873593)
+        h = u32(42) ^ k
+        h = ((h << u32(13)) | (h >> u32(19))) * u32(5) + u32(0xE6546B64)
+        h ^= u32(4)
+        h ^= h >> u32(16)
+        h *= u32(0x85EBCA6B)
+        h ^= h >> u32(13)
+        h *= u32(0xC2B2AE35)
+        h ^= h >> u32(16)
+    return np.mod(h.view(np.int32).astype(np.int64), n)
+
+
+def balanced_labels(n_blocks: int, n_parts: int) -> np.ndarray:
+    """An int label per block such that ``repartition(n_parts, label)`` puts block b in partition b % n_parts.
+
+    Labels are the smallest non-negative ints that hash to each partition (vectorised search).
+    """
+    need = np.bincount(np.arange(n_blocks) % n_parts, minlength=n_parts)
+    size = 8 * n_blocks + 64
+    while True:
+        cand = np.arange(size)
+        parts = spark_hash_partition(cand, n_parts)
+        counts = np.bincount(parts, minlength=n_parts)
+        if (counts >= need).all():
+            break
+        size *= 2
+    order = np.argsort(parts, kind="stable")  # by partition, then by value
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    blocks = np.arange(n_blocks)
+    return cand[order[starts[blocks % n_parts] + blocks // n_parts]].astype(np.int32)
 
 
 # --- worker side: packing ------------------------------------------------------------------------
@@ -428,10 +485,10 @@ def _bin(*values: bytes) -> pa.Array:
     return pa.array(list(values), pa.binary())
 
 
-def _pack_queries_fn(plan: _Plan) -> Callable[[pa.Table, pa.Table | None], pa.Table]:
+def _pack_queries_fn(plan: _Plan, labels: np.ndarray) -> Callable[[pa.Table, pa.Table | None], pa.Table]:
     n_sig = len(plan.ks)
     schema = pa.schema(
-        [(_QB, pa.int32()), ("q_ids", pa.binary())]
+        [(_QB, pa.int32()), (_PART, pa.int32()), ("q_ids", pa.binary())]
         + [(f"q_{x}{j}", pa.binary()) for j in range(n_sig) for x in "vm"]
         + [("ex_rows", pa.binary()), ("ex_items", pa.binary()), ("ex_ib", pa.binary())]
     )
@@ -440,8 +497,10 @@ def _pack_queries_fn(plan: _Plan) -> Callable[[pa.Table, pa.Table | None], pa.Ta
         if rows.num_rows == 0:  # a cogroup group with exclusions only
             return schema.empty_table()
         ids, order = _sorted_keys(rows, _Q, "query")
+        qb = rows.column(_QB)[0].as_py()
         cols: dict[str, pa.Array] = {
-            _QB: pa.array([rows.column(_QB)[0].as_py()], pa.int32()),
+            _QB: pa.array([qb], pa.int32()),
+            _PART: pa.array([labels[qb]], pa.int32()),
             "q_ids": _bin(ids.tobytes()),
         }
         for j, d in enumerate(plan.dims):
@@ -468,10 +527,10 @@ def _pack_queries_fn(plan: _Plan) -> Callable[[pa.Table, pa.Table | None], pa.Ta
     return pack
 
 
-def _pack_items_fn(plan: _Plan) -> Callable[[pa.Table, pa.Table], pa.Table]:
+def _pack_items_fn(plan: _Plan, labels: np.ndarray) -> Callable[[pa.Table, pa.Table], pa.Table]:
     n_sig = len(plan.ks)
     schema = pa.schema(
-        [(_IB, pa.int32()), ("i_ids", pa.binary())]
+        [(_IB, pa.int32()), (_PART, pa.int32()), ("i_ids", pa.binary())]
         + [(f"i_{x}{j}", pa.binary()) for j in range(n_sig) for x in "vmd"]
     )
 
@@ -481,8 +540,10 @@ def _pack_items_fn(plan: _Plan) -> Callable[[pa.Table, pa.Table], pa.Table]:
         ids, order = _sorted_keys(rows, _I, "item")
         dup_keys = dups.column("_dk").to_numpy().astype(np.int64) if dups.num_rows else np.zeros(0, np.int64)
         dup_sig = dups.column("_sig").to_numpy() if dups.num_rows else np.zeros(0, np.int32)
+        ib = rows.column(_IB)[0].as_py()
         cols: dict[str, pa.Array] = {
-            _IB: pa.array([rows.column(_IB)[0].as_py()], pa.int32()),
+            _IB: pa.array([ib], pa.int32()),
+            _PART: pa.array([labels[ib]], pa.int32()),
             "i_ids": _bin(ids.tobytes()),
         }
         for j, d in enumerate(plan.dims):
@@ -607,31 +668,38 @@ class RunningTopK:
         self.comp = [np.full((n, k), EMPTY, np.uint64) for k in ks]
         self.xs = [np.full((n, k, len(ks)), -np.inf, np.float32) for k in ks]
 
-    def add_block(self, scores: Sequence[np.ndarray], keys: np.ndarray, active: Sequence[bool]) -> None:
-        """Fold one item block in: ``scores[s]`` (n, m), ``-inf`` = not a candidate; ``keys`` (m,).
+    def add_block(
+        self,
+        scores: Sequence[np.ndarray],
+        keys: np.ndarray,
+        active: Sequence[bool],
+        rows: slice = slice(None),
+    ) -> None:
+        """Fold one item block in: ``scores[s]`` (rows, m), ``-inf`` = not a candidate; ``keys`` (m,).
 
-        ``active[s]`` False: signal s has no candidate in this block (skipped).
+        ``active[s]`` False: signal s has no candidate in this block (skipped). ``rows``: the query
+        rows that ``scores`` covers (the pair is scored in row chunks).
         """
         for s, k in enumerate(self.ks):
             if not active[s]:
                 continue
-            floor = self.xs[s][:, :, s].min(axis=1)  # the k-th kept score; -inf while a slot is free
+            floor = self.xs[s][rows, :, s].min(axis=1)  # the k-th kept score; -inf while a slot is free
             idx = candidates(scores[s], k, floor)
             pad = idx < 0
             flat = np.where(pad, 0, idx) + (np.arange(idx.shape[0]) * scores[s].shape[1])[:, None]
             xs = np.stack([m.reshape(-1).take(flat) for m in scores], axis=-1)
             xs[pad] = -np.inf
             comp = composite(xs[:, :, s], keys.take(np.where(pad, 0, idx)))
-            self.fold(s, comp, xs)
+            self.fold(s, comp, xs, rows)
 
-    def fold(self, s: int, comp: np.ndarray, xs: np.ndarray) -> None:
+    def fold(self, s: int, comp: np.ndarray, xs: np.ndarray, rows: slice = slice(None)) -> None:
         """Merge candidates ``comp`` (n, m) with their scores ``xs`` (n, m, n_signals) into signal s."""
         k = self.ks[s]
-        comp = np.concatenate([self.comp[s], comp], axis=1)
-        xs = np.concatenate([self.xs[s], xs], axis=1)
+        comp = np.concatenate([self.comp[s][rows], comp], axis=1)
+        xs = np.concatenate([self.xs[s][rows], xs], axis=1)
         sel = np.argpartition(comp, k - 1, axis=1)[:, :k]  # composites are unique per row: exact
-        self.comp[s] = np.take_along_axis(comp, sel, 1)
-        self.xs[s] = np.take_along_axis(xs, sel[:, :, None], 1)
+        self.comp[s][rows] = np.take_along_axis(comp, sel, 1)
+        self.xs[s][rows] = np.take_along_axis(xs, sel[:, :, None], 1)
 
 
 def _blob(batch: pa.RecordBatch, col: str, row: int, dtype: Any) -> np.ndarray:
@@ -678,7 +746,6 @@ class _QueryBlock:
         n = self.ids.size
         self.vectors = [_blob(batch, f"q_v{j}", r, np.float32).reshape(n, d) for j, d in enumerate(plan.dims)]
         self.valid = [_blob(batch, f"q_m{j}", r, np.bool_) for j in range(len(plan.dims))]
-        self.any_valid = [bool(v.any()) for v in self.valid]
         self.ex_rows = _blob(batch, "ex_rows", r, np.int32)
         self.ex_items = _blob(batch, "ex_items", r, np.int64)
         self.ex_ib = _blob(batch, "ex_ib", r, np.int32)
@@ -686,24 +753,43 @@ class _QueryBlock:
 
 
 def _score_pair(batch: pa.RecordBatch, r: int, plan: _Plan, block: _QueryBlock) -> None:
-    """One (query block, item block) pair: products, masks, per-block top-k folded into the block's."""
+    """One (query block, item block) pair: products, masks, per-block top-k folded into the block's.
+
+    Scored in chunks of ``plan.row_chunk`` query rows: the score matrices and the argpartition
+    indices of a chunk stay small (cache, memory) whatever ``block_queries`` is. The chunk
+    boundaries depend only on the query block, so the ``q @ v`` of repeated vectors stays
+    bit-identical across item blocks.
+    """
     keys = _blob(batch, "i_ids", r, np.int64)
-    scores, active = [], []
+    items = []
     for j, d in enumerate(plan.dims):
-        i_mat = _blob(batch, f"i_v{j}", r, np.float32).reshape(keys.size, d)
         i_valid = _blob(batch, f"i_m{j}", r, np.bool_)
-        i_dup = _blob(batch, f"i_d{j}", r, np.bool_)
-        scores.append(score_block(block.vectors[j], block.valid[j], i_mat, i_valid, i_dup))
-        active.append(d > 0 and block.any_valid[j] and bool(i_valid.any()))
+        items.append(
+            (
+                _blob(batch, f"i_v{j}", r, np.float32).reshape(keys.size, d),
+                i_valid,
+                _blob(batch, f"i_d{j}", r, np.bool_),
+            )
+        )
     ib = batch.column(_IB)[r].as_py()
     lo, hi = np.searchsorted(block.ex_ib, ib, "left"), np.searchsorted(block.ex_ib, ib, "right")
-    if hi > lo:  # this block's excluded pairs whose item falls in this item block
-        items = block.ex_items[lo:hi]
-        pos = np.minimum(np.searchsorted(keys, items), keys.size - 1)
-        hit = keys[pos] == items
+    ex_rows, ex_cols = block.ex_rows[lo:hi], np.zeros(0, np.int64)
+    if hi > lo:  # this query block's excluded pairs whose item falls in this item block
+        ex_items = block.ex_items[lo:hi]
+        pos = np.minimum(np.searchsorted(keys, ex_items), keys.size - 1)
+        hit = keys[pos] == ex_items
+        ex_rows, ex_cols = ex_rows[hit], pos[hit]
+    for start in range(0, block.ids.size, plan.row_chunk):
+        rows = slice(start, min(start + plan.row_chunk, block.ids.size))
+        scores, active = [], []
+        for j, (i_mat, i_valid, i_dup) in enumerate(items):
+            q_valid = block.valid[j][rows]
+            scores.append(score_block(block.vectors[j][rows], q_valid, i_mat, i_valid, i_dup))
+            active.append(i_mat.shape[1] > 0 and bool(q_valid.any()) and bool(i_valid.any()))
+        mine = (ex_rows >= rows.start) & (ex_rows < rows.stop)
         for m in scores:
-            m[block.ex_rows[lo:hi][hit], pos[hit]] = -np.inf
-    block.top.add_block(scores, keys, active)
+            m[ex_rows[mine] - rows.start, ex_cols[mine]] = -np.inf
+        block.top.add_block(scores, keys, active, rows)
 
 
 def final_lists(
