@@ -142,6 +142,21 @@ def test_report_without_sweep_and_with_gaps(tmp_path: Path):
     assert page.count("data:image/png;base64,") == 3 and ">cold<" not in page
 
 
+def test_report_with_two_sweeps_and_a_missing_point(tmp_path: Path):
+    inputs = fake_inputs()
+    rerank = pd.DataFrame(
+        [
+            ("fused_rerank", "rerank_strength", s, 0.064 - 0.01 * s, 0.2 + 0.3 * s)
+            for s in (0.0, 0.1, 0.2, 0.4)
+        ]
+        + [("fused_rerank", "rerank_strength", 0.8, None, None)],
+        columns=["variant", "param", "value", "ndcg", "long_tail_coverage"],
+    )
+    inputs["sweep"] = pd.concat([inputs["sweep"], rerank], ignore_index=True)
+    paths = write_report(str(tmp_path), run_id="r", k=10, **inputs)
+    assert Path(paths["tradeoff_png"]).stat().st_size > 10_000
+
+
 def test_metric_table_orders_variants_and_ks():
     t = metric_table(fake_inputs()["metrics"], ("recall", "ndcg"))
     assert list(t.index) == list(VARIANTS)

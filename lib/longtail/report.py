@@ -29,6 +29,7 @@ import base64
 import datetime as dt
 import html
 import io
+import itertools
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ matplotlib.use("Agg")  # no display on a cluster driver; must precede pyplot
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 from pyspark.sql import SparkSession
 
 from longtail.config import VARIANTS
@@ -232,7 +234,16 @@ _LABEL_SPOTS = ((8, 5, "left"), (8, -13, "left"), (-8, 5, "right"), (-8, -13, "r
                 (0, -20, "center"))  # fmt: skip
 
 
-def _place_labels(fig: Figure, ax: Any, texts: list[Any], obstacles: Sequence[Any] = ()) -> None:
+_SMALL_LABEL_SPOTS = ((3, -9, "left"), (3, 3, "left"), (-3, 3, "right"), (-3, -9, "right"))
+
+
+def _place_labels(
+    fig: Figure,
+    ax: Any,
+    texts: list[Any],
+    obstacles: Sequence[Any] = (),
+    spots: Sequence[tuple[int, int, str]] = _LABEL_SPOTS,
+) -> None:
     """Move each point label to the first spot around its point that overlaps no other label.
 
     Spots are tried right, then left, then above and below the point; labels whose spot would leave
@@ -243,10 +254,10 @@ def _place_labels(fig: Figure, ax: Any, texts: list[Any], obstacles: Sequence[An
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
     frame = ax.get_window_extent(renderer)
-    placed: list[Any] = [o.get_window_extent(renderer) for o in obstacles]
+    placed: list[Any] = [o if isinstance(o, Bbox) else o.get_window_extent(renderer) for o in obstacles]
     for text in sorted(texts, key=lambda t: -t.xy[1]):
         chosen = None
-        for dx, dy, ha in _LABEL_SPOTS:
+        for dx, dy, ha in spots:
             text.set_position((dx, dy))
             text.set_horizontalalignment(ha)
             box = text.get_window_extent(renderer)
@@ -257,10 +268,23 @@ def _place_labels(fig: Figure, ax: Any, texts: list[Any], obstacles: Sequence[An
             if not any(box.expanded(1.04, 1.2).overlaps(p) for p in placed):
                 chosen = (dx, dy, ha)
                 break
-        dx, dy, ha = chosen or _LABEL_SPOTS[0]
+        dx, dy, ha = chosen or spots[0]
         text.set_position((dx, dy))
         text.set_horizontalalignment(ha)
         placed.append(text.get_window_extent(renderer))
+
+
+def _line_boxes(ax: Any, lines: Sequence[Any], step_px: float = 6.0) -> list[Bbox]:
+    """Small boxes along the given lines (in display coordinates), so labels keep off them."""
+    boxes = []
+    for line in lines:
+        xy = ax.transData.transform(list(zip(line.get_xdata(), line.get_ydata(), strict=True)))
+        for (x0, y0), (x1, y1) in itertools.pairwise(xy):
+            n = max(1, int(((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5 / step_px))
+            for t in range(n + 1):
+                x, y = x0 + (x1 - x0) * t / n, y0 + (y1 - y0) * t / n
+                boxes.append(Bbox.from_bounds(x - 3, y - 3, 6, 6))
+    return boxes
 
 
 def plot_tradeoff(metrics: pd.DataFrame, sweep: pd.DataFrame | None, *, k: int) -> bytes:
@@ -270,17 +294,19 @@ def plot_tradeoff(metrics: pd.DataFrame, sweep: pd.DataFrame | None, *, k: int) 
     wide = sub.pivot_table(index="variant", columns="metric", values="value", aggfunc="first")
     sweeps = sweep if sweep is not None and not sweep.empty else None
     sweep_texts: list[Any] = []
+    sweep_lines: list[Any] = []
     variants = variant_order([*wide.index, *([] if sweeps is None else sweeps["variant"])])
     colours = _colours(variants)
     if sweeps is not None:
-        for v, g in sweeps.groupby("variant", sort=False):
-            g = g.sort_values("value")
-            ax.plot(g["long_tail_coverage"], g["ndcg"], "-", marker=".", color=colours[v], alpha=0.55, lw=1.5)
-            param = str(g["param"].iloc[0])
+        styles = ("-", "--", ":", "-.")
+        for n, ((v, param), g) in enumerate(sweeps.groupby(["variant", "param"], sort=False)):
+            g = g.dropna(subset=["ndcg", "long_tail_coverage"]).sort_values("value")
+            style = styles[n % len(styles)]
+            sweep_lines += ax.plot(g["long_tail_coverage"], g["ndcg"], style, marker=".", color=colours[v],
+                                   alpha=0.55, lw=1.5, label=f"{v}: sweep over {param}")  # fmt: skip
             for _, r in g.iterrows():
                 sweep_texts += [ax.annotate(f"{r['value']:g}", (r["long_tail_coverage"], r["ndcg"]), xytext=(3, -9),
                             textcoords="offset points", fontsize=7, color=colours[v], alpha=0.9)]  # fmt: skip
-            ax.plot([], [], "-", marker=".", color=colours[v], alpha=0.55, label=f"{v}: sweep over {param}")
     texts = []
     have = {"ndcg", "long_tail_coverage"} <= set(wide.columns)
     if have:
@@ -300,7 +326,10 @@ def plot_tradeoff(metrics: pd.DataFrame, sweep: pd.DataFrame | None, *, k: int) 
     ax.margins(x=0.12, y=0.12)
     if sweeps is not None:
         ax.legend(loc="best", fontsize=8, frameon=False)
-    _place_labels(fig, ax, texts, sweep_texts)
+    fig.canvas.draw()  # final limits, so that the line boxes are where the lines will be
+    on_lines = _line_boxes(ax, sweep_lines)
+    _place_labels(fig, ax, texts, on_lines)  # the variants first: they matter most
+    _place_labels(fig, ax, sweep_texts, [*texts, *on_lines], spots=_SMALL_LABEL_SPOTS)
     return _png(fig)
 
 
@@ -441,8 +470,8 @@ def render_html(
     fig = {
         TRADEOFF_PNG: (
             "Accuracy against long-tail coverage",
-            f"NDCG@{k} against long-tail coverage@{k}, one point per variant; lines: variants swept over "
-            "the fusion knob (labels: the knob's value).",
+            f"NDCG@{k} against long-tail coverage@{k}, one point per variant; lines: a variant swept over "
+            "one of its knobs (labels: the knob's value).",
         ),
         LORENZ_PNG: (
             "Exposure: Lorenz curve",
@@ -615,6 +644,7 @@ def write_report(
     Example:
         >>> write_report(out, run_id="r1", metrics=m, lorenz=l, deciles=d, sweep=None, context={}, k=10)["html"]
     """
+    metrics = metrics.dropna(subset=["k"])  # every metric of longtail.metrics has a K
     metrics = metrics.assign(k=metrics["k"].astype(int), value=metrics["value"].astype(float))
     main = metric_table(metrics, ACCURACY_COLUMNS)
     beyond = metric_table(metrics, BEYOND_COLUMNS)
