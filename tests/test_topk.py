@@ -81,16 +81,22 @@ def frames(spark, data: dict) -> tuple[DataFrame, DataFrame, DataFrame]:
     return queries, items, exclude
 
 
-def brute_force(data: dict, *, with_exclusions: bool = True) -> pd.DataFrame:
-    """Every query's top-k per signal by sorting all its eligible items: (-score, key)."""
+def brute_force(data: dict, *, with_exclusions: bool = True, moments: bool = False) -> pd.DataFrame:
+    """Every query's top-k per signal by sorting all its eligible items: (-score, key).
+
+    ``moments``: also each query's mean and population std of every signal over all its eligible
+    items (numpy's ``mean``/``std``), null without a query vector.
+    """
     vec, q_keys, i_keys = data["vec"], data["q_keys"], data["i_keys"]
     excluded = data["excluded"] if with_exclusions else set()
     # float64 products summed per pair: equal vectors give equal scores
     scores = {s: (vec["q" + s][:, None, :] * vec["i" + s][None, :, :]).sum(-1) for s in DIMS}
     ranks: dict[tuple[int, int], dict[str, int]] = {}
+    stats: dict[tuple[int, str], tuple[float, float]] = {}
     for s, k in KS.items():
         for u in set(range(N_Q)) - NULL_Q[s]:
             eligible = [i for i in range(N_I) if i not in NULL_I[s] and (u, i) not in excluded]
+            stats[(u, s)] = (scores[s][u, eligible].mean(), scores[s][u, eligible].std())
             best = sorted(eligible, key=lambda i: (-scores[s][u, i], i_keys[i]))[:k]
             for r, i in enumerate(best):
                 ranks.setdefault((u, i), {})[s] = r + 1
@@ -101,6 +107,8 @@ def brute_force(data: dict, *, with_exclusions: bool = True) -> pd.DataFrame:
             null = u in NULL_Q[s] or i in NULL_I[s]
             row[f"{s}_score"] = np.nan if null else scores[s][u, i]
             row[f"{s}_score_rank"] = rk.get(s, 0)
+            if moments:
+                row[f"{s}_score_mean"], row[f"{s}_score_std"] = stats.get((u, s), (np.nan, np.nan))
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["user_idx", "item_idx"], ignore_index=True)
 
@@ -113,13 +121,15 @@ def collect(result: DataFrame) -> pd.DataFrame:
 
 
 def assert_same(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
-    assert list(actual.columns) == [
-        "user_idx", "item_idx", "a_score", "a_score_rank", "b_score", "b_score_rank"
-    ]  # fmt: skip
+    assert list(actual.columns) == list(expected.columns)
     np.testing.assert_array_equal(actual[["user_idx", "item_idx"]], expected[["user_idx", "item_idx"]])
     for s in DIMS:
         np.testing.assert_array_equal(actual[f"{s}_score_rank"], expected[f"{s}_score_rank"], err_msg=s)
         np.testing.assert_allclose(actual[f"{s}_score"], expected[f"{s}_score"], atol=1e-5, err_msg=s)
+        for m in ("mean", "std"):
+            if f"{s}_score_{m}" in expected:
+                got, want = actual[f"{s}_score_{m}"], expected[f"{s}_score_{m}"]
+                np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9, err_msg=f"{s} {m}")
 
 
 @pytest.fixture(scope="module")
@@ -158,17 +168,20 @@ def test_reference_covers_the_cases(data):
 )
 def test_matches_brute_force(inputs, data, blocks):
     queries, items, exclude = inputs
-    result = blocked_top_k(queries, items, SIGNALS, exclude=exclude, **blocks)
-    assert dict(result.dtypes) == {
-        "user_idx": "bigint", "item_idx": "int", "a_score": "double", "a_score_rank": "int",
-        "b_score": "double", "b_score_rank": "int",
-    }  # fmt: skip
-    assert_same(collect(result), brute_force(data))
+    moments = [] if blocks["block_queries"] == 1000 else ["a_score", "b_score"]
+    result = blocked_top_k(queries, items, SIGNALS, exclude=exclude, moments=moments, **blocks)
+    types = {"user_idx": "bigint", "item_idx": "int"}
+    for s in ("a_score", "b_score"):
+        types |= {s: "double", f"{s}_rank": "int"} | (
+            {f"{s}_mean": "double", f"{s}_std": "double"} if moments else {}
+        )
+    assert dict(result.dtypes) == types
+    assert_same(collect(result), brute_force(data, moments=bool(moments)))
 
 
 def test_without_exclusions(inputs, data):
     queries, items, _ = inputs
-    result = blocked_top_k(queries, items, SIGNALS, block_queries=16, block_items=32)
+    result = blocked_top_k(queries, items, SIGNALS, block_queries=16, block_items=32, item_blocks_per_task=3)
     assert_same(collect(result), brute_force(data, with_exclusions=False))
 
 
@@ -248,6 +261,8 @@ def test_bad_arguments(inputs):
         blocked_top_k(queries, items, [SIGNALS[0], Signal("a_score", "qb", "ib", 3)])
     with pytest.raises(ValueError, match="at least one signal"):
         blocked_top_k(queries, items, [])
+    with pytest.raises(ValueError, match="moments must be a list of signal names"):
+        blocked_top_k(queries, items, SIGNALS, moments=["c_score"])
     with pytest.raises(MissingColumnsError, match="nope"):
         blocked_top_k(queries, items, [Signal("x", "nope", "ia", 3)])
     with pytest.raises(MissingColumnsError, match="user_idx"):

@@ -98,6 +98,7 @@ class _Plan:
     n_query_blocks: int
     n_item_blocks: int
     row_chunk: int
+    moments: tuple[bool, ...]  # per signal: accumulate the per-query mean and std of its scores
 
 
 def blocked_top_k(
@@ -113,6 +114,7 @@ def blocked_top_k(
     query_blocks_per_task: int = 1,
     item_blocks_per_task: int = 16,
     row_chunk: int = 512,
+    moments: Sequence[str] = (),
 ) -> DataFrame:
     """Each query's top-k items under every signal, united over signals, as a lazy DataFrame.
 
@@ -132,12 +134,19 @@ def blocked_top_k(
             lists per query, so larger means less shuffle and more memory.
         row_chunk: query rows scored at a time inside a block pair; a Python worker holds
             ``row_chunk x block_items`` scores per signal (float32) and as many int64 indices.
+        moments: names of signals whose per-query score distribution over ALL eligible items
+            (a vector, not excluded) is also returned: ``<name>_mean`` and ``<name>_std``
+            (population standard deviation), the same on every row of a query, null where the
+            query's vector is null or no item is eligible (e.g. for z-scores over the catalogue).
+            Computed in float64 from per-item-block sums (``sum i``, ``sum i i^T``) without a
+            second pass: about ``2 x d`` extra FLOPs per query and item block.
 
     Returns:
         One row per (query, item) in the union of the signals' top-k lists, excluded pairs left out:
         ``query_key``, ``item_key`` (their input types), and per signal ``<name>`` double (the dot
         product, for every returned pair; null only when one of the two vectors is null) and
-        ``<name>_rank`` int (1-based rank in that signal's list, null when not in it). Rows with a
+        ``<name>_rank`` int (1-based rank in that signal's list, null when not in it), then
+        ``<name>_mean``, ``<name>_std`` double for the signals named in ``moments``. Rows with a
         null key are ignored.
 
     Raises:
@@ -157,7 +166,7 @@ def blocked_top_k(
         >>> recs.columns
         ['user_idx', 'item_idx', 'cf_score', 'cf_score_rank', 'content_score', 'content_score_rank']
     """
-    _check_args(queries, items, signals, query_key, item_key, exclude)
+    _check_args(queries, items, signals, query_key, item_key, exclude, moments)
     for name, value in [
         ("block_queries", block_queries),
         ("block_items", block_items),
@@ -170,7 +179,7 @@ def blocked_top_k(
     queries = queries.where(F.col(query_key).isNotNull())
     items = items.where(F.col(item_key).isNotNull())
     n_q, n_i, dims = _sizes(queries, items, signals, query_key, item_key)
-    out_schema = _output_schema(queries, items, signals, query_key, item_key)
+    out_schema = _output_schema(queries, items, signals, query_key, item_key, moments)
     if n_q == 0 or n_i == 0:
         return queries.sparkSession.createDataFrame([], out_schema)
     for sig, d in zip(signals, dims, strict=True):
@@ -184,6 +193,7 @@ def blocked_top_k(
         n_query_blocks=math.ceil(n_q / block_queries),
         n_item_blocks=math.ceil(n_i / block_items),
         row_chunk=row_chunk,
+        moments=tuple(s.name in moments for s in signals),
     )
     # The layout of the cross product: a task = (query partition, item partition). Each packed block
     # carries a partition label chosen so that Spark's hash partitioning puts block b in partition
@@ -200,12 +210,19 @@ def blocked_top_k(
     qblocks = qblocks.repartition(q_parts, _PART).drop(_PART)
     iblocks = iblocks.repartition(i_parts, _PART).drop(_PART)
     pairs = qblocks.hint("shuffle_replicate_nl").crossJoin(iblocks)
-    partial = pairs.mapInArrow(_score_pairs_fn(plan), _partial_ddl(plan))
-    merged = partial.groupBy(_QB).applyInArrow(_merge_fn(plan), _merged_ddl(plan))
+    if i_parts == 1:
+        # every task holds all item blocks: each query block's list is final when the task has
+        # streamed it against them, so the pair UDF writes the result rows (no merge shuffle)
+        merged = pairs.mapInArrow(_score_pairs_fn(plan, final=True), _merged_ddl(plan))
+    else:
+        partial = pairs.mapInArrow(_score_pairs_fn(plan, final=False), _partial_ddl(plan))
+        merged = partial.groupBy(_QB).applyInArrow(_merge_fn(plan), _merged_ddl(plan))
     cols = [F.col(_Q).cast(out_schema[0].dataType).alias(query_key)]
     cols.append(F.col(_I).cast(out_schema[1].dataType).alias(item_key))
     for j, sig in enumerate(signals):
         cols += [F.col(f"_s{j}").alias(sig.name), F.col(f"_r{j}").alias(f"{sig.name}_rank")]
+        if plan.moments[j]:
+            cols += [F.col(f"_mean{j}").alias(f"{sig.name}_mean"), F.col(f"_std{j}").alias(f"{sig.name}_std")]
     return merged.select(cols)
 
 
@@ -217,11 +234,15 @@ def _check_args(
     query_key: str,
     item_key: str,
     exclude: DataFrame | None,
+    moments: Sequence[str],
 ) -> None:
     if not signals:
         raise ValueError("blocked_top_k: at least one signal is needed")
     names = [s.name for s in signals]
+    if isinstance(moments, str) or not set(moments) <= set(names):
+        raise ValueError(f"blocked_top_k: moments must be a list of signal names {names}, got {moments!r}")
     outputs = [query_key, item_key] + [c for n in names for c in (n, f"{n}_rank")]
+    outputs += [c for n in names if n in moments for c in (f"{n}_mean", f"{n}_std")]
     if len(set(outputs)) != len(outputs):
         raise ValueError(f"blocked_top_k: output column names collide: {outputs}")
     for s in signals:
@@ -286,7 +307,12 @@ def _sizes(
 
 
 def _output_schema(
-    queries: DataFrame, items: DataFrame, signals: Sequence[Signal], query_key: str, item_key: str
+    queries: DataFrame,
+    items: DataFrame,
+    signals: Sequence[Signal],
+    query_key: str,
+    item_key: str,
+    moments: Sequence[str],
 ) -> T.StructType:
     fields = [
         T.StructField(query_key, queries.schema[query_key].dataType, False),
@@ -297,6 +323,11 @@ def _output_schema(
             T.StructField(s.name, T.DoubleType(), True),
             T.StructField(f"{s.name}_rank", T.IntegerType(), True),
         ]
+        if s.name in moments:
+            fields += [
+                T.StructField(f"{s.name}_mean", T.DoubleType(), True),
+                T.StructField(f"{s.name}_std", T.DoubleType(), True),
+            ]
     return T.StructType(fields)
 
 
@@ -374,17 +405,22 @@ def _query_block_ddl(plan: _Plan) -> str:
 
 
 def _item_block_ddl(plan: _Plan) -> str:
-    sig = ", ".join(f"i_v{j} binary, i_m{j} binary, i_d{j} binary" for j in range(len(plan.ks)))
+    sig = ", ".join(
+        f"i_v{j} binary, i_m{j} binary, i_d{j} binary, i_s{j} binary" for j in range(len(plan.ks))
+    )
     return f"{_IB} int, {_PART} int, i_ids binary, {sig}"
 
 
 def _partial_ddl(plan: _Plan) -> str:
-    sig = ", ".join(f"c{j} binary, x{j} binary" for j in range(len(plan.ks)))
+    sig = ", ".join(f"c{j} binary, x{j} binary, m{j} binary" for j in range(len(plan.ks)))
     return f"{_QB} int, q_ids binary, {sig}"
 
 
 def _merged_ddl(plan: _Plan) -> str:
-    sig = ", ".join(f"_s{j} double, _r{j} int" for j in range(len(plan.ks)))
+    sig = ", ".join(
+        f"_s{j} double, _r{j} int" + (f", _mean{j} double, _std{j} double" if plan.moments[j] else "")
+        for j in range(len(plan.ks))
+    )
     return f"{_Q} long, {_I} long, {sig}"
 
 
@@ -512,11 +548,16 @@ def _pack_queries_fn(plan: _Plan, labels: np.ndarray) -> Callable[[pa.Table, pa.
             q = ex.column(_Q).to_numpy().astype(np.int64)
             pos = np.minimum(np.searchsorted(ids, q), ids.size - 1)
             hit = ids[pos] == q  # pairs of queries outside this block's input are ignored
-            ex_rows = pos[hit].astype(np.int32)
-            ex_items = ex.column(_I).to_numpy().astype(np.int64)[hit]
-            ex_ib = ex.column(_IB).to_numpy().astype(np.int32)[hit]
-            by_block = np.argsort(ex_ib, kind="stable")
-            ex_rows, ex_items, ex_ib = ex_rows[by_block], ex_items[by_block], ex_ib[by_block]
+            pairs = np.stack(
+                [
+                    ex.column(_IB).to_numpy().astype(np.int64)[hit],
+                    pos[hit],
+                    ex.column(_I).to_numpy().astype(np.int64)[hit],
+                ],
+                axis=1,
+            )
+            pairs = np.unique(pairs, axis=0)  # by item block; a pair listed twice is excluded once
+            ex_ib, ex_rows, ex_items = pairs[:, 0].astype(np.int32), pairs[:, 1].astype(np.int32), pairs[:, 2]
         cols["ex_rows"], cols["ex_items"], cols["ex_ib"] = (
             _bin(ex_rows.tobytes()),
             _bin(ex_items.tobytes()),
@@ -531,7 +572,7 @@ def _pack_items_fn(plan: _Plan, labels: np.ndarray) -> Callable[[pa.Table, pa.Ta
     n_sig = len(plan.ks)
     schema = pa.schema(
         [(_IB, pa.int32()), (_PART, pa.int32()), ("i_ids", pa.binary())]
-        + [(f"i_{x}{j}", pa.binary()) for j in range(n_sig) for x in "vmd"]
+        + [(f"i_{x}{j}", pa.binary()) for j in range(n_sig) for x in "vmds"]
     )
 
     def pack(rows: pa.Table, dups: pa.Table) -> pa.Table:
@@ -551,6 +592,11 @@ def _pack_items_fn(plan: _Plan, labels: np.ndarray) -> Callable[[pa.Table, pa.Ta
             cols[f"i_v{j}"] = _bin(mat[order].tobytes())
             cols[f"i_m{j}"] = _bin(valid[order].tobytes())
             cols[f"i_d{j}"] = _bin(np.isin(ids, dup_keys[dup_sig == j]).tobytes())
+            sums = b""
+            if plan.moments[j]:  # the block's sum i and sum i i^T (float64): the moments' sums
+                v = mat[valid].astype(np.float64)
+                sums = np.concatenate([v.sum(axis=0), (v.T @ v).reshape(-1)]).tobytes()
+            cols[f"i_s{j}"] = _bin(sums)
         return pa.table(cols, schema=schema)
 
     return pack
@@ -667,6 +713,7 @@ class RunningTopK:
         self.ks = tuple(ks)
         self.comp = [np.full((n, k), EMPTY, np.uint64) for k in ks]
         self.xs = [np.full((n, k, len(ks)), -np.inf, np.float32) for k in ks]
+        self.moments = [np.zeros((n, 3)) for _ in ks]  # per query: eligible items, sum, sum of squares
 
     def add_block(
         self,
@@ -707,31 +754,47 @@ def _blob(batch: pa.RecordBatch, col: str, row: int, dtype: Any) -> np.ndarray:
     return np.frombuffer(batch.column(col)[row].as_buffer(), dtype=dtype)
 
 
-def _score_pairs_fn(plan: _Plan) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+def _score_pairs_fn(
+    plan: _Plan, *, final: bool
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The ``mapInArrow`` function over block pairs: partial top-k lists, or (``final``) result rows.
+
+    ``final`` is only right when every task holds all item blocks (one item partition); then a
+    query block must reach the task as one run of rows, which the cartesian product's nested loop
+    gives. A query block that comes back after another one fails the task rather than giving a
+    list that missed items.
+    """
     n_sig = len(plan.ks)
     schema = pa.schema(
         [(_QB, pa.int32()), ("q_ids", pa.binary())]
-        + [(f"{x}{j}", pa.binary()) for j in range(n_sig) for x in "cx"]
+        + [(f"{x}{j}", pa.binary()) for j in range(n_sig) for x in "cxm"]
     )
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         _limit_threads()
         current: _QueryBlock | None = None
+        done: set[int] = set()
         for batch in batches:
             for r in range(batch.num_rows):
                 if current is None or batch.column(_QB)[r].as_py() != current.qb:
                     # rows come grouped by query block: the previous one has seen all its item blocks
                     if current is not None:
                         yield emit(current)
+                        done.add(current.qb)
                     current = _QueryBlock(batch, r, plan)
+                    if final and current.qb in done:
+                        raise RuntimeError(f"blocked_top_k: query block {current.qb} came back in a task")
                 _score_pair(batch, r, plan, current)
         if current is not None:
             yield emit(current)
 
     def emit(block: _QueryBlock) -> pa.RecordBatch:
+        if final:
+            return _result_batch(block.ids, block.top.comp, block.top.xs, block.top.moments, plan)
         cols: list[pa.Array] = [pa.array([block.qb], pa.int32()), _bin(block.ids.tobytes())]
         for j in range(n_sig):
-            cols += [_bin(block.top.comp[j].tobytes()), _bin(block.top.xs[j].tobytes())]
+            top = block.top
+            cols += [_bin(top.comp[j].tobytes()), _bin(top.xs[j].tobytes()), _bin(top.moments[j].tobytes())]
         return pa.RecordBatch.from_arrays(cols, schema=schema)
 
     return score
@@ -763,12 +826,12 @@ def _score_pair(batch: pa.RecordBatch, r: int, plan: _Plan, block: _QueryBlock) 
     keys = _blob(batch, "i_ids", r, np.int64)
     items = []
     for j, d in enumerate(plan.dims):
-        i_valid = _blob(batch, f"i_m{j}", r, np.bool_)
         items.append(
             (
                 _blob(batch, f"i_v{j}", r, np.float32).reshape(keys.size, d),
-                i_valid,
+                _blob(batch, f"i_m{j}", r, np.bool_),
                 _blob(batch, f"i_d{j}", r, np.bool_),
+                _blob(batch, f"i_s{j}", r, np.float64),
             )
         )
     ib = batch.column(_IB)[r].as_py()
@@ -781,15 +844,48 @@ def _score_pair(batch: pa.RecordBatch, r: int, plan: _Plan, block: _QueryBlock) 
         ex_rows, ex_cols = ex_rows[hit], pos[hit]
     for start in range(0, block.ids.size, plan.row_chunk):
         rows = slice(start, min(start + plan.row_chunk, block.ids.size))
-        scores, active = [], []
-        for j, (i_mat, i_valid, i_dup) in enumerate(items):
-            q_valid = block.valid[j][rows]
-            scores.append(score_block(block.vectors[j][rows], q_valid, i_mat, i_valid, i_dup))
-            active.append(i_mat.shape[1] > 0 and bool(q_valid.any()) and bool(i_valid.any()))
         mine = (ex_rows >= rows.start) & (ex_rows < rows.stop)
+        chunk_ex = (ex_rows[mine] - rows.start, ex_cols[mine])
+        scores, active = [], []
+        for j, (i_mat, i_valid, i_dup, i_sums) in enumerate(items):
+            q, q_valid = block.vectors[j][rows], block.valid[j][rows]
+            scores.append(score_block(q, q_valid, i_mat, i_valid, i_dup))
+            active.append(i_mat.shape[1] > 0 and bool(q_valid.any()) and bool(i_valid.any()))
+            if plan.moments[j] and active[j]:
+                block.top.moments[j][rows] += _moment_sums(q, q_valid, i_mat, i_valid, i_sums, chunk_ex)
         for m in scores:
-            m[ex_rows[mine] - rows.start, ex_cols[mine]] = -np.inf
+            m[chunk_ex] = -np.inf
         block.top.add_block(scores, keys, active, rows)
+
+
+def _moment_sums(
+    q: np.ndarray,
+    q_valid: np.ndarray,
+    i_mat: np.ndarray,
+    i_valid: np.ndarray,
+    i_sums: np.ndarray,
+    excluded: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
+    """Per query row: (eligible items, sum of scores, sum of squared scores) over one item block.
+
+    ``sum_i q.i = q . (sum_i i)`` and ``sum_i (q.i)^2 = q^T (sum_i i i^T) q``, from the block's sums
+    (computed once when the block was packed), minus the excluded pairs' own scores.
+    """
+    d = q.shape[1]
+    q64 = q.astype(np.float64)
+    out = np.empty((q.shape[0], 3))
+    out[:, 0] = np.count_nonzero(i_valid)
+    out[:, 1] = q64 @ i_sums[:d]
+    out[:, 2] = np.einsum("ij,ij->i", q64 @ i_sums[d:].reshape(d, d), q64)
+    ex_r, ex_c = excluded
+    keep = i_valid[ex_c]
+    ex_r, ex_c = ex_r[keep], ex_c[keep]
+    raw = np.einsum("ij,ij->i", q64[ex_r], i_mat[ex_c].astype(np.float64))
+    np.subtract.at(out[:, 0], ex_r, 1.0)
+    np.subtract.at(out[:, 1], ex_r, raw)
+    np.subtract.at(out[:, 2], ex_r, raw * raw)
+    out[~q_valid] = 0.0
+    return out
 
 
 def final_lists(
@@ -832,12 +928,34 @@ def final_lists(
     return rows[first], keys[first], scores, ranks
 
 
+def _result_batch(
+    ids: np.ndarray,
+    comps: Sequence[np.ndarray],
+    xss: Sequence[np.ndarray],
+    moments: Sequence[np.ndarray],
+    plan: _Plan,
+) -> pa.RecordBatch:
+    """The result rows of one query block (see :func:`final_lists`), as an Arrow batch."""
+    rows, keys, scores, ranks = final_lists(comps, xss, plan.ks)
+    cols: list[pa.Array] = [pa.array(ids[rows]), pa.array(keys)]
+    names = [_Q, _I]
+    for j in range(len(plan.ks)):
+        cols.append(pa.array(scores[:, j], pa.float64(), mask=np.isnan(scores[:, j])))
+        cols.append(pa.array(ranks[:, j], pa.int32(), mask=ranks[:, j] == 0))
+        names += [f"_s{j}", f"_r{j}"]
+        if plan.moments[j]:
+            n, total, squares = moments[j][rows].T
+            none = n < 0.5
+            n = np.where(none, 1.0, n)
+            mean = total / n
+            std = np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
+            cols += [pa.array(mean, pa.float64(), mask=none), pa.array(std, pa.float64(), mask=none)]
+            names += [f"_mean{j}", f"_std{j}"]
+    return pa.RecordBatch.from_arrays(cols, names=names)
+
+
 def _merge_fn(plan: _Plan) -> Callable[[pa.Table], pa.Table]:
     n_sig = len(plan.ks)
-    schema = pa.schema(
-        [(_Q, pa.int64()), (_I, pa.int64())]
-        + [(f"{x}{j}", t) for j in range(n_sig) for x, t in [("_s", pa.float64()), ("_r", pa.int32())]]
-    )
 
     def merge(partials: pa.Table) -> pa.Table:
         ids = np.frombuffer(partials.column("q_ids")[0].as_buffer(), np.int64)
@@ -861,11 +979,16 @@ def _merge_fn(plan: _Plan) -> Callable[[pa.Table], pa.Table]:
                     axis=1,
                 )
             )
-        rows, keys, scores, ranks = final_lists(comps, xss, plan.ks)
-        cols: list[pa.Array] = [pa.array(ids[rows]), pa.array(keys)]
-        for j in range(n_sig):
-            cols.append(pa.array(scores[:, j], pa.float64(), mask=np.isnan(scores[:, j])))
-            cols.append(pa.array(ranks[:, j], pa.int32(), mask=ranks[:, j] == 0))
-        return pa.Table.from_arrays(cols, schema=schema)
+        moments = [
+            np.sum(
+                [
+                    np.frombuffer(b.as_buffer(), np.float64).reshape(ids.size, 3)
+                    for b in partials.column(f"m{j}")
+                ],
+                axis=0,
+            )
+            for j in range(n_sig)
+        ]
+        return pa.Table.from_batches([_result_batch(ids, comps, xss, moments, plan)])
 
     return merge
