@@ -17,6 +17,8 @@ from longtail.topk import (
     candidates,
     composite,
     composite_keys,
+    repeat_of,
+    score_block,
     spark_hash_partition,
 )
 
@@ -234,6 +236,22 @@ def test_block_top_k_breaks_boundary_ties_by_column():
     )
     got = [sorted(r) for r in block_top_k(scores, 3).tolist()]
     assert got[0] == [1, 2, 3] and got[1] == [0, 1, 2] and {1, 4} <= set(got[2])
+
+
+def test_equal_vectors_score_equal_wherever_they_sit():
+    """A GEMM entry depends on its position; the repeated vectors' scores must not."""
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((300, 384), dtype=np.float32)
+    v = rng.standard_normal(384, dtype=np.float32)
+    got = []
+    for n, places in [(17, [0, 5, 16]), (1000, [3, 500, 999]), (4097, [4096])]:
+        mat = rng.standard_normal((n, 384), dtype=np.float32)
+        mat[places] = v
+        rep = repeat_of(mat, np.isin(np.arange(n), places))
+        assert set(rep[places]) == {places[0]} and (np.delete(rep, places) == -1).all()
+        scores = score_block(q, np.ones(300, bool), mat, np.ones(n, bool), rep)
+        got += [scores[:, c] for c in places]
+    assert all((g == got[0]).all() for g in got)
 
 
 def test_candidates_keep_every_entry_that_can_enter():

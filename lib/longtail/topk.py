@@ -589,9 +589,11 @@ def _pack_items_fn(plan: _Plan, labels: np.ndarray) -> Callable[[pa.Table, pa.Ta
         }
         for j, d in enumerate(plan.dims):
             mat, valid = _matrix(rows.column(f"_v{j}"), d, f"item vector {j}")
-            cols[f"i_v{j}"] = _bin(mat[order].tobytes())
-            cols[f"i_m{j}"] = _bin(valid[order].tobytes())
-            cols[f"i_d{j}"] = _bin(np.isin(ids, dup_keys[dup_sig == j]).tobytes())
+            mat, valid = mat[order], valid[order]
+            cols[f"i_v{j}"] = _bin(mat.tobytes())
+            cols[f"i_m{j}"] = _bin(valid.tobytes())
+            repeated = valid & np.isin(ids, dup_keys[dup_sig == j])
+            cols[f"i_d{j}"] = _bin(repeat_of(mat, repeated).tobytes())
             sums = b""
             if plan.moments[j]:  # the block's sum i and sum i i^T (float64): the moments' sums
                 v = mat[valid].astype(np.float64)
@@ -680,20 +682,39 @@ def _gather(matrix: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return matrix.reshape(-1).take(idx + (np.arange(n) * m)[:, None])
 
 
+def repeat_of(mat: np.ndarray, repeated: np.ndarray) -> np.ndarray:
+    """Per row: the first row of the block with the same vector, for the ``repeated`` rows; else -1.
+
+    Vectors of length 0 or 1 need none: a one-term dot product is a single rounding, the same
+    wherever the GEMM computes it.
+    """
+    out = np.full(mat.shape[0], -1, np.int32)
+    rows = np.flatnonzero(repeated)
+    if rows.size and mat.shape[1] > 1:
+        _, first, inverse = np.unique(mat[rows], axis=0, return_index=True, return_inverse=True)
+        out[rows] = rows[first][inverse.reshape(-1)]
+    return out
+
+
 def score_block(
-    q: np.ndarray, q_valid: np.ndarray, i: np.ndarray, i_valid: np.ndarray, i_dup: np.ndarray
+    q: np.ndarray, q_valid: np.ndarray, i: np.ndarray, i_valid: np.ndarray, i_rep: np.ndarray
 ) -> np.ndarray:
     """``q @ i.T`` in float32, ``-inf`` where either vector is null.
 
-    Columns of repeated vectors (``i_dup``) are recomputed as ``q @ v``: that result depends only on
-    ``q``, the row and ``v``, so equal vectors score bit-identically wherever they sit.
+    Columns of vectors that occur more than once in the catalogue (``i_rep >= 0``: the block's first
+    column with that vector) get ``q @ v``, one matrix-vector product per distinct vector: its
+    result depends only on ``q`` and ``v``, so equal vectors score bit-identically wherever they
+    sit (a GEMM entry depends on its position in the matrix).
     """
     out = np.full((q.shape[0], i.shape[0]), -np.inf, np.float32)
     if q.shape[1] == 0 or not q_valid.any() or not i_valid.any():
         return out
     np.matmul(q, i.T, out=out)
-    for c in np.flatnonzero(i_dup & i_valid):
-        out[:, c] = q @ i[c]
+    cols = np.flatnonzero(i_rep >= 0)
+    if cols.size:
+        reps, inverse = np.unique(i_rep[cols], return_inverse=True)
+        canonical = np.stack([q @ i[c] for c in reps], axis=1)
+        out[:, cols] = canonical[:, inverse.reshape(-1)]
     if not q_valid.all():
         out[~q_valid] = -np.inf
     if not i_valid.all():
@@ -830,7 +851,7 @@ def _score_pair(batch: pa.RecordBatch, r: int, plan: _Plan, block: _QueryBlock) 
             (
                 _blob(batch, f"i_v{j}", r, np.float32).reshape(keys.size, d),
                 _blob(batch, f"i_m{j}", r, np.bool_),
-                _blob(batch, f"i_d{j}", r, np.bool_),
+                _blob(batch, f"i_d{j}", r, np.int32),
                 _blob(batch, f"i_s{j}", r, np.float64),
             )
         )
@@ -847,9 +868,9 @@ def _score_pair(batch: pa.RecordBatch, r: int, plan: _Plan, block: _QueryBlock) 
         mine = (ex_rows >= rows.start) & (ex_rows < rows.stop)
         chunk_ex = (ex_rows[mine] - rows.start, ex_cols[mine])
         scores, active = [], []
-        for j, (i_mat, i_valid, i_dup, i_sums) in enumerate(items):
+        for j, (i_mat, i_valid, i_rep, i_sums) in enumerate(items):
             q, q_valid = block.vectors[j][rows], block.valid[j][rows]
-            scores.append(score_block(q, q_valid, i_mat, i_valid, i_dup))
+            scores.append(score_block(q, q_valid, i_mat, i_valid, i_rep))
             active.append(i_mat.shape[1] > 0 and bool(q_valid.any()) and bool(i_valid.any()))
             if plan.moments[j] and active[j]:
                 block.top.moments[j][rows] += _moment_sums(q, q_valid, i_mat, i_valid, i_sums, chunk_ex)
