@@ -17,6 +17,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(REPO / "lib"), os.environ.get("PYTHONPATH", "")) if p
 )
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The driver JVM's heap must be set before it starts: the default 1 GiB ran out while evaluate's
+# test ranked eight lists (about 0.5 GiB of live heap after GC; docs/decisions.md).
+os.environ.setdefault("PYSPARK_SUBMIT_ARGS", "--driver-memory 2g pyspark-shell")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import types
 import typing
@@ -170,8 +171,8 @@ class RecommendConfig:
     rerank_strength: float = 0.2  # subtracted: rerank_strength * log(1 + exposure)
     min_tail_share: float = 0.0
     head_fraction: float = 0.2  # head = the top share of items by interaction count; tail = the rest
-    block_users: int = 1024
-    block_items: int = 4096
+    block_users: int = 8192
+    block_items: int = 16384
 
     def __post_init__(self) -> None:
         _check(self.k >= 1, "recommend.k", "must be >= 1")
@@ -198,7 +199,12 @@ class EvaluateConfig:
     test_fraction: float = 0.2
     cutoff: str | None = None  # ISO-8601 time: a global cut-off instead of the per-user fraction
     variants: tuple[str, ...] = VARIANTS
-    sweep: tuple[float, ...] = ()  # fusion_k values for the trade-off curve; empty: no sweep
+    # test: train on the training part, measure on the test part. validation: set the test part
+    # aside untouched, split the training part again the same way and measure on that (for tuning).
+    holdout: Literal["test", "validation"] = "test"
+    sweep: tuple[float, ...] = ()  # fusion_k values: a trade-off curve of `fused`; empty: none
+    sweep_rerank: tuple[float, ...] = ()  # rerank_strength values: a curve of `fused_rerank`
+    report: bool = True  # write the HTML + Markdown report
     report_dir: str | None = None  # None: <lake.root>/reports
 
     def __post_init__(self) -> None:
@@ -206,6 +212,13 @@ class EvaluateConfig:
             len(self.k) >= 1 and all(k >= 1 for k in self.k), "evaluate.k", "must be a list of integers >= 1"
         )
         _check(0 < self.test_fraction < 1, "evaluate.test_fraction", "must be in (0, 1)")
+        _check(all(v > 0 for v in self.sweep), "evaluate.sweep", "fusion_k values must be > 0")
+        _check(all(v >= 0 for v in self.sweep_rerank), "evaluate.sweep_rerank", "values must be >= 0")
+        if self.cutoff is not None:
+            try:
+                dt.datetime.fromisoformat(self.cutoff.replace("Z", "+00:00"))
+            except ValueError:
+                raise ConfigError("evaluate.cutoff", f"{self.cutoff!r} is not an ISO-8601 time") from None
         bad = [v for v in self.variants if v not in VARIANTS]
         _check(
             not bad and len(self.variants) >= 1, "evaluate.variants", f"allowed: {list(VARIANTS)}; got {bad}"

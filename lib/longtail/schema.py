@@ -7,8 +7,10 @@ so that a rename is one edit and a missing column is one typed error (:class:`Mi
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 # --- table names (folders under lake.root) -------------------------------------------------------
@@ -103,7 +105,7 @@ RECOMMENDATIONS_SCHEMA = T.StructType(
         T.StructField(USER_ID, T.StringType(), False),
         T.StructField(RANK, T.IntegerType(), False),
         T.StructField(ITEM_ID, T.StringType(), False),
-        T.StructField(SCORE, T.DoubleType(), False),
+        T.StructField(SCORE, T.DoubleType(), True),  # null: a row filled from the popular list
         T.StructField(CF_SCORE, T.DoubleType(), True),
         T.StructField(CONTENT_SCORE, T.DoubleType(), True),
         T.StructField(POPULARITY, T.LongType(), False),
@@ -207,3 +209,31 @@ def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
     """Select and cast ``df`` to ``schema``'s columns, in its order (extra columns dropped)."""
     require_columns(df, schema.fieldNames(), "conform")
     return df.select([df[f.name].cast(f.dataType).alias(f.name) for f in schema.fields])
+
+
+def _zero(dtype: T.DataType) -> Any:
+    if isinstance(dtype, T.StringType):
+        return ""
+    if isinstance(dtype, T.BooleanType):
+        return False
+    if isinstance(dtype, T.NumericType):
+        return 0
+    raise TypeError(f"no NOT NULL guard for {dtype.simpleString()}")
+
+
+def conform_strict(df: DataFrame, schema: T.StructType, *, what: str) -> DataFrame:
+    """:func:`conform`, and the NOT NULL fields of ``schema`` come out non-nullable: a null in one
+    of them fails the job with an error naming ``what`` and the column (never replaced).
+
+    (``coalesce(value-or-raise, literal)`` is how Spark learns that a column cannot be null; the
+    literal is never reached, since a null raises first.)
+    """
+    df = conform(df, schema)
+    cols = []
+    for f in schema.fields:
+        col = F.col(f.name)
+        if not f.nullable:
+            guarded = F.when(col.isNull(), F.raise_error(F.lit(f"{what}: null in NOT NULL column {f.name}")))
+            col = F.coalesce(guarded.otherwise(col), F.lit(_zero(f.dataType)).cast(f.dataType))
+        cols.append(col.alias(f.name))
+    return df.select(cols)

@@ -1,0 +1,302 @@
+"""`evaluate`: a time-based hold-out, every variant from the same code, metrics and a report.
+
+1. **Hold-out** (:func:`longtail.holdout.time_split`): per user, the last ``evaluate.test_fraction``
+   of the interactions go to test (or everything after ``evaluate.cutoff``). With
+   ``evaluate.holdout: validation`` the test part is set aside untouched and the training part is
+   split again the same way: tuning runs measure on that validation part, never on test.
+2. **Training on the training part only**: ALS, the projection head, item popularity, head/tail
+   segments and user profiles all come from the training part (:func:`longtail.train.fit`); only
+   the text vectors (which need no interactions) are shared with production.
+3. **Lists**: every variant in ``evaluate.variants`` is ranked by :mod:`longtail.recommend` from
+   ONE candidate set, for every user with a test interaction (users without history get the
+   popular list), ``max(evaluate.k)`` items long. ``evaluate.sweep`` (fusion_k values) and
+   ``evaluate.sweep_rerank`` (rerank_strength values) add points for the report's trade-off curve.
+4. **Metrics** (:mod:`longtail.metrics`), computed in Spark and appended to ``metrics`` under the
+   run id (merged on run_id, variant, metric, k, segment: re-running a run id replaces its rows).
+5. **Report** (:mod:`longtail.report`): ``<evaluate.report_dir>/<run_id>/report.{html,md}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from longtail import holdout
+from longtail import metrics as M
+from longtail import recommend as R
+from longtail import schema as S
+from longtail import train as T
+from longtail.config import Config, EvaluateConfig, join_uri
+from longtail.lake import Lake
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = [S.RUN_ID, S.VARIANT, S.METRIC, S.K, S.SEGMENT]
+SWEEP_FUSION = "fusion_k"
+SWEEP_RERANK = "rerank_strength"
+
+
+def split(interactions: DataFrame, cfg: Config) -> tuple[DataFrame, DataFrame]:
+    """``(train, test)`` as ``evaluate.holdout`` says (the validation split carves the training part)."""
+    ev = cfg.evaluate
+    train, test = holdout.time_split(interactions, test_fraction=ev.test_fraction, cutoff=ev.cutoff)
+    if ev.holdout == "validation":
+        train, test = holdout.time_split(train, test_fraction=ev.test_fraction, cutoff=None)
+    return train, test
+
+
+@dataclass(frozen=True)
+class ListSpec:
+    """One list to evaluate: ``name`` (the ``variant`` value in ``metrics``), the ranking
+    ``variant``, optional overrides of ``recommend.fusion_k`` / ``recommend.rerank_strength``,
+    and ``sweep = (param, value)`` when it is a point of a trade-off curve (kept out of the table).
+    """
+
+    name: str
+    variant: str
+    fusion_k: float | None = None
+    rerank_strength: float | None = None
+    sweep: tuple[str, float] | None = None
+
+
+def list_specs(ev: EvaluateConfig) -> list[ListSpec]:
+    """The config's lists: each of ``evaluate.variants``, then the points of ``evaluate.sweep``
+    (``fused`` at each fusion_k) and ``evaluate.sweep_rerank`` (``fused_rerank`` at each strength)."""
+    specs = [ListSpec(v, v) for v in ev.variants]
+    for value in ev.sweep:
+        specs.append(
+            ListSpec(
+                f"fused [{SWEEP_FUSION}={value:g}]", "fused", fusion_k=value, sweep=(SWEEP_FUSION, value)
+            )
+        )
+    for value in ev.sweep_rerank:
+        name = f"fused_rerank [{SWEEP_RERANK}={value:g}]"
+        specs.append(ListSpec(name, "fused_rerank", rerank_strength=value, sweep=(SWEEP_RERANK, value)))
+    return specs
+
+
+def evaluate(
+    spark: SparkSession,
+    cfg: Config,
+    *,
+    interactions: DataFrame,
+    items: DataFrame,
+    embeddings: DataFrame,
+    model_id: str,
+    run_id: str,
+    specs: Sequence[ListSpec] | None = None,
+) -> dict[str, Any]:
+    """Split, train on the training part, rank every list of ``specs``, compute the metrics.
+
+    ``specs`` default to :func:`list_specs` of the config (the variants, then the sweep points).
+
+    Returns:
+        ``metrics`` (a DataFrame in the ``metrics`` table's schema, persisted), ``sweep`` (pandas,
+        one row per sweep point, may be empty), ``all_metrics`` (pandas: every list's metrics,
+        sweep points included), ``lorenz`` and ``deciles`` (pandas), ``split``
+        (counts), ``users`` (evaluated and excluded users), ``seconds`` per step.
+    """
+    ev = cfg.evaluate
+    ks = sorted(set(ev.k))
+    k_max = ks[-1]
+    rec_cfg = dataclasses.replace(cfg.recommend, k=k_max, candidates=max(cfg.recommend.candidates, k_max))
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    train_part, test_part = split(interactions, cfg)
+    train_part, test_part = train_part.persist(), test_part.persist()
+    split_counts = holdout.split_summary(train_part, test_part, items)
+    times["split"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    model, _, _ = T.fit(spark, cfg, train_part, items, embeddings, model_id=model_id)
+    times["train"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    test_users = test_part.select(S.USER_ID).distinct()
+    cands = R.candidates(
+        spark,
+        rec_cfg,
+        model=model,
+        interactions=train_part,
+        embeddings=embeddings,
+        users=test_users,
+        catalogue=items,
+    )
+    specs = list(specs) if specs is not None else list_specs(ev)
+    names = [p.name for p in specs]
+    if len(set(names)) != len(names) or all(p.sweep is not None for p in specs):
+        raise ValueError(f"evaluate: list names must be unique and one at least no sweep point: {names}")
+    lists = []
+    for spec in specs:
+        ranked = R.rank_variant(
+            cands, spec.variant, rec_cfg, fusion_k=spec.fusion_k, rerank_strength=spec.rerank_strength
+        )
+        # materialised one by one with the lineage cut: the metrics join each list several times,
+        # and with the ranking plans inlined the driver's plan trees grew past 2 GiB of heap
+        lists.append(_named(ranked, cands, spec.name).localCheckpoint(eager=True))
+    recs = lists[0]
+    for more in lists[1:]:
+        recs = recs.unionByName(more)
+    times["recommend"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    stats = cands.stats
+    n_train_users = train_part.select(S.USER_ID).distinct().count()
+    test_pairs = test_part.select(S.USER_ID, S.ITEM_ID)
+    all_metrics = M.evaluate_all(recs, test_pairs, stats, ks=ks, n_train_users=n_train_users).persist()
+    main = [p.name for p in specs if p.sweep is None]
+    table = all_metrics.where(F.col(S.VARIANT).isin(main)).select(
+        F.lit(run_id).alias(S.RUN_ID), *[c for c in S.METRICS_SCHEMA.fieldNames() if c != S.RUN_ID]
+    )
+    table = S.conform(table, S.METRICS_SCHEMA).persist()
+    sweep = _sweep_table(all_metrics, [p for p in specs if p.sweep is not None], k=ks[0])
+    points = all_metrics.toPandas()  # specs x metrics x ks x segments: small
+    main_recs = recs.where(F.col(S.VARIANT).isin(main))
+    lorenz = M.lorenz_curve(main_recs, stats, k=ks[0])
+    deciles = M.recall_by_decile(main_recs, test_pairs, stats, k=ks[0])
+    users = M.evaluated_users(main_recs, test_pairs, stats)
+    times["metrics"] = time.perf_counter() - t0
+    table.count()  # materialise before the inputs go
+    for df in (*lists, all_metrics, train_part, test_part):
+        df.unpersist()
+    cands.unpersist()
+    model.unpersist()
+    return {
+        "metrics": table,
+        "sweep": sweep,
+        "all_metrics": points,
+        "lorenz": lorenz,
+        "deciles": deciles,
+        "split": split_counts,
+        "users": users,
+        "seconds": {k: round(v, 2) for k, v in times.items()},
+    }
+
+
+def _named(ranked: DataFrame, cands: R.Candidates, variant: str) -> DataFrame:
+    """A ranked variant as ``(variant, user_id, item_id, rank)`` rows for the metrics."""
+    return (
+        ranked.join(cands.users, S.USER_IDX)
+        .join(cands.items, S.ITEM_IDX)
+        .select(
+            F.lit(variant).alias(S.VARIANT), S.USER_ID, S.ITEM_ID, F.col(S.RANK).cast("int").alias(S.RANK)
+        )
+    )
+
+
+def _sweep_table(all_metrics: DataFrame, points: list[ListSpec], *, k: int) -> Any:
+    """One row per sweep point: variant, param, value and its headline metrics at ``k``."""
+    import pandas as pd
+
+    columns = ["variant", "param", "value", "ndcg", "long_tail_coverage", "recall", "cold_recall", "aplt"]
+    if not points:
+        return pd.DataFrame(columns=columns)
+    names = [p.name for p in points]
+    rows = (
+        all_metrics.where(F.col(S.VARIANT).isin(names) & (F.col(S.K) == k))
+        .where(
+            F.col(S.SEGMENT).isin(M.ALL, M.COLD)
+            & F.col(S.METRIC).isin(M.NDCG, M.LONG_TAIL_COVERAGE, M.RECALL, M.APLT)
+        )
+        .collect()  # a few numbers per sweep point
+    )
+    found = {(r[S.VARIANT], r[S.METRIC], r[S.SEGMENT]): r[S.VALUE] for r in rows}
+    out = []
+    for p in points:
+        assert p.sweep is not None
+        out.append(
+            {
+                "variant": p.variant,
+                "param": p.sweep[0],
+                "value": p.sweep[1],
+                "ndcg": found.get((p.name, M.NDCG, M.ALL)),
+                "long_tail_coverage": found.get((p.name, M.LONG_TAIL_COVERAGE, M.ALL)),
+                "recall": found.get((p.name, M.RECALL, M.ALL)),
+                "cold_recall": found.get((p.name, M.RECALL, M.COLD)),
+                "aplt": found.get((p.name, M.APLT, M.ALL)),
+            }
+        )
+    return pd.DataFrame(out, columns=columns)
+
+
+def run(
+    spark: SparkSession, cfg: Config, *, lake: Lake | None = None, run_id: str | None = None
+) -> dict[str, Any]:
+    """Evaluate every variant on a hold-out of the lake's interactions; write metrics and report."""
+    from longtail.encode import current_embeddings
+    from longtail.encoder import inspect_model
+
+    t0 = time.perf_counter()
+    lake = lake or Lake.from_config(spark, cfg)
+    for table in (S.INTERACTIONS, S.ITEMS, S.ITEM_EMBEDDINGS):
+        if not lake.exists(table):
+            step = "encode" if table == S.ITEM_EMBEDDINGS else "ingest"
+            raise T.TrainError(
+                f"evaluate: table '{table}' does not exist under {lake.root}; run {step} first"
+            )
+    run_id = run_id or "adhoc"
+    enc = cfg.encoder
+    mid = inspect_model(enc.model, pooling=enc.pooling, max_length=enc.max_length).model_id
+    items = lake.read(S.ITEMS)
+    result = evaluate(
+        spark,
+        cfg,
+        interactions=lake.read(S.INTERACTIONS),
+        items=items,
+        embeddings=current_embeddings(lake, mid, items=items),
+        model_id=mid,
+        run_id=run_id,
+    )
+    table = result["metrics"]
+    version = lake.merge(S.METRICS, table, keys=METRIC_KEYS)
+    metrics_pdf = table.drop(S.RUN_ID).toPandas()  # variants x metrics x k x segments: small
+    table.unpersist()
+    summary: dict[str, Any] = {
+        "holdout": cfg.evaluate.holdout,
+        "split": result["split"],
+        "users": result["users"],
+        "metrics_rows": len(metrics_pdf),
+        "metrics_version": version,
+        "seconds": result["seconds"],
+    }
+    if cfg.evaluate.report:
+        from longtail import report
+
+        out_dir = join_uri(cfg.report_dir, run_id)
+        context = {
+            "run_id": run_id,
+            "lake": lake.root,
+            "inputs": {
+                "items": cfg.input.items or "generated sample",
+                "interactions": cfg.input.interactions,
+            },
+            "encoder_model_id": mid,
+            "holdout": cfg.evaluate.holdout,
+            "split": result["split"],
+            "users": result["users"],
+            "seconds": result["seconds"],
+            "config": cfg.to_dict(),
+        }
+        paths = report.write_report(
+            out_dir,
+            run_id=run_id,
+            metrics=metrics_pdf,
+            lorenz=result["lorenz"],
+            deciles=result["deciles"],
+            sweep=result["sweep"],
+            context=context,
+            k=sorted(cfg.evaluate.k)[0],
+            spark=spark,
+        )
+        summary["report"] = paths
+    summary["sweep"] = result["sweep"].to_dict(orient="records")
+    summary["seconds"]["total"] = round(time.perf_counter() - t0, 2)
+    log.info("evaluate: %s", summary)
+    return summary

@@ -1,0 +1,519 @@
+"""`recommend`: candidates from CF and content, popularity-aware fusion, exposure re-ranking.
+
+For every user (see ``docs/scoring.md`` for the reasons and the measurements behind each step):
+
+1. **Item vectors.** *Content*: the item's current text vector, centred (the catalogue's mean
+   vector subtracted, re-normalised: raw sentence vectors share a common direction that makes
+   every profile point at the same hub items). *CF*: the item's ALS factors; items ALS has no
+   factors for (cold: no interaction) get factors from the projection head; with
+   ``recommend.head_prior = c > 0`` every item's factors are the evidence-weighted blend
+   ``(n_i * als_i + c * head_i) / (n_i + c)``, so rare items lean on their text too.
+2. **User vectors.** CF: the ALS user factors. Content: the weighted, recency-decayed mean of the
+   centred vectors of the user's items (weight x ``0.5 ** (age / half_life)``, age counted from
+   the user's latest interaction), L2-normalised. Users without history have neither; they get
+   the popular list.
+3. **Candidates**: one blocked top-K pass (:func:`longtail.topk.blocked_top_k`) finds the CF top-N,
+   the content top-N and the popularity top-k of every user (seen items excluded), with both
+   scores of every candidate and, per user, the mean and standard deviation of each signal over
+   all the items the user has not seen.
+4. **Variants**, each a ranking of the same candidates:
+   ``popular``, ``cf`` and ``content`` order by their own signal; ``fused`` orders by
+   ``w_i * z_cf + (1 - w_i) * z_content`` with ``w_i = n_i / (n_i + fusion_k)``, the z-scores
+   taken per user over the catalogue the user has not seen (``normalise: zscore``) or the
+   percentile rank among the user's candidates (``rank``), minus an optional
+   ``popularity_penalty * log(1 + n_i)``; ``fused_rerank`` then spreads exposure across the
+   catalogue in ``rerank_rounds`` parallel rounds (count each item's exposure in the current
+   top-k lists, subtract ``rerank_strength * log(1 + exposure)``, re-rank every user) and
+   optionally reserves ``min_tail_share`` of each list for long-tail items. A user short of
+   candidates for a signal is filled up from the popular list, so every list has exactly k
+   items unless the user has seen nearly the whole catalogue.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.window import WindowSpec
+
+from longtail import schema as S
+from longtail.config import VARIANTS, Config, RecommendConfig
+from longtail.head import ProjectionHead
+from longtail.lake import Lake
+from longtail.topk import Signal, blocked_top_k
+from longtail.train import Model
+
+log = logging.getLogger(__name__)
+
+# candidate columns
+CF, CONTENT, POP = "cf", "content", "pop"
+CF_VEC, CONTENT_VEC, POP_VEC = "cf_vec", "content_vec", "pop_vec"
+N_USERS = "n_users"
+FUSED = "fused"
+_SEEN_FLAG = "_seen"
+
+
+@dataclass
+class Candidates:
+    """Everything the variants are ranked from (persisted DataFrames; call :meth:`unpersist`).
+
+    Attributes:
+        pairs: one row per (user, candidate item): ``user_idx, item_idx``, the raw scores ``cf``,
+            ``content``, ``pop`` with their ``*_rank`` in that signal's top list, the per-user
+            moments ``cf_mean, cf_std, content_mean, content_std``, and the item's
+            ``popularity`` (training interactions) and ``is_long_tail``.
+        users: ``(user_id, user_idx)`` of every user recommended for.
+        items: ``(item_id, item_idx)`` of the catalogue.
+        stats: :func:`item_stats` of the catalogue.
+    """
+
+    pairs: DataFrame
+    users: DataFrame
+    items: DataFrame
+    stats: DataFrame
+
+    def unpersist(self) -> None:
+        for df in (self.pairs, self.users, self.items, self.stats):
+            df.unpersist()
+
+
+# --- item statistics -----------------------------------------------------------------------------
+def item_stats(interactions: DataFrame, catalogue: DataFrame, *, head_fraction: float) -> DataFrame:
+    """``(item_id, popularity, n_users, is_long_tail)`` for every item of ``catalogue``.
+
+    ``popularity`` is the item's number of interactions in ``interactions`` (0 for cold items),
+    ``n_users`` its distinct users. The head is the top ``ceil(head_fraction * catalogue size)``
+    items by popularity (ties by item_id); every other item is long tail (cold items included).
+    The rank comes from a distributed sort and ``zipWithIndex``, not a single-partition window.
+
+    Example:
+        >>> item_stats(interactions, items.select("item_id"), head_fraction=0.2)
+    """
+    spark = interactions.sparkSession
+    counts = interactions.groupBy(S.ITEM_ID).agg(
+        F.count(F.lit(1)).alias(S.POPULARITY), F.countDistinct(S.USER_ID).alias(N_USERS)
+    )
+    stats = (
+        catalogue.select(S.ITEM_ID)
+        .distinct()
+        .join(counts, S.ITEM_ID, "left")
+        .select(
+            S.ITEM_ID,
+            F.coalesce(S.POPULARITY, F.lit(0)).cast("long").alias(S.POPULARITY),
+            F.coalesce(N_USERS, F.lit(0)).cast("long").alias(N_USERS),
+        )
+    )
+    ranked = stats.orderBy(F.col(S.POPULARITY).desc(), S.ITEM_ID).rdd.zipWithIndex()
+    schema = T.StructType([*stats.schema.fields, T.StructField("_pos", T.LongType(), False)])
+    with_pos = spark.createDataFrame(ranked.map(lambda p: (*p[0], p[1])), schema)
+    total = stats.agg(F.count(F.lit(1)).alias("_n"))  # the catalogue size: one row, broadcast
+    return with_pos.crossJoin(F.broadcast(total)).select(
+        S.ITEM_ID,
+        S.POPULARITY,
+        N_USERS,
+        (F.col("_pos") >= F.ceil(F.lit(head_fraction) * F.col("_n"))).alias(S.IS_LONG_TAIL),
+    )
+
+
+# --- vectors -------------------------------------------------------------------------------------
+def _normalised(col: Column) -> Column:
+    """An array<float> column scaled to unit L2 norm (null stays null; a zero vector stays zero)."""
+    norm = F.sqrt(F.aggregate(F.transform(col, lambda x: x * x), F.lit(0.0), lambda a, b: a + b))
+    return F.transform(col, lambda x: (x / F.greatest(norm, F.lit(1e-12))).cast("float"))
+
+
+def mean_vector(df: DataFrame, col: str) -> np.ndarray:
+    """The mean of an array<float> column (one small aggregate, collected: ``dims`` numbers)."""
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.ml.stat import Summarizer
+
+    row = (
+        df.select(array_to_vector(F.col(col)).alias("_v"))
+        .agg(Summarizer.mean(F.col("_v")).alias("m"))
+        .first()
+    )
+    if row is None or row["m"] is None:
+        raise ValueError(f"mean_vector: no rows in column {col!r}")
+    return np.asarray(row["m"].toArray(), dtype=np.float64)
+
+
+def centred(embeddings: DataFrame, mean: np.ndarray | None) -> DataFrame:
+    """``(item_id, content_vec)``: each vector minus ``mean``, re-normalised (``mean`` None: as is)."""
+    vec = F.col(S.EMBEDDING)
+    if mean is not None:
+        m = F.array(*[F.lit(float(v)) for v in mean])
+        vec = F.zip_with(vec, m, lambda x, y: (x - y).cast("float"))
+    return embeddings.select(S.ITEM_ID, _normalised(vec).alias(CONTENT_VEC))
+
+
+def projected_factors(embeddings: DataFrame, head: ProjectionHead) -> DataFrame:
+    """``(item_id, head_vec)``: the projection head applied to every item's text vector (numpy
+    on the executors; the head's weights travel with the function, a few hundred KB)."""
+    out = T.StructType(
+        [T.StructField(S.ITEM_ID, T.StringType()), T.StructField("head_vec", T.ArrayType(T.FloatType()))]
+    )
+
+    def project(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in batches:
+            if pdf.empty:
+                continue
+            x = np.stack(pdf[S.EMBEDDING].to_numpy()).astype(np.float32)
+            yield pd.DataFrame({S.ITEM_ID: pdf[S.ITEM_ID], "head_vec": list(head.predict(x))})
+
+    return embeddings.select(S.ITEM_ID, S.EMBEDDING).mapInPandas(project, out)
+
+
+def cf_item_vectors(model: Model, embeddings: DataFrame, stats: DataFrame, *, head_prior: float) -> DataFrame:
+    """``(item_id, cf_vec)``: ALS factors, the head's for items without them, or the blend
+    ``(n * als + c * head) / (n + c)`` with ``c = head_prior > 0``."""
+    als = model.item_factors.select(S.ITEM_ID, F.col(S.FEATURES).alias("als_vec"))
+    head = projected_factors(embeddings, model.head)
+    both = als.join(head, S.ITEM_ID, "full").join(stats.select(S.ITEM_ID, S.POPULARITY), S.ITEM_ID, "left")
+    if head_prior > 0:
+        n = F.coalesce(F.col(S.POPULARITY), F.lit(0)).cast("double")
+        blend = F.zip_with(
+            "als_vec",
+            "head_vec",
+            lambda a, h: ((n * a + F.lit(head_prior) * h) / (n + F.lit(head_prior))).cast("float"),
+        )
+        vec = (
+            F.when(F.col("als_vec").isNull(), F.col("head_vec"))
+            .when(F.col("head_vec").isNull(), F.col("als_vec"))
+            .otherwise(blend)
+        )
+    else:
+        vec = F.coalesce("als_vec", "head_vec")
+    return both.select(S.ITEM_ID, vec.alias(CF_VEC))
+
+
+def content_profiles(
+    interactions: DataFrame, vectors: DataFrame, *, half_life_days: float | None
+) -> DataFrame:
+    """``(user_id, content_vec)``: the weighted, recency-decayed mean of the user's item vectors,
+    L2-normalised. Age is counted from the user's latest interaction (equivalent, after
+    normalisation, to any common reference time)."""
+    from pyspark.ml.functions import array_to_vector, vector_to_array
+    from pyspark.ml.stat import Summarizer
+
+    weight = F.col(S.WEIGHT)
+    if half_life_days is not None:
+        latest = F.max(S.TS).over(Window.partitionBy(S.USER_ID))
+        age_days = (F.col(S.TS).cast("double") - latest.cast("double")) / 86400.0
+        weight = weight * F.pow(F.lit(0.5), -age_days / F.lit(half_life_days))
+    rows = interactions.select(S.USER_ID, S.ITEM_ID, S.TS, S.WEIGHT).join(vectors, S.ITEM_ID)
+    profile = (
+        rows.select(S.USER_ID, array_to_vector(F.col(CONTENT_VEC)).alias("_v"), weight.alias("_w"))
+        .groupBy(S.USER_ID)
+        .agg(Summarizer.mean(F.col("_v"), F.col("_w")).alias("_m"))
+    )
+    return profile.select(S.USER_ID, _normalised(vector_to_array(F.col("_m"), "float32")).alias(CONTENT_VEC))
+
+
+# --- candidates ----------------------------------------------------------------------------------
+def candidates(
+    spark: SparkSession,
+    cfg: RecommendConfig,
+    *,
+    model: Model,
+    interactions: DataFrame,
+    embeddings: DataFrame,
+    users: DataFrame | None = None,
+    catalogue: DataFrame | None = None,
+) -> Candidates:
+    """Build the candidate set of every user (step 1-3 of the module docstring).
+
+    Args:
+        cfg: the ``recommend`` section.
+        model: ALS factors, id maps and head (:func:`longtail.train.fit` / ``load_model``).
+        interactions: the history to profile users with and to exclude (the training part in
+            ``evaluate``).
+        embeddings: one current text vector per item (``item_id, embedding``).
+        users: ``(user_id)`` to recommend for; default: every user in ``interactions``. Users
+            unknown to the id map get an index after the map's largest (they have no history:
+            they get the popular list).
+    """
+    from longtail.train import new_ids
+
+    users = (users if users is not None else interactions).select(S.USER_ID).distinct()
+    extra = new_ids(users, model.user_map, id_col=S.USER_ID, idx_col=S.USER_IDX)
+    user_idx = users.join(model.user_map.unionByName(extra), S.USER_ID).persist()
+    catalogue = (catalogue if catalogue is not None else embeddings).select(S.ITEM_ID).distinct()
+    item_idx = model.item_map.join(catalogue, S.ITEM_ID, "left_semi").persist()
+    stats = item_stats(interactions, item_idx, head_fraction=cfg.head_fraction).persist()
+
+    mean = mean_vector(embeddings, S.EMBEDDING) if cfg.centre else None
+    content_vecs = centred(embeddings, mean)
+    cf_vecs = cf_item_vectors(model, embeddings, stats, head_prior=cfg.head_prior)
+    items = (
+        item_idx.join(stats.select(S.ITEM_ID, S.POPULARITY), S.ITEM_ID)
+        .join(cf_vecs, S.ITEM_ID, "left")
+        .join(content_vecs, S.ITEM_ID, "left")
+        .select(
+            S.ITEM_IDX,
+            CF_VEC,
+            CONTENT_VEC,
+            F.array(F.col(S.POPULARITY).cast("float")).alias(POP_VEC),
+        )
+    )
+    history = interactions.join(user_idx.select(S.USER_ID), S.USER_ID, "left_semi")
+    profiles = content_profiles(history, content_vecs, half_life_days=cfg.half_life_days)
+    queries = (
+        user_idx.join(
+            model.user_factors.select(S.USER_ID, F.col(S.FEATURES).alias(CF_VEC)), S.USER_ID, "left"
+        )
+        .join(profiles, S.USER_ID, "left")
+        .select(S.USER_IDX, CF_VEC, CONTENT_VEC, F.array(F.lit(1.0).cast("float")).alias(POP_VEC))
+    )
+    seen = (
+        history.select(S.USER_ID, S.ITEM_ID)
+        .distinct()
+        .join(user_idx, S.USER_ID)
+        .join(item_idx, S.ITEM_ID)
+        .select(S.USER_IDX, S.ITEM_IDX)
+    )
+    signals = [
+        Signal(CF, CF_VEC, CF_VEC, cfg.candidates),
+        Signal(CONTENT, CONTENT_VEC, CONTENT_VEC, cfg.candidates),
+        Signal(POP, POP_VEC, POP_VEC, cfg.k),
+    ]
+    pairs = blocked_top_k(
+        queries,
+        items,
+        signals,
+        query_key=S.USER_IDX,
+        item_key=S.ITEM_IDX,
+        exclude=seen,
+        block_queries=cfg.block_users,
+        block_items=cfg.block_items,
+        moments=[CF, CONTENT],
+    )
+    pairs = (
+        pairs.join(item_idx, S.ITEM_IDX)
+        .join(stats.select(S.ITEM_ID, S.POPULARITY, S.IS_LONG_TAIL), S.ITEM_ID)
+        .drop(S.ITEM_ID)
+        .localCheckpoint(eager=True)  # see docs/decisions.md: the plans of every variant start here
+    )
+    return Candidates(pairs=pairs, users=user_idx, items=item_idx, stats=stats)
+
+
+# --- variants ------------------------------------------------------------------------------------
+def _by_user() -> WindowSpec:
+    return Window.partitionBy(S.USER_IDX)
+
+
+def _normalise(signal: str, how: str) -> Column:
+    """The signal on a scale shared by all users: z-score over the user's unseen catalogue, or
+    the percentile rank among the user's candidates (null where the signal is null)."""
+    raw = F.col(signal)
+    if how == "zscore":
+        std = F.col(f"{signal}_std")
+        return F.when(std > 0, (raw - F.col(f"{signal}_mean")) / std).otherwise(F.when(raw.isNotNull(), 0.0))
+    ordered = _by_user().orderBy(F.col(signal).asc_nulls_first())
+    return F.when(raw.isNotNull(), F.percent_rank().over(ordered))
+
+
+def fused_score(cfg: RecommendConfig, *, fusion_k: float | None = None) -> Column:
+    """``w * cf' + (1 - w) * content'`` with ``w = n / (n + fusion_k)`` (normalised signals; where
+    one is null the other alone), minus ``popularity_penalty * log(1 + n)``."""
+    k = cfg.fusion_k if fusion_k is None else fusion_k
+    cf, content = _normalise(CF, cfg.normalise), _normalise(CONTENT, cfg.normalise)
+    n = F.col(S.POPULARITY).cast("double")
+    w = n / (n + F.lit(float(k)))
+    fused = F.when(cf.isNull(), content).when(content.isNull(), cf).otherwise(w * cf + (1 - w) * content)
+    if cfg.popularity_penalty:
+        fused = fused - F.lit(cfg.popularity_penalty) * F.log1p(n)
+    return fused
+
+
+def top_k(pairs: DataFrame, score: Column | str, k: int) -> DataFrame:
+    """The ``k`` best candidates per user by ``score`` (desc), users short of scored candidates
+    filled up in popularity order; adds ``rank`` (1..k) and ``score``. Ties: item_idx ascending."""
+    score = F.col(score) if isinstance(score, str) else score
+    scored = pairs.withColumn(S.SCORE, score.cast("double"))
+    order = _by_user().orderBy(
+        F.col(S.SCORE).isNull(),
+        F.col(S.SCORE).desc(),
+        F.col(f"{POP}_rank").asc_nulls_last(),
+        F.col(S.ITEM_IDX),
+    )
+    ranked = scored.withColumn(S.RANK, F.row_number().over(order))
+    return ranked.where(F.col(S.RANK) <= k)
+
+
+def rerank(
+    pairs: DataFrame, base: Column, cfg: RecommendConfig, *, strength: float | None = None
+) -> DataFrame:
+    """Exposure-aware re-ranking in ``cfg.rerank_rounds`` parallel rounds (see the module doc);
+    returns ``pairs`` with a ``_score`` column to rank by."""
+    lam = cfg.rerank_strength if strength is None else strength
+    scored = pairs.withColumn("_base", base)
+    current = scored.withColumn("_score", F.col("_base"))
+    for _ in range(cfg.rerank_rounds if lam > 0 else 0):
+        exposure = (
+            top_k(current, "_score", cfg.k).groupBy(S.ITEM_IDX).agg(F.count(F.lit(1)).alias("_exposure"))
+        )
+        current = (
+            scored.join(exposure, S.ITEM_IDX, "left")
+            .withColumn("_score", F.col("_base") - F.lit(lam) * F.log1p(F.coalesce("_exposure", F.lit(0))))
+            .drop("_exposure")
+        )
+    return current
+
+
+def reserve_tail(ranked_pool: DataFrame, score: str, *, k: int, share: float) -> DataFrame:
+    """The top ``k`` by ``score`` with at least ``ceil(share * k)`` long-tail items per user
+    (the best tail candidates take the places of the lowest head items; fewer if the user has
+    fewer tail candidates)."""
+    need = math.ceil(share * k)
+    if need == 0:
+        return top_k(ranked_pool, score, k)
+    tail_rank = F.row_number().over(
+        Window.partitionBy(S.USER_IDX, S.IS_LONG_TAIL).orderBy(
+            F.col(score).isNull(), F.col(score).desc(), F.col(S.ITEM_IDX)
+        )
+    )
+    marked = ranked_pool.withColumn(
+        "_reserved", F.col(S.IS_LONG_TAIL) & (tail_rank <= need) & F.col(score).isNotNull()
+    )
+    n_reserved = F.sum(F.col("_reserved").cast("int")).over(_by_user())
+    rest_rank = F.row_number().over(
+        Window.partitionBy(S.USER_IDX, "_reserved").orderBy(
+            F.col(score).isNull(),
+            F.col(score).desc(),
+            F.col(f"{POP}_rank").asc_nulls_last(),
+            F.col(S.ITEM_IDX),
+        )
+    )
+    chosen = (
+        marked.withColumn("_n_res", n_reserved)
+        .withColumn("_rest", rest_rank)
+        .where(F.col("_reserved") | (F.col("_rest") <= F.lit(k) - F.col("_n_res")))
+        .drop("_reserved", "_n_res", "_rest")
+    )
+    return top_k(chosen, score, k)
+
+
+def rank_variant(
+    cands: Candidates,
+    variant: str,
+    cfg: RecommendConfig,
+    *,
+    fusion_k: float | None = None,
+    rerank_strength: float | None = None,
+) -> DataFrame:
+    """Rank ``variant`` from the candidates: ``(user_idx, item_idx, rank, score, ...)`` per user."""
+    pairs = cands.pairs
+    if variant == "popular":
+        return top_k(pairs, F.col(POP), cfg.k)
+    if variant == "cf":
+        return top_k(pairs, F.when(F.col(f"{CF}_rank").isNotNull(), F.col(CF)), cfg.k)
+    if variant == "content":
+        return top_k(pairs, F.when(F.col(f"{CONTENT}_rank").isNotNull(), F.col(CONTENT)), cfg.k)
+    fused = fused_score(cfg, fusion_k=fusion_k)
+    if variant == "fused":
+        return top_k(pairs, fused, cfg.k)
+    if variant == "fused_rerank":
+        pool = rerank(pairs, fused, cfg, strength=rerank_strength)
+        return reserve_tail(pool, "_score", k=cfg.k, share=cfg.min_tail_share).drop("_base", "_score")
+    raise ValueError(f"unknown variant {variant!r}; allowed: {list(VARIANTS)}")
+
+
+def to_contract(ranked: DataFrame, cands: Candidates) -> DataFrame:
+    """The ``recommendations`` table's columns from a ranked variant."""
+    out = ranked.join(cands.users, S.USER_IDX).join(cands.items, S.ITEM_IDX)
+    out = out.select(
+        S.USER_ID,
+        F.col(S.RANK).cast("int").alias(S.RANK),
+        S.ITEM_ID,
+        F.col(S.SCORE).cast("double").alias(S.SCORE),
+        F.col(CF).cast("double").alias(S.CF_SCORE),
+        F.col(CONTENT).cast("double").alias(S.CONTENT_SCORE),
+        F.col(S.POPULARITY).cast("long").alias(S.POPULARITY),
+        F.col(S.IS_LONG_TAIL).alias(S.IS_LONG_TAIL),
+    )
+    return S.conform_strict(out, S.RECOMMENDATIONS_SCHEMA, what="recommendations")
+
+
+def recommend(
+    spark: SparkSession,
+    cfg: RecommendConfig,
+    *,
+    model: Model,
+    interactions: DataFrame,
+    embeddings: DataFrame,
+    variants: Sequence[str],
+    users: DataFrame | None = None,
+    catalogue: DataFrame | None = None,
+) -> tuple[dict[str, DataFrame], Candidates]:
+    """Top-k lists of each of ``variants`` (contract columns), ranked from one candidate set."""
+    cands = candidates(
+        spark,
+        cfg,
+        model=model,
+        interactions=interactions,
+        embeddings=embeddings,
+        users=users,
+        catalogue=catalogue,
+    )
+    return {v: to_contract(rank_variant(cands, v, cfg), cands) for v in variants}, cands
+
+
+# --- the stage -----------------------------------------------------------------------------------
+def run(
+    spark: SparkSession, cfg: Config, *, lake: Lake | None = None, run_id: str | None = None
+) -> dict[str, Any]:
+    """Write ``recommend.variant``'s top-k lists of every user with history to ``recommendations``."""
+    from longtail.encode import current_embeddings
+    from longtail.encoder import inspect_model
+    from longtail.train import load_model
+
+    t0 = time.perf_counter()
+    lake = lake or Lake.from_config(spark, cfg)
+    enc = cfg.encoder
+    mid = inspect_model(enc.model, pooling=enc.pooling, max_length=enc.max_length).model_id
+    model = load_model(lake, model_id=mid)
+    interactions = lake.read(S.INTERACTIONS)
+    embeddings = current_embeddings(lake, mid)
+    variant = cfg.recommend.variant
+    lists, cands = recommend(
+        spark,
+        cfg.recommend,
+        model=model,
+        interactions=interactions,
+        embeddings=embeddings,
+        variants=[variant],
+        catalogue=lake.read(S.ITEMS),
+    )
+    try:
+        version = lake.overwrite(S.RECOMMENDATIONS, lists[variant])
+        written = lake.read(S.RECOMMENDATIONS)
+        row = written.agg(
+            F.countDistinct(S.USER_ID).alias("users"),
+            F.count(F.lit(1)).alias("rows"),
+            F.countDistinct(S.ITEM_ID).alias("items"),
+            F.avg(F.col(S.IS_LONG_TAIL).cast("double")).alias("tail_share"),
+        ).first()
+    finally:
+        cands.unpersist()
+    assert row is not None
+    summary = {
+        "variant": variant,
+        "k": cfg.recommend.k,
+        "users": int(row["users"]),
+        "rows": int(row["rows"]),
+        "distinct_items": int(row["items"]),
+        "long_tail_share": round(float(row["tail_share"] or 0.0), 4),
+        "version": version,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    log.info("recommend: %s", summary)
+    return summary

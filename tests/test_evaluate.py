@@ -1,0 +1,126 @@
+"""`evaluate`: the hold-out feeds every variant, metrics land in `metrics`, the report is written."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import synthetic
+from pyspark.sql import functions as F
+from test_encoder import make_tiny_bert
+
+from longtail import evaluate as E
+from longtail import metrics as M
+from longtail import schema as S
+from longtail.config import VARIANTS
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(make_tiny_bert(tmp_path_factory.mktemp("models") / "tiny"))
+
+
+def _python_split(rows, fraction: float):
+    """The per-user split in plain Python (ts, then item_id, then weight; n_test rounded half up)."""
+    by_user: dict[str, list] = {}
+    for r in rows:
+        by_user.setdefault(r[0], []).append(r)
+    train, test = [], []
+    for events in by_user.values():
+        events.sort(key=lambda r: (r[2], r[1], r[3]))
+        n = len(events)
+        n_test = 1 if n == 1 else min(n - 1, max(1, math.floor(n * fraction + 0.5)))
+        train += events[: n - n_test]
+        test += events[n - n_test :]
+    return train, test
+
+
+def _popular_recall(train, test, k: int) -> float:
+    """Recall@k of the most-popular list (training counts, ties by item_id, seen items skipped)."""
+    counts: dict[str, int] = {}
+    for _, item, _, _ in train:
+        counts[item] = counts.get(item, 0) + 1
+    catalogue = sorted(synthetic.item_ids(), key=lambda i: (-counts.get(i, 0), i))
+    seen: dict[str, set] = {}
+    for user, item, _, _ in train:
+        seen.setdefault(user, set()).add(item)
+    relevant: dict[str, set] = {}
+    for user, item, _, _ in test:
+        relevant.setdefault(user, set()).add(item)
+    recalls = []
+    for user, rel in relevant.items():
+        top = [i for i in catalogue if i not in seen.get(user, set())][:k]
+        recalls.append(len(rel & set(top)) / len(rel))
+    return sum(recalls) / len(recalls)
+
+
+def test_evaluate_writes_every_variant_and_metric_and_a_report(spark, tmp_path: Path, model_dir):
+    root = str(tmp_path / "lake")
+    lake, _ = synthetic.build_lake(spark, root, model_dir)
+    cfg = synthetic.config(
+        root, model_dir, "evaluate.k=[3, 5]", "evaluate.sweep=[5, 500]", "evaluate.sweep_rerank=[0.5]"
+    )
+    summary = E.run(spark, cfg, lake=lake, run_id="eval-1")
+    table = lake.read(S.METRICS)
+    rows = table.collect()
+    assert {r[S.RUN_ID] for r in rows} == {"eval-1"}
+    assert {r[S.VARIANT] for r in rows} == set(VARIANTS)  # sweep points are not in the table
+    assert {r[S.METRIC] for r in rows} == set(M.METRIC_NAMES)
+    assert {r[S.K] for r in rows} == {3, 5}
+    # a segment appears when some user has a test item in it (cold: no training interaction)
+    train_rows, test_rows = _python_split(synthetic.interactions(), cfg.evaluate.test_fraction)
+    has_cold = bool({r[1] for r in test_rows} - {r[1] for r in train_rows})
+    assert {r[S.SEGMENT] for r in rows} == {M.ALL, M.HEAD, M.TAIL} | ({M.COLD} if has_cold else set())
+    assert all(r[S.VALUE] is None or math.isfinite(r[S.VALUE]) for r in rows)
+    value = {(r[S.VARIANT], r[S.METRIC], r[S.K], r[S.SEGMENT]): r[S.VALUE] for r in rows}
+
+    # the wiring: popularity and exclusions come from the training part only, so the popular
+    # list's recall equals a plain-Python computation on the same split
+    assert summary["split"]["test_interactions"] == len(test_rows)
+    for k in (3, 5):
+        assert value[("popular", M.RECALL, k, M.ALL)] == pytest.approx(
+            _popular_recall(train_rows, test_rows, k)
+        )
+    # the popular list never reaches an item without training interactions; content can
+    assert (
+        value[("popular", M.LONG_TAIL_COVERAGE, 5, M.ALL)]
+        < value[("content", M.LONG_TAIL_COVERAGE, 5, M.ALL)]
+    )
+    # text predicts taste in the synthetic lake: every personalised variant beats popularity
+    for v in ("cf", "content", "fused", "fused_rerank"):
+        assert value[(v, M.NDCG, 5, M.ALL)] > value[("popular", M.NDCG, 5, M.ALL)], v
+
+    assert len(summary["sweep"]) == 3
+    assert {(p["param"], p["value"]) for p in summary["sweep"]} == {
+        ("fusion_k", 5.0),
+        ("fusion_k", 500.0),
+        ("rerank_strength", 0.5),
+    }
+    assert all(p["ndcg"] is not None for p in summary["sweep"])
+    html = Path(summary["report"]["html"])
+    assert html.exists() and html.parent.name == "eval-1"
+    assert "fused_rerank" in html.read_text()
+
+    # a re-run of the same run id replaces its rows (no duplicates); another run id appends
+    E.run(spark, cfg, lake=lake, run_id="eval-1")
+    assert lake.read(S.METRICS).count() == len(rows)
+    cfg_no_report = synthetic.config(root, model_dir, "evaluate.k=[3, 5]", "evaluate.report=false")
+    assert "report" not in E.run(spark, cfg_no_report, lake=lake, run_id="eval-2")
+    assert lake.read(S.METRICS).where(F.col(S.RUN_ID) == "eval-2").count() == len(rows)
+
+
+def test_validation_holdout_never_sees_the_test_part(spark, tmp_path: Path, model_dir):
+    root = str(tmp_path / "lake")
+    lake, _ = synthetic.build_lake(spark, root, model_dir)
+    cfg = synthetic.config(root, model_dir, "evaluate.holdout=validation")
+    interactions = lake.read(S.INTERACTIONS)
+    train_v, valid = E.split(interactions, cfg)
+    _, test = E.split(interactions, synthetic.config(root, model_dir))
+    keys = [S.USER_ID, S.ITEM_ID, S.TS]
+    assert train_v.join(test, keys).count() == 0
+    assert valid.join(test, keys).count() == 0
+    assert train_v.join(valid, keys).count() == 0
+    assert train_v.count() + valid.count() + test.count() == interactions.count()

@@ -1,0 +1,227 @@
+"""`recommend`: fusion on hand-computable cases, re-ranking, and the stage's contract."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import synthetic
+from deltalake import DeltaTable
+from pyspark.sql import functions as F
+from test_encoder import make_tiny_bert
+
+from longtail import recommend as R
+from longtail import schema as S
+from longtail import train
+from longtail.config import RecommendConfig
+
+pytestmark = pytest.mark.spark
+
+PAIR_COLUMNS = (
+    "user_idx int, item_idx int, cf double, cf_rank int, content double, content_rank int, "
+    "pop double, pop_rank int, cf_mean double, cf_std double, content_mean double, "
+    "content_std double, popularity long, is_long_tail boolean"
+)
+
+
+def _candidates(spark, rows) -> R.Candidates:
+    """Candidates from hand-made pair rows (users and items as (id, idx) maps)."""
+    pairs = spark.createDataFrame(rows, PAIR_COLUMNS)
+    users = spark.createDataFrame(
+        [(f"u{u}", u) for u in {r[0] for r in rows}], "user_id string, user_idx int"
+    )
+    items = spark.createDataFrame(
+        [(f"i{i}", i) for i in {r[1] for r in rows}], "item_id string, item_idx int"
+    )
+    return R.Candidates(pairs=pairs, users=users, items=items, stats=items)
+
+
+def _lists(ranked) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for r in ranked.orderBy(S.USER_IDX, S.RANK).collect():
+        out.setdefault(r[S.USER_IDX], []).append(r[S.ITEM_IDX])
+    return out
+
+
+def _toy(tail_content_u0: float, tail_content_u1: float):
+    """Three items, two users; z-scores equal the raw scores (mean 0, std 1).
+
+    Item 0 is the head item (1000 interactions), item 1 a tail item (1 interaction), item 2 a
+    middling item (10) that no signal likes. With fusion_k = 10:
+      w_0 = 1000 / 1010 = 0.990099,  w_1 = 1 / 11 = 0.090909,  w_2 = 10 / 20 = 0.5
+      fused_0 = 0.990099 * 1.0 + 0.009901 * 0.0 = 0.990099        (cf 1.0, content 0.0)
+      fused_1 = 0.090909 * 0.0 + 0.909091 * c                      (cf 0.0, content c)
+      fused_2 = 0.5 * (-1) + 0.5 * (-1) = -1
+    so the tail item wins exactly when 0.909091 * c > 0.990099, i.e. c > 1.089109.
+    """
+    rows = []
+    for u, c in ((0, tail_content_u0), (1, tail_content_u1)):
+        rows += [
+            (u, 0, 1.0, 1, 0.0, 2, 1000.0, 1, 0.0, 1.0, 0.0, 1.0, 1000, False),
+            (u, 1, 0.0, 2, c, 1, 1.0, 3, 0.0, 1.0, 0.0, 1.0, 1, True),
+            (u, 2, -1.0, 3, -1.0, 3, 10.0, 2, 0.0, 1.0, 0.0, 1.0, 10, True),
+        ]
+    return rows
+
+
+def test_fusion_lets_the_tail_item_win_exactly_when_its_content_evidence_outweighs(spark):
+    cfg = RecommendConfig(k=1, candidates=3, fusion_k=10.0, rerank_rounds=0)
+    # user 0: c = 1.10 -> 0.909091 * 1.10 = 1.000 > 0.990099: the tail item wins
+    # user 1: c = 1.08 -> 0.909091 * 1.08 = 0.982 < 0.990099: the head item wins
+    cands = _candidates(spark, _toy(1.10, 1.08))
+    fused = R.rank_variant(cands, "fused", cfg)
+    assert _lists(fused) == {0: [1], 1: [0]}
+    scores = {r[S.USER_IDX]: r[S.SCORE] for r in fused.collect()}
+    assert scores[0] == pytest.approx(1.10 / 1.1, rel=1e-9)  # (10/11) * 1.10
+    assert scores[1] == pytest.approx(1000 / 1010, rel=1e-9)
+    # CF alone always picks the head item, content alone the tail item; popular the head item
+    assert _lists(R.rank_variant(cands, "cf", cfg)) == {0: [0], 1: [0]}
+    assert _lists(R.rank_variant(cands, "content", cfg)) == {0: [1], 1: [1]}
+    assert _lists(R.rank_variant(cands, "popular", cfg)) == {0: [0], 1: [0]}
+    # a larger fusion_k trusts CF less: at k = 100, w_0 = 1000/1100 = 0.909, fused_1(u1) = 0.9901 * 1.08 = 1.069
+    assert _lists(R.rank_variant(cands, "fused", cfg, fusion_k=100.0)) == {0: [1], 1: [1]}
+
+
+def test_zscores_put_signals_of_different_scales_on_one_footing(spark):
+    # user 0's CF scores are 100x larger than its content scores; after z-scoring the two signals
+    # weigh the same: item 1 (z_cf = -1, z_content = +2) beats item 0 (z_cf = +1, z_content = -1)
+    # at w = 0.5 for both items: 0.5 * (-1 + 2) = 0.5 > 0.5 * (1 - 1) = 0
+    rows = [
+        (0, 0, 300.0, 1, 0.0, 2, 5.0, 1, 200.0, 100.0, 1.0, 1.0, 10, False),
+        (0, 1, 100.0, 2, 3.0, 1, 5.0, 2, 200.0, 100.0, 1.0, 1.0, 10, True),
+    ]
+    cfg = RecommendConfig(k=1, candidates=2, fusion_k=10.0)
+    assert _lists(R.rank_variant(_candidates(spark, rows), "fused", cfg)) == {0: [1]}
+
+
+def test_popularity_penalty_and_tail_reservation(spark):
+    cands = _candidates(spark, _toy(1.0, 1.0))  # the head item wins both users without help
+    base = RecommendConfig(k=1, candidates=3, fusion_k=10.0, rerank_rounds=0)
+    assert _lists(R.rank_variant(cands, "fused", base)) == {0: [0], 1: [0]}
+    # penalty 0.1: fused_0 = 0.990099 - 0.1 * log(1001) = 0.299; fused_1 = 0.909091 - 0.1 * log(2) = 0.840
+    penalised = dataclasses.replace(base, popularity_penalty=0.1)
+    assert _lists(R.rank_variant(cands, "fused", penalised)) == {0: [1], 1: [1]}
+    # min_tail_share 0.5 of k = 2 reserves one place for the best tail item (item 1, then item 2)
+    reserve = dataclasses.replace(base, k=2, min_tail_share=0.5)
+    assert _lists(R.rank_variant(cands, "fused_rerank", reserve)) == {0: [0, 1], 1: [0, 1]}
+    reserve_all = dataclasses.replace(base, k=2, min_tail_share=1.0)
+    assert _lists(R.rank_variant(cands, "fused_rerank", reserve_all)) == {0: [1, 2], 1: [1, 2]}
+
+
+def test_rerank_spreads_exposure_and_is_fused_at_strength_zero(spark):
+    # three users share the same taste: items 0 and 1 score 1.0 and 0.9 for everyone, item 2 0.8
+    rows = []
+    for u in range(3):
+        for i, s in enumerate((1.0, 0.9, 0.8)):
+            rows.append((u, i, s, i + 1, s, i + 1, 1.0, i + 1, 0.0, 1.0, 0.0, 1.0, 5, i > 0))
+    cands = _candidates(spark, rows)
+    cfg = RecommendConfig(k=1, candidates=3, fusion_k=10.0, rerank_rounds=1, rerank_strength=0.0)
+    assert _lists(R.rank_variant(cands, "fused_rerank", cfg)) == _lists(R.rank_variant(cands, "fused", cfg))
+    # one round at strength 0.2: item 0 was shown 3 times: 1.0 - 0.2 * log(4) = 0.723 < 0.9 and 0.8
+    strong = dataclasses.replace(cfg, rerank_strength=0.2)
+    assert _lists(R.rank_variant(cands, "fused_rerank", strong)) == {0: [1], 1: [1], 2: [1]}
+
+
+def test_users_short_of_candidates_are_filled_from_the_popular_list(spark):
+    # user 0 has a CF score for item 0 only; the cf list of k = 3 is filled by popularity rank
+    rows = [
+        (0, 0, 0.5, 1, None, None, 1.0, 3, 0.0, 1.0, None, None, 1, True),
+        (0, 1, None, None, None, None, 9.0, 1, 0.0, 1.0, None, None, 9, False),
+        (0, 2, None, None, None, None, 5.0, 2, 0.0, 1.0, None, None, 5, True),
+    ]
+    cfg = RecommendConfig(k=3, candidates=3)
+    assert _lists(R.rank_variant(_candidates(spark, rows), "cf", cfg)) == {0: [0, 1, 2]}
+    assert _lists(R.rank_variant(_candidates(spark, rows), "content", cfg)) == {0: [1, 2, 0]}
+
+
+# --- the stage on the synthetic lake -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(make_tiny_bert(tmp_path_factory.mktemp("models") / "tiny"))
+
+
+@pytest.fixture(scope="module")
+def trained(spark, tmp_path_factory, model_dir):
+    root = str(tmp_path_factory.mktemp("rec") / "lake")
+    lake, mid = synthetic.build_lake(spark, root, model_dir)
+    cfg = synthetic.config(root, model_dir)
+    train.run(spark, cfg, lake=lake, run_id="t1")
+    return lake, mid, cfg
+
+
+def test_recommend_stage_writes_exactly_k_unseen_distinct_items_per_user(spark, trained):
+    lake, _, cfg = trained
+    summary = R.run(spark, cfg, lake=lake, run_id="r1")
+    recs = lake.read(S.RECOMMENDATIONS)
+    # Spark reads Parquet as nullable; the Delta log keeps the contract's NOT NULL columns
+    assert [(f.name, f.dataType) for f in recs.schema] == [
+        (f.name, f.dataType) for f in S.RECOMMENDATIONS_SCHEMA
+    ]
+    delta_fields = DeltaTable(lake.path(S.RECOMMENDATIONS)).schema().fields
+    assert [(f.name, f.nullable) for f in delta_fields] == [
+        (f.name, f.nullable) for f in S.RECOMMENDATIONS_SCHEMA
+    ]
+    rows = recs.collect()
+    k = cfg.recommend.k
+    assert summary["users"] == 30 and summary["rows"] == 30 * k == len(rows)
+    by_user: dict[str, list] = {}
+    for r in rows:
+        by_user.setdefault(r[S.USER_ID], []).append(r)
+    seen = {(u, i) for u, i, _, _ in synthetic.interactions()}
+    for user, recs_u in by_user.items():
+        assert sorted(r[S.RANK] for r in recs_u) == list(range(1, k + 1))
+        assert len({r[S.ITEM_ID] for r in recs_u}) == k
+        assert not any((user, r[S.ITEM_ID]) in seen for r in recs_u), user
+        ordered = sorted(recs_u, key=lambda r: r[S.RANK])
+        scores = [r[S.SCORE] for r in ordered]
+        scored = [x for x in scores if x is not None]
+        assert scores[: len(scored)] == scored == sorted(scored, reverse=True)  # nulls (fill) last
+    # taste is served: most recommended items are of the user's own topic
+    own = [r[S.ITEM_ID][0] == "ab"[int(r[S.USER_ID][1:]) % 2] for r in rows]
+    assert np.mean(own) > 0.8
+    # popularity and the tail flag follow the training interactions
+    counts: dict[str, int] = {}
+    for _, i, _, _ in synthetic.interactions():
+        counts[i] = counts.get(i, 0) + 1
+    assert all(r[S.POPULARITY] == counts.get(r[S.ITEM_ID], 0) for r in rows)
+    # a re-run writes the same lists (a new version, identical content)
+    R.run(spark, cfg, lake=lake, run_id="r2")
+    again = {(r[S.USER_ID], r[S.RANK], r[S.ITEM_ID]) for r in lake.read(S.RECOMMENDATIONS).collect()}
+    assert again == {(r[S.USER_ID], r[S.RANK], r[S.ITEM_ID]) for r in rows}
+
+
+def test_cold_items_are_recommendable_and_new_users_get_the_popular_list(spark, trained):
+    lake, mid, cfg = trained
+    model = train.load_model(lake, model_id=mid)
+    users = spark.createDataFrame([("u00",), ("u01",), ("newcomer",)], "user_id string")
+    lists, cands = R.recommend(
+        spark,
+        dataclasses.replace(cfg.recommend, k=12, candidates=20),
+        model=model,
+        interactions=lake.read(S.INTERACTIONS),
+        embeddings=lake.read(S.ITEM_EMBEDDINGS),
+        variants=["content", "cf", "popular", "fused"],
+        users=users,
+    )
+    try:
+        got = {v: df.collect() for v, df in lists.items()}
+        # a cold item (no interaction) has a CF score from the projection head and is recommended
+        cold_rows = cands.pairs.join(cands.items, S.ITEM_IDX).where(F.col(S.ITEM_ID).isin(*synthetic.COLD))
+        assert cold_rows.where(F.col(R.CF).isNotNull()).count() > 0
+        cold_recommended = {
+            r[S.ITEM_ID] for v in ("content", "fused") for r in got[v] if r[S.ITEM_ID] in synthetic.COLD
+        }
+        assert cold_recommended, "no cold item in any content or fused list"
+        # the newcomer has no history: every variant gives the 12 most popular items
+        counts: dict[str, int] = {}
+        for _, i, _, _ in synthetic.interactions():
+            counts[i] = counts.get(i, 0) + 1
+        popular = [i for i, _ in sorted(counts.items(), key=lambda p: (-p[1], p[0]))][:12]
+        for variant, rows in got.items():
+            mine = [r[S.ITEM_ID] for r in sorted(rows, key=lambda r: r[S.RANK]) if r[S.USER_ID] == "newcomer"]
+            assert len(mine) == 12, variant
+            assert set(mine) == set(popular), variant
+    finally:
+        cands.unpersist()
+        model.unpersist()
