@@ -150,6 +150,19 @@ def trained(spark, tmp_path_factory, model_dir):
     return lake, mid, cfg
 
 
+def test_centred_vectors_are_unit_rows_minus_the_mean_and_nulls_stay_null(spark):
+    # (3, 4) - (1, 0) = (2, 4) -> (0.4472, 0.8944); (1, 0) - (1, 0) = 0 stays the zero vector
+    df = spark.createDataFrame(
+        [("a", [3.0, 4.0]), ("b", [1.0, 0.0]), ("c", None)], "item_id string, embedding array<float>"
+    )
+    got = {r["item_id"]: r[R.CONTENT_VEC] for r in R.centred(df, np.array([1.0, 0.0])).collect()}
+    assert got["a"] == pytest.approx([2 / np.sqrt(20), 4 / np.sqrt(20)], abs=1e-6)
+    assert got["b"] == [0.0, 0.0]
+    assert got["c"] is None
+    plain = {r["item_id"]: r[R.CONTENT_VEC] for r in R.centred(df, None).collect()}
+    assert plain["a"] == pytest.approx([0.6, 0.8], abs=1e-6)
+
+
 def test_recommend_stage_writes_exactly_k_unseen_distinct_items_per_user(spark, trained):
     lake, _, cfg = trained
     summary = R.run(spark, cfg, lake=lake, run_id="r1")
