@@ -3,8 +3,9 @@
 generate-sample (only when no input is configured) -> ingest -> encode -> train -> recommend ->
 evaluate. ``ingest`` and ``encode`` always run: both are incremental and commit nothing when their
 inputs have not changed. ``train``, ``recommend`` and ``evaluate`` are skipped when the `runs` table
-holds a succeeded run of the same stage that read exactly the table versions that are current now,
-under the same settings for that stage (see :data:`SETTINGS`). Each stage prints a progress line
+holds a succeeded run of the same stage that read exactly the table versions that are current now
+(and whose outputs are still at the versions it wrote), under the same settings for that stage (see
+:data:`SETTINGS`). Each stage prints a progress line
 with its time; the pipeline ends with the headline metrics table.
 """
 
@@ -58,7 +59,12 @@ def is_current(spark: SparkSession, lake: Lake, cfg: Config, stage: str) -> bool
     if not rows:
         return False
     read = json.loads(rows[0]["tables_read"] or "{}")
-    if not read or any(lake.version(table) != version for table, version in read.items()):
+    written = json.loads(rows[0]["tables_written"] or "{}")
+    # Every table the run read must still be at the version it read, and every table it wrote at
+    # the version it wrote; a table it read and then wrote (recommend reads the previous
+    # `recommendations`) is expected at the written version. `runs` is bookkeeping, not an input.
+    expected = {table: version for table, version in read.items() if table != S.RUNS} | written
+    if not read or any(lake.version(table) != version for table, version in expected.items()):
         return False
     then = json.loads(rows[0]["config"])
     now = cfg.to_dict()
@@ -80,7 +86,8 @@ def run(
     for i, stage in enumerate(stages, 1):
         stage_lake = Lake(spark, cfg.lake.root, cfg.lake.engine)  # fresh: reads/writes per stage
         prefix = f"[{i}/{len(stages)}] {stage:<15}"
-        if stage not in ALWAYS and is_current(spark, stage_lake, cfg, stage):
+        check_lake = Lake(spark, cfg.lake.root, cfg.lake.engine)  # its read of `runs` is not the stage's
+        if stage not in ALWAYS and is_current(spark, check_lake, cfg, stage):
             _progress(f"{prefix} skipped (outputs current)")
             out["stages"][stage] = {"status": "skipped"}
             continue

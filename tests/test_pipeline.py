@@ -1,0 +1,73 @@
+"""`pipeline`: every stage on a small generated sample, then a re-run that skips what is current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+from test_encoder import make_tiny_bert
+
+from longtail import pipeline
+from longtail import schema as S
+from longtail.config import load_config
+from longtail.runs import SUCCEEDED
+
+pytestmark = pytest.mark.spark
+
+VARIANTS = {"popular", "cf", "content", "fused", "fused_rerank"}
+
+
+def test_pipeline_runs_every_stage_then_skips_the_current_ones(spark, tmp_path, capsys):
+    model = make_tiny_bert(tmp_path / "tiny")
+    root = tmp_path / "lake"
+    overrides = [
+        f"lake.root={root}",
+        f"encoder.model={model}",
+        "sample.n_items=120",
+        "sample.n_users=40",
+        "sample.interactions_per_user=12",
+        "train.als.rank=4",
+        "train.als.max_iter=5",
+        "train.head.min_count=2",
+        "recommend.candidates=20",
+        "recommend.block_users=16",
+        "recommend.block_items=64",
+    ]
+    cfg = load_config(overrides=overrides)
+
+    first = pipeline.run(spark, cfg, run_id="first")
+    assert list(first["stages"]) == list(pipeline.ORDER)
+    assert {s["status"] for s in first["stages"].values()} == {SUCCEEDED}
+    out = capsys.readouterr().out
+    for i, stage in enumerate(pipeline.ORDER, 1):
+        assert f"[{i}/6] {stage}" in out and "done in" in out
+    # the closing summary: one headline row per variant
+    assert {
+        line.split()[0] for line in out.splitlines() if line.split()[:1] and line.split()[0] in VARIANTS
+    } == VARIANTS
+    metrics = DeltaTable(str(root / S.METRICS)).to_pandas()
+    assert set(metrics[S.VARIANT]) == VARIANTS and set(metrics[S.RUN_ID]) == {"first"}
+    report = Path(first["stages"]["evaluate"]["summary"]["report"]["html"])
+    assert report.is_file() and report.stat().st_size > 10_000
+    recs_version = DeltaTable(str(root / S.RECOMMENDATIONS)).version()
+
+    second = pipeline.run(spark, cfg, run_id="second")
+    stages = second["stages"]
+    assert stages["encode"]["summary"]["encoded"] == 0
+    assert stages["ingest"]["status"] == SUCCEEDED
+    assert [s for s in ("train", "recommend", "evaluate") if stages[s]["status"] == "skipped"] == [
+        "train",
+        "recommend",
+        "evaluate",
+    ]
+    assert "skipped (outputs current)" in capsys.readouterr().out
+    assert DeltaTable(str(root / S.RECOMMENDATIONS)).version() == recs_version
+
+    # a changed recommend setting makes recommend and evaluate stale, not train
+    third = pipeline.run(spark, load_config(overrides=[*overrides, "recommend.k=7"]), run_id="third")
+    assert [s for s in ("train", "recommend", "evaluate") if third["stages"][s]["status"] == "skipped"] == [
+        "train"
+    ]
+    recs = DeltaTable(str(root / S.RECOMMENDATIONS)).to_pandas()
+    assert recs.groupby(S.USER_ID).size().eq(7).all()
