@@ -105,6 +105,7 @@ class EncoderConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     arrow_batch_rows: int = 2048
     torch_threads: int = 0  # 0: Spark task CPUs (spark.task.cpus)
+    cpu_linear: Literal["auto", "onednn", "aten"] = "auto"  # fp32 linear layers on CPU
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "encoder.model", "must name 'default', a directory or a hub id")

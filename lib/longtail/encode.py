@@ -95,6 +95,7 @@ def encode_partitions(settings: EncoderConfig, *, num_threads: int | None, fail_
             batch_tokens=settings.batch_tokens,
             pooling=settings.pooling,
             num_threads=num_threads,
+            cpu_linear=settings.cpu_linear,
         )
         pid = os.getpid()
         for pdf in batches:

@@ -661,13 +661,14 @@ def cached_encoder(
     batch_tokens: int,
     pooling: str,
     num_threads: int | None,
+    cpu_linear: str = "auto",
 ) -> TextEncoder:
     """Return this process's :class:`TextEncoder` for these settings, building it on first use.
 
     A Spark Python worker is reused across tasks (``spark.python.worker.reuse``), so the model is
     loaded once per worker, not per task or per Arrow batch.
     """
-    key = (model, device, dtype, max_length, batch_tokens, pooling, num_threads, os.getpid())
+    key = (model, device, dtype, max_length, batch_tokens, pooling, num_threads, cpu_linear, os.getpid())
     enc = _CACHE.get(key)
     if enc is None:
         enc = TextEncoder(
@@ -678,6 +679,7 @@ def cached_encoder(
             batch_tokens=batch_tokens,
             pooling=pooling,
             num_threads=num_threads,
+            cpu_linear=cpu_linear,
         )
         _CACHE[key] = enc
     return enc

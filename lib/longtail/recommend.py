@@ -352,7 +352,8 @@ def fused_score(cfg: RecommendConfig, *, fusion_k: float | None = None) -> Colum
 
 def top_k(pairs: DataFrame, score: Column | str, k: int) -> DataFrame:
     """The ``k`` best candidates per user by ``score`` (desc), users short of scored candidates
-    filled up in popularity order; adds ``rank`` (1..k) and ``score``. Ties: item_idx ascending."""
+    filled up in popularity order; adds ``rank`` (1..k) and ``score``. Ties in ``score``: the more
+    popular item first (its rank in the popular list), then item_idx ascending."""
     score = F.col(score) if isinstance(score, str) else score
     scored = pairs.withColumn(S.SCORE, score.cast("double"))
     order = _by_user().orderBy(
