@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 
 import numpy as np
 import pytest
@@ -109,6 +110,23 @@ def test_popularity_penalty_and_tail_reservation(spark):
     assert _lists(R.rank_variant(cands, "fused_rerank", reserve_all)) == {0: [1, 2], 1: [1, 2]}
 
 
+def test_cold_slots_reserve_places_for_items_without_interactions(spark):
+    # the toy's items plus item 3, cold (popularity 0: w_3 = 0, so fused_3 = its content, 0.2)
+    # fused: item 0 0.990099, item 1 0.909091 * 1.0, item 3 0.2, item 2 -1
+    cold = [(u, 3, 0.0, 4, 0.2, 3, 0.0, 4, 0.0, 1.0, 0.0, 1.0, 0, True) for u in (0, 1)]
+    cands = _candidates(spark, _toy(1.0, 1.0) + cold)
+    base = RecommendConfig(k=2, candidates=4, fusion_k=10.0, rerank_rounds=0)
+    assert _lists(R.rank_variant(cands, "fused_rerank", base)) == {0: [0, 1], 1: [0, 1]}
+    # one cold place (ceil(0.5 * 2) = 1): item 3 takes the place of the lowest unreserved item (1)
+    one_cold = dataclasses.replace(base, min_cold_share=0.5)
+    assert _lists(R.rank_variant(cands, "fused_rerank", one_cold)) == {0: [0, 3], 1: [0, 3]}
+    # a tail place and a cold place: the best tail item (1) and the best cold item (3), by score
+    both = dataclasses.replace(base, min_cold_share=0.5, min_tail_share=0.5)
+    assert _lists(R.rank_variant(cands, "fused_rerank", both)) == {0: [1, 3], 1: [1, 3]}
+    with pytest.raises(ValueError, match=r"recommend\.min_cold_share"):
+        RecommendConfig(min_tail_share=0.6, min_cold_share=0.6)
+
+
 def test_rerank_spreads_exposure_and_is_fused_at_strength_zero(spark):
     # three users share the same taste: items 0 and 1 score 1.0 and 0.9 for everyone, item 2 0.8
     rows = []
@@ -161,6 +179,22 @@ def test_centred_vectors_are_unit_rows_minus_the_mean_and_nulls_stay_null(spark)
     assert got["c"] is None
     plain = {r["item_id"]: r[R.CONTENT_VEC] for r in R.centred(df, None).collect()}
     assert plain["a"] == pytest.approx([0.6, 0.8], abs=1e-6)
+
+
+def test_content_profiles_weighted_or_uniform(spark):
+    # weights 1 and 3 on (1, 0) and (0, 1): weighted mean (0.25, 0.75) -> (0.3162, 0.9487);
+    # uniform (0.5, 0.5) -> (0.7071, 0.7071); no decay
+    inter = spark.createDataFrame(
+        [("u", "a", dt.datetime(2024, 1, 1), 1.0), ("u", "b", dt.datetime(2024, 6, 1), 3.0)],
+        "user_id string, item_id string, ts timestamp, weight double",
+    )
+    vecs = spark.createDataFrame(
+        [("a", [1.0, 0.0]), ("b", [0.0, 1.0])], f"item_id string, {R.CONTENT_VEC} array<float>"
+    )
+    weighted = R.content_profiles(inter, vecs, half_life_days=None).first()[R.CONTENT_VEC]
+    assert weighted == pytest.approx([1 / np.sqrt(10), 3 / np.sqrt(10)], abs=1e-6)
+    uniform = R.content_profiles(inter, vecs, half_life_days=None, weighted=False).first()[R.CONTENT_VEC]
+    assert uniform == pytest.approx([np.sqrt(0.5), np.sqrt(0.5)], abs=1e-6)
 
 
 def test_recommend_stage_writes_exactly_k_unseen_distinct_items_per_user(spark, trained):

@@ -164,6 +164,7 @@ class RecommendConfig:
     candidates: int = 100  # CF top-N and content top-N per user
     centre: bool = True  # subtract the catalogue's mean vector before cosine
     half_life_days: float | None = 180.0  # recency decay of the user profile; None: no decay
+    profile_weights: Literal["weight", "uniform"] = "weight"  # interaction weights in the profile mean
     head_prior: float = 0.0  # CF factors (n*als + c*head)/(n + c); 0: the head only where ALS has none
     fusion_k: float = 50.0  # evidence weight w_i = n_i / (n_i + fusion_k)
     normalise: Literal["zscore", "rank"] = "zscore"
@@ -171,6 +172,7 @@ class RecommendConfig:
     rerank_rounds: int = 3
     rerank_strength: float = 0.2  # subtracted: rerank_strength * log(1 + exposure)
     min_tail_share: float = 0.0
+    min_cold_share: float = 0.0  # fused_rerank: share of each list reserved for items with no interactions
     head_fraction: float = 0.2  # head = the top share of items by interaction count; tail = the rest
     block_users: int = 8192
     block_items: int = 16384
@@ -189,6 +191,12 @@ class RecommendConfig:
         _check(self.rerank_rounds >= 0, "recommend.rerank_rounds", "must be >= 0")
         _check(self.rerank_strength >= 0, "recommend.rerank_strength", "must be >= 0")
         _check(0 <= self.min_tail_share <= 1, "recommend.min_tail_share", "must be in [0, 1]")
+        _check(0 <= self.min_cold_share <= 1, "recommend.min_cold_share", "must be in [0, 1]")
+        _check(
+            self.min_tail_share + self.min_cold_share <= 1,
+            "recommend.min_cold_share",
+            "must be <= 1 - recommend.min_tail_share (the reserved places cannot exceed the list)",
+        )
         _check(0 < self.head_fraction < 1, "recommend.head_fraction", "must be in (0, 1)")
         _check(self.block_users >= 1, "recommend.block_users", "must be >= 1")
         _check(self.block_items >= 1, "recommend.block_items", "must be >= 1")

@@ -31,6 +31,7 @@ For every user (see ``docs/scoring.md`` for the reasons and the measurements beh
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -212,15 +213,20 @@ def cf_item_vectors(model: Model, embeddings: DataFrame, stats: DataFrame, *, he
 
 
 def content_profiles(
-    interactions: DataFrame, vectors: DataFrame, *, half_life_days: float | None
+    interactions: DataFrame,
+    vectors: DataFrame,
+    *,
+    half_life_days: float | None,
+    weighted: bool = True,
 ) -> DataFrame:
     """``(user_id, content_vec)``: the weighted, recency-decayed mean of the user's item vectors,
-    L2-normalised. Age is counted from the user's latest interaction (equivalent, after
-    normalisation, to any common reference time)."""
+    L2-normalised. Each interaction counts with its ``weight`` (``weighted``) or 1, times the
+    decay. Age is counted from the user's latest interaction (equivalent, after normalisation, to
+    any common reference time)."""
     from pyspark.ml.functions import array_to_vector, vector_to_array
     from pyspark.ml.stat import Summarizer
 
-    weight = F.col(S.WEIGHT)
+    weight = F.col(S.WEIGHT) if weighted else F.lit(1.0)
     if half_life_days is not None:
         latest = F.max(S.TS).over(Window.partitionBy(S.USER_ID))
         age_days = (F.col(S.TS).cast("double") - latest.cast("double")) / 86400.0
@@ -281,7 +287,12 @@ def candidates(
         )
     )
     history = interactions.join(user_idx.select(S.USER_ID), S.USER_ID, "left_semi")
-    profiles = content_profiles(history, content_vecs, half_life_days=cfg.half_life_days)
+    profiles = content_profiles(
+        history,
+        content_vecs,
+        half_life_days=cfg.half_life_days,
+        weighted=cfg.profile_weights == "weight",
+    )
     queries = (
         user_idx.join(
             model.user_factors.select(S.USER_ID, F.col(S.FEATURES).alias(CF_VEC)), S.USER_ID, "left"
@@ -386,20 +397,29 @@ def rerank(
     return current
 
 
-def reserve_tail(ranked_pool: DataFrame, score: str, *, k: int, share: float) -> DataFrame:
-    """The top ``k`` by ``score`` with at least ``ceil(share * k)`` long-tail items per user
-    (the best tail candidates take the places of the lowest head items; fewer if the user has
-    fewer tail candidates)."""
-    need = math.ceil(share * k)
-    if need == 0:
+def reserve(
+    ranked_pool: DataFrame, score: str, *, k: int, quotas: Sequence[tuple[Column, float]]
+) -> DataFrame:
+    """The top ``k`` by ``score`` with, for each ``(flag, share)`` of ``quotas``, at least
+    ``ceil(share * k)`` items per user whose ``flag`` is true: the best flagged candidates take the
+    places of the lowest unreserved items (fewer if the user has fewer flagged candidates). An item
+    reserved by two quotas counts for both. The list is then ordered by ``score`` as usual."""
+    needs = [(flag, math.ceil(share * k)) for flag, share in quotas if math.ceil(share * k) > 0]
+    if not needs:
         return top_k(ranked_pool, score, k)
-    tail_rank = F.row_number().over(
-        Window.partitionBy(S.USER_IDX, S.IS_LONG_TAIL).orderBy(
-            F.col(score).isNull(), F.col(score).desc(), F.col(S.ITEM_IDX)
+    for i, (flag, need) in enumerate(needs):
+        ranked_pool = ranked_pool.withColumn(f"_flag{i}", F.coalesce(flag, F.lit(False)))
+        within = F.row_number().over(
+            Window.partitionBy(S.USER_IDX, f"_flag{i}").orderBy(
+                F.col(score).isNull(), F.col(score).desc(), F.col(S.ITEM_IDX)
+            )
         )
-    )
-    marked = ranked_pool.withColumn(
-        "_reserved", F.col(S.IS_LONG_TAIL) & (tail_rank <= need) & F.col(score).isNotNull()
+        ranked_pool = ranked_pool.withColumn(
+            f"_res{i}", F.col(f"_flag{i}") & (within <= need) & F.col(score).isNotNull()
+        )
+    reserved = functools.reduce(lambda a, b: a | b, [F.col(f"_res{i}") for i in range(len(needs))])
+    marked = ranked_pool.withColumn("_reserved", reserved).drop(
+        *[f"_{c}{i}" for c in ("flag", "res") for i in range(len(needs))]
     )
     n_reserved = F.sum(F.col("_reserved").cast("int")).over(_by_user())
     rest_rank = F.row_number().over(
@@ -417,6 +437,15 @@ def reserve_tail(ranked_pool: DataFrame, score: str, *, k: int, share: float) ->
         .drop("_reserved", "_n_res", "_rest")
     )
     return top_k(chosen, score, k)
+
+
+def reservations(cfg: RecommendConfig) -> list[tuple[Column, float]]:
+    """The list quotas of ``fused_rerank``: long-tail items (``min_tail_share``) and cold items,
+    those without any interaction (``min_cold_share``)."""
+    return [
+        (F.col(S.IS_LONG_TAIL), cfg.min_tail_share),
+        (F.col(S.POPULARITY) == 0, cfg.min_cold_share),
+    ]
 
 
 def rank_variant(
@@ -440,7 +469,7 @@ def rank_variant(
         return top_k(pairs, fused, cfg.k)
     if variant == "fused_rerank":
         pool = rerank(pairs, fused, cfg, strength=rerank_strength)
-        return reserve_tail(pool, "_score", k=cfg.k, share=cfg.min_tail_share).drop("_base", "_score")
+        return reserve(pool, "_score", k=cfg.k, quotas=reservations(cfg)).drop("_base", "_score")
     raise ValueError(f"unknown variant {variant!r}; allowed: {list(VARIANTS)}")
 
 
