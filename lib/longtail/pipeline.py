@@ -102,7 +102,7 @@ def run(
     out["seconds"] = round(time.perf_counter() - t_all, 1)
     table = headline_table(lake or Lake(spark, cfg.lake.root, cfg.lake.engine), run_id)
     if table:
-        _progress("\n" + table)
+        print("\n" + table, flush=True)  # not logged too: a multi-line log record reads as a second table
     _progress(f"pipeline {run_id} finished in {out['seconds']:.1f} s; lake: {cfg.lake.root}")
     return out
 
