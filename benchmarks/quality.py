@@ -152,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     from longtail.config import load_config
     from longtail.encoder import inspect_model
     from longtail.lake import Lake
-    from longtail.report import write_report
     from longtail.runs import new_run_id
     from longtail.session import build_session
 
@@ -270,28 +269,15 @@ def main(argv: list[str] | None = None) -> int:
             f" cold>=0.03 at NDCG>=85%: {'met' if c['target_cold_0.03_at_ndcg_85'] else 'not met'}"
         )
 
-    context = {
-        "run_id": run_id,
-        "lake": lake.root,
-        "inputs": {"items": str(data / "items.csv"), "interactions": str(data / "interactions.csv")},
-        "encoder_model_id": mid,
-        "holdout": "test (settings chosen on validation: benchmarks/quality.py)",
-        "split": test["split"],
-        "users": test["users"],
-        "seconds": test["seconds"],
-        "config": cfg.to_dict(),
-    }
-    metrics_pdf = test["metrics"].drop(S.RUN_ID).toPandas()
-    paths = write_report(
-        f"{lake.root}/reports/{run_id}",
+    paths = E.write_run_report(
+        spark,
+        cfg,
+        lake=lake,
+        result=test,
+        metrics=test["metrics"].drop(S.RUN_ID).toPandas(),
         run_id=run_id,
-        metrics=metrics_pdf,
-        lorenz=test["lorenz"],
-        deciles=test["deciles"],
-        sweep=test["sweep"],
-        context=context,
-        k=10,
-        spark=spark,
+        model_id=mid,
+        holdout="test (settings chosen on validation: benchmarks/quality.py)",
     )
     seconds["total"] = round(time.perf_counter() - t_all, 1)
     print(f"\nreport: {paths}")

@@ -267,36 +267,55 @@ def run(
         "seconds": result["seconds"],
     }
     if cfg.evaluate.report:
-        from longtail import report
-
-        out_dir = join_uri(cfg.report_dir, run_id)
-        context = {
-            "run_id": run_id,
-            "lake": lake.root,
-            "inputs": {
-                "items": cfg.input.items or "generated sample",
-                "interactions": cfg.input.interactions,
-            },
-            "encoder_model_id": mid,
-            "holdout": cfg.evaluate.holdout,
-            "split": result["split"],
-            "users": result["users"],
-            "seconds": result["seconds"],
-            "config": cfg.to_dict(),
-        }
-        paths = report.write_report(
-            out_dir,
-            run_id=run_id,
-            metrics=metrics_pdf,
-            lorenz=result["lorenz"],
-            deciles=result["deciles"],
-            sweep=result["sweep"],
-            context=context,
-            k=sorted(cfg.evaluate.k)[0],
-            spark=spark,
+        summary["report"] = write_run_report(
+            spark, cfg, lake=lake, result=result, metrics=metrics_pdf, run_id=run_id, model_id=mid
         )
-        summary["report"] = paths
     summary["sweep"] = result["sweep"].to_dict(orient="records")
     summary["seconds"]["total"] = round(time.perf_counter() - t0, 2)
     log.info("evaluate: %s", summary)
     return summary
+
+
+def write_run_report(
+    spark: SparkSession,
+    cfg: Config,
+    *,
+    lake: Lake,
+    result: dict[str, Any],
+    metrics: Any,
+    run_id: str,
+    model_id: str,
+    holdout: str | None = None,
+) -> dict[str, str]:
+    """Write the report of an :func:`evaluate` result to ``<evaluate.report_dir>/<run_id>``.
+
+    ``metrics``: the run's metrics table as pandas (without ``run_id``); ``holdout``: how the
+    report names the hold-out (default ``evaluate.holdout``). Returns the written paths.
+    """
+    from longtail import report
+
+    context = {
+        "run_id": run_id,
+        "lake": lake.root,
+        "inputs": {
+            "items": cfg.input.items or "generated sample",
+            "interactions": cfg.input.interactions,
+        },
+        "encoder_model_id": model_id,
+        "holdout": holdout or cfg.evaluate.holdout,
+        "split": result["split"],
+        "users": result["users"],
+        "seconds": result["seconds"],
+        "config": cfg.to_dict(),
+    }
+    return report.write_report(
+        join_uri(cfg.report_dir, run_id),
+        run_id=run_id,
+        metrics=metrics,
+        lorenz=result["lorenz"],
+        deciles=result["deciles"],
+        sweep=result["sweep"],
+        context=context,
+        k=sorted(cfg.evaluate.k)[0],
+        spark=spark,
+    )

@@ -24,7 +24,8 @@ For every user (see ``docs/scoring.md`` for the reasons and the measurements beh
    ``popularity_penalty * log(1 + n_i)``; ``fused_rerank`` then spreads exposure across the
    catalogue in ``rerank_rounds`` parallel rounds (count each item's exposure in the current
    top-k lists, subtract ``rerank_strength * log(1 + exposure)``, re-rank every user) and
-   optionally reserves ``min_tail_share`` of each list for long-tail items. A user short of
+   optionally reserves ``min_tail_share`` of each list for long-tail items and ``min_cold_share``
+   for cold items (no interactions). A user short of
    candidates for a signal is filled up from the popular list, so every list has exactly k
    items unless the user has seen nearly the whole catalogue.
 """
@@ -50,6 +51,7 @@ from longtail import schema as S
 from longtail.config import VARIANTS, Config, RecommendConfig
 from longtail.head import ProjectionHead
 from longtail.lake import Lake
+from longtail.metrics import N_USERS
 from longtail.topk import Signal, blocked_top_k
 from longtail.train import Model
 
@@ -58,9 +60,6 @@ log = logging.getLogger(__name__)
 # candidate columns
 CF, CONTENT, POP = "cf", "content", "pop"
 CF_VEC, CONTENT_VEC, POP_VEC = "cf_vec", "content_vec", "pop_vec"
-N_USERS = "n_users"
-FUSED = "fused"
-_SEEN_FLAG = "_seen"
 
 
 @dataclass
@@ -404,7 +403,7 @@ def reserve(
     ``ceil(share * k)`` items per user whose ``flag`` is true: the best flagged candidates take the
     places of the lowest unreserved items (fewer if the user has fewer flagged candidates). An item
     reserved by two quotas counts for both. The list is then ordered by ``score`` as usual."""
-    needs = [(flag, math.ceil(share * k)) for flag, share in quotas if math.ceil(share * k) > 0]
+    needs = [(flag, need) for flag, need in ((f, math.ceil(share * k)) for f, share in quotas) if need > 0]
     if not needs:
         return top_k(ranked_pool, score, k)
     for i, (flag, need) in enumerate(needs):
