@@ -4,7 +4,14 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-STAGES="generate-sample ingest encode train recommend evaluate pipeline"
+PY="${LONGTAIL_PYTHON:-}"
+if [[ -z "$PY" ]]; then
+  if [[ -x "$HERE/.venv/bin/python" ]]; then PY="$HERE/.venv/bin/python"; else PY="$(command -v python3)"; fi
+fi
+# The stages and their help come from the package (longtail.stages.STAGES), the one list of them.
+STAGE_LINES="$(PYTHONPATH="$HERE/lib${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m longtail.stages)" || {
+  echo "spark-submit.sh: cannot import longtail with $PY; run the README's set-up command first" >&2; exit 2; }
+STAGES="$(cut -f1 <<<"$STAGE_LINES" | tr '\n' ' ')"
 # spark-submit options that take no value; every other --option passes through with its value.
 SPARK_FLAGS=" --verbose -v --supervise --kill --status --version "
 
@@ -13,13 +20,7 @@ usage() {
 Usage: ./spark-submit.sh [STAGE] [longtail options] [spark-submit options]
 
 Stages (default: pipeline):
-  generate-sample  write a deterministic synthetic catalogue and interaction log (CSV)
-  ingest           raw items + interactions -> items, interactions, quarantine tables
-  encode           BERT vectors of new or changed item texts -> item_embeddings (MERGE)
-  train            ALS factors and the text-to-CF projection head
-  recommend        fused top-K lists -> recommendations
-  evaluate         time-based hold-out, all variants, metrics table + HTML report
-  pipeline         all stages in order under one run id
+$(awk -F'	' '{printf "  %-16s %s\n", $1, $2}' <<<"$STAGE_LINES")
 
 longtail options:
   --conf FILE        a YAML config applied over conf/base.yaml (repeatable)
@@ -75,10 +76,6 @@ while [[ $# -gt 0 ]]; do
 done
 stage="${stage:-pipeline}"
 
-PY="${LONGTAIL_PYTHON:-}"
-if [[ -z "$PY" ]]; then
-  if [[ -x "$HERE/.venv/bin/python" ]]; then PY="$HERE/.venv/bin/python"; else PY="$(command -v python3)"; fi
-fi
 if [[ -n "${SPARK_HOME:-}" && -x "$SPARK_HOME/bin/spark-submit" ]]; then
   SUBMIT="$SPARK_HOME/bin/spark-submit"
 else

@@ -74,7 +74,7 @@ ARCHS = {
 
 def load_texts(path: Path, n: int) -> list[str]:
     """``n`` distinct catalogue-like texts: the overviews, copy k > 0 ending in ``Part k.``."""
-    from longtail.text import encoder_text
+    from longtail.core.text import encoder_text
 
     csv.field_size_limit(1 << 24)
     with path.open(newline="", encoding="utf-8") as fh:
@@ -85,7 +85,7 @@ def load_texts(path: Path, n: int) -> list[str]:
 
 def model_dir(model: str, arch: str | None, tmp: Path) -> str:
     """The model directory to time: the real one, or random weights of ``arch`` with its tokenizer."""
-    from longtail.encoder import resolve_model_path
+    from longtail.ml.encoder import resolve_model_path
 
     _, path = resolve_model_path(model)
     if arch is None:
@@ -214,7 +214,7 @@ def st_rows(path: str, texts: list[str], device: str, threads: int, batches: lis
 
 def encoder_rows(args, path: str, texts: list[str]) -> tuple[list[Row], dict[str, float]]:
     """The bare encoder (as configured, and with torch's linear layers on CPU), and its load time."""
-    from longtail.encoder import TextEncoder
+    from longtail.ml.encoder import TextEncoder
 
     variants = ["auto", "aten"] if args.device == "cpu" and not args.no_aten else ["auto"]
     rows, load_s = [], {}
@@ -237,9 +237,9 @@ def encoder_rows(args, path: str, texts: list[str]) -> tuple[list[Row], dict[str
 
 
 def _items_lake(spark, root: str, texts: list[str], partitions: int):
-    from longtail import schema as S
+    from longtail.core import schema as S
+    from longtail.core.text import content_hash
     from longtail.lake import Lake
-    from longtail.text import content_hash
 
     lake = Lake(spark, root)
     now = dt.datetime(2024, 1, 1)
@@ -249,7 +249,7 @@ def _items_lake(spark, root: str, texts: list[str], partitions: int):
 
 
 def _stage_config(args, path: str, root: str):
-    from longtail.config import load_config
+    from longtail.core.config import load_config
 
     return load_config(
         overrides=[
@@ -263,7 +263,7 @@ def _stage_config(args, path: str, root: str):
 
 
 def _session(threads: int):
-    from longtail.session import build_session
+    from longtail.core.session import build_session
 
     return build_session(
         "bench-encode",
@@ -278,8 +278,8 @@ def _session(threads: int):
 
 def spark_row(args, path: str, texts: list[str], tmp: Path) -> tuple[Row, object, dict]:
     """The stage end to end on a fresh lake per round, after a warm-up run (returns the session)."""
-    from longtail import encode
-    from longtail.encoder import CPU_BATCH_TOKENS
+    from longtail.ml.encoder import CPU_BATCH_TOKENS
+    from longtail.stages import encode
 
     spark = _session(args.threads)
     t0 = time.perf_counter()
@@ -314,7 +314,7 @@ def spark_row(args, path: str, texts: list[str], tmp: Path) -> tuple[Row, object
 # --- memory ----------------------------------------------------------------------------------------
 def rss_child_stage(args, path: str, texts: list[str]) -> dict:
     """In a fresh process: the stage on ``texts``; a Python worker's peak RSS (MiB)."""
-    from longtail import encode
+    from longtail.stages import encode
 
     spark = _session(args.threads)
     try:
@@ -330,8 +330,8 @@ def rss_child_stage(args, path: str, texts: list[str]) -> dict:
 
 def rss_child_calls(args, path: str, texts: list[str]) -> dict:
     """In a fresh process: one encoder (1 thread, like a worker) fed one Arrow batch at a time."""
-    from longtail.config import EncoderConfig
-    from longtail.encoder import TextEncoder
+    from longtail.core.config import EncoderConfig
+    from longtail.ml.encoder import TextEncoder
 
     rows = EncoderConfig().arrow_batch_rows
     enc = TextEncoder(
@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         load_start = os.getloadavg()
         texts = load_texts(DATA, args.n)
-        from longtail.encoder import TextEncoder
+        from longtail.ml.encoder import TextEncoder
 
         tokens = TextEncoder(path, device="cpu", cpu_linear="aten").tokenize(texts)[1]
         rows: list[Row] = []

@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def grid_specs(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     """``(fused points, fused_rerank points)`` as ListSpecs with unique names."""
-    from longtail.evaluate import SWEEP_FUSION, SWEEP_RERANK, ListSpec
+    from longtail.stages.evaluate import SWEEP_FUSION, SWEEP_RERANK, ListSpec
 
     fused = [
         ListSpec(f"fused [fusion_k={k:g}]", "fused", fusion_k=k, sweep=(SWEEP_FUSION, k))
@@ -146,14 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import dataclasses
 
-    from longtail import encode, ingest
-    from longtail import evaluate as E
-    from longtail import schema as S
-    from longtail.config import load_config
-    from longtail.encoder import inspect_model
+    from longtail.core import schema as S
+    from longtail.core.config import load_config
+    from longtail.core.session import build_session
     from longtail.lake import Lake
-    from longtail.runs import new_run_id
-    from longtail.session import build_session
+    from longtail.lake.runs import new_run_id
+    from longtail.ml.encoder import inspect_model
+    from longtail.ml.model import current_embeddings
+    from longtail.stages import encode, ingest
+    from longtail.stages import evaluate as E
 
     data = Path(args.data).resolve()
     overrides = [
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     enc = cfg.encoder
     mid = inspect_model(enc.model, pooling=enc.pooling, max_length=enc.max_length).model_id
     items = lake.read(S.ITEMS)
-    embeddings = encode.current_embeddings(lake, mid, items=items)
+    embeddings = current_embeddings(lake, mid, items=items)
     interactions = lake.read(S.INTERACTIONS)
     fused_grid, rerank_grid = grid_specs(args)
     base = [E.ListSpec(v, v) for v in BASELINES]

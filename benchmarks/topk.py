@@ -109,7 +109,7 @@ def random_vectors(spark, n: int, dims: dict[str, int], seed: int, path: str, ke
 def run_one(spark, args, users: int, items: int, block_queries: int, block_items: int, tmp: str) -> dict:
     from pyspark.sql import functions as F
 
-    from longtail.topk import Signal, blocked_top_k
+    from longtail.ml.topk import Signal, blocked_top_k
 
     q_dims = {"content_q": args.dims} | ({"cf_q": args.cf_dims} if args.cf_dims else {})
     i_dims = {"content_i": args.dims} | ({"cf_i": args.cf_dims} if args.cf_dims else {})
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # the driver JVM is started by this process: its heap must be set before it starts
     os.environ["PYSPARK_SUBMIT_ARGS"] = f"--driver-memory {args.driver_memory} pyspark-shell"
-    from longtail.session import build_session
+    from longtail.core.session import build_session
 
     spark = build_session(
         "longtail-bench-topk",

@@ -6,6 +6,7 @@ Run it through ../spark-submit.sh (encode); all logic lives in the longtail pack
 import sys
 
 from longtail.cli import run_job
+from longtail.stages import encode
 
 if __name__ == "__main__":
-    sys.exit(run_job("encode", sys.argv[1:]))
+    sys.exit(run_job("encode", sys.argv[1:], run=encode.run))

@@ -6,6 +6,7 @@ Run it through ../spark-submit.sh (evaluate); all logic lives in the longtail pa
 import sys
 
 from longtail.cli import run_job
+from longtail.stages import evaluate
 
 if __name__ == "__main__":
-    sys.exit(run_job("evaluate", sys.argv[1:]))
+    sys.exit(run_job("evaluate", sys.argv[1:], run=evaluate.run))

@@ -6,6 +6,7 @@ Run it through ../spark-submit.sh (generate-sample); all logic lives in the long
 import sys
 
 from longtail.cli import run_job
+from longtail.stages import generate_sample
 
 if __name__ == "__main__":
-    sys.exit(run_job("generate-sample", sys.argv[1:]))
+    sys.exit(run_job("generate-sample", sys.argv[1:], run=generate_sample.run))

@@ -6,6 +6,7 @@ Run it through ../spark-submit.sh (train); all logic lives in the longtail packa
 import sys
 
 from longtail.cli import run_job
+from longtail.stages import train
 
 if __name__ == "__main__":
-    sys.exit(run_job("train", sys.argv[1:]))
+    sys.exit(run_job("train", sys.argv[1:], run=train.run))

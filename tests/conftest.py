@@ -25,7 +25,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def spark():
-    from longtail.session import build_session
+    from longtail.core.session import build_session
 
     session = build_session("longtail-tests", master="local[2]", for_tests=True)
     yield session

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from longtail import schema as S
-from longtail.config import load_config
-from longtail.encoder import inspect_model
+from longtail.core import schema as S
+from longtail.core.config import load_config
+from longtail.core.text import content_hash
 from longtail.lake import Lake
-from longtail.text import content_hash
+from longtail.ml.encoder import inspect_model
 
 DIM = 32
 T0 = dt.datetime(2024, 1, 1)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from longtail.cli import STAGES, StageNotBuiltError, load_stage_module, parser
+from longtail.cli import parser
+from longtail.stages import STAGES, StageNotBuiltError, load_stage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,9 +56,9 @@ def test_parser_takes_repeated_conf_and_set():
 def test_every_stage_module_has_run():
     for stage in STAGES:
         try:
-            module = load_stage_module(stage)
+            module = load_stage(stage)
         except StageNotBuiltError:  # pragma: no cover - only while a stage is being built
             pytest.fail(f"stage {stage} is not built")
         assert callable(module.run)
     with pytest.raises(StageNotBuiltError, match="unknown stage"):
-        load_stage_module("nope")
+        load_stage("nope")

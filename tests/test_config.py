@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from longtail.config import Config, ConfigError, load_config
+from longtail.core.config import Config, ConfigError, load_config
 
 
 def test_base_yaml_matches_dataclass_defaults():

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 from test_encoder import make_tiny_bert
 
-from longtail import encode
-from longtail import schema as S
-from longtail.config import load_config
-from longtail.encoder import TextEncoder
+from longtail.core import schema as S
+from longtail.core.config import load_config
+from longtail.core.errors import MissingInputError
+from longtail.core.text import content_hash, encoder_text
 from longtail.lake import Lake
-from longtail.text import content_hash, encoder_text
+from longtail.ml.encoder import TextEncoder
+from longtail.ml.model import current_embeddings
+from longtail.stages import encode
 
 pytestmark = pytest.mark.spark
 T0 = dt.datetime(2024, 1, 1)
@@ -102,12 +104,12 @@ def test_incremental_dedupe_change_and_model_switch(spark, lake_root: str, model
     fourth = encode.run(spark, cfg_b, lake=lake)
     assert (fourth["items"], fourth["encoded"], fourth["version"]) == (6, 4, 2)
     assert fourth["model_id"] != enc_a.model_id
-    current = encode.current_embeddings(lake, fourth["model_id"]).collect()
+    current = current_embeddings(lake, fourth["model_id"]).collect()
     assert sorted(r[S.ITEM_ID] for r in current) == ["i1", "i2", "i3", "i4", "i5", "i6"]
     assert {r[S.MODEL_ID] for r in current} == {fourth["model_id"]}
     assert len(lake.read(S.ITEM_EMBEDDINGS).collect()) == 12  # the old model's rows are kept
     # the old model's current vectors: one per item as well, i2's being the new text's
-    old = {r[S.ITEM_ID]: r[S.CONTENT_HASH] for r in encode.current_embeddings(lake, enc_a.model_id).collect()}
+    old = {r[S.ITEM_ID]: r[S.CONTENT_HASH] for r in current_embeddings(lake, enc_a.model_id).collect()}
     assert old["i2"] == content_hash("Toy. a cowboy and a space ranger at night") and len(old) == 6
 
 
@@ -122,10 +124,10 @@ def test_current_embeddings_skips_stale_and_vanished_items(spark) -> None:
         S.ITEM_EMBEDDINGS_SCHEMA,
     )
     items = spark.createDataFrame([("i1", "h1"), ("i2", "h2_new")], [S.ITEM_ID, S.CONTENT_HASH])
-    got = encode.current_embeddings(emb, "m1", items=items).collect()
+    got = current_embeddings(emb, "m1", items=items).collect()
     assert [(r[S.ITEM_ID], r[S.MODEL_ID], r[S.EMBEDDING]) for r in got] == [("i1", "m1", [1.0, 0.0])]
     with pytest.raises(ValueError, match="items="):
-        encode.current_embeddings(emb, "m1")
+        current_embeddings(emb, "m1")
 
 
 def test_failure_mid_run_leaves_table_then_next_run_completes(
@@ -155,5 +157,5 @@ def test_failure_mid_run_leaves_table_then_next_run_completes(
 
 
 def test_missing_items_table_is_a_clear_error(spark, lake_root: str, models: tuple[str, str]) -> None:
-    with pytest.raises(RuntimeError, match="run ingest first"):
+    with pytest.raises(MissingInputError, match="run ingest first"):
         encode.run(spark, _cfg(lake_root, models[0]), lake=Lake(spark, lake_root))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import longtail.encoder as encoder_module
-from longtail.encoder import (
+import longtail.ml.encoder as encoder_module
+from longtail.ml.encoder import (
     EncoderError,
     ModelNotFoundError,
     TextEncoder,

@@ -10,10 +10,10 @@ import synthetic
 from pyspark.sql import functions as F
 from test_encoder import make_tiny_bert
 
-from longtail import evaluate as E
-from longtail import metrics as M
-from longtail import schema as S
-from longtail.config import VARIANTS
+from longtail.core import schema as S
+from longtail.core.config import VARIANTS
+from longtail.ml import metrics as M
+from longtail.stages import evaluate as E
 
 pytestmark = pytest.mark.spark
 

@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from longtail.holdout import parse_cutoff, split_summary, time_split
+from longtail.ml.holdout import parse_cutoff, split_summary, time_split
 
 pytestmark = pytest.mark.spark
 

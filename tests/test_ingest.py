@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from longtail import schema as S
-from longtail.config import load_config
-from longtail.ingest import BadInputError, detect_format
-from longtail.ingest import run as ingest
+from longtail.core import schema as S
+from longtail.core.config import load_config
 from longtail.lake import Lake
+from longtail.stages.ingest import BadInputError, detect_format
+from longtail.stages.ingest import run as ingest
 
 pytestmark = pytest.mark.spark
 

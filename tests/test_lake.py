@@ -19,19 +19,18 @@ from deltalake import DeltaTable
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from longtail import lake as lake_mod
-from longtail.config import load_config
+from longtail.core.config import load_config
+from longtail.core.uris import path_key, rs_uri
 from longtail.lake import (
     CommitConflictError,
     DuplicateKeysError,
     Lake,
     LakeError,
     SchemaMismatchError,
-    _json_stat,
-    _path_key,
-    _rs_uri,
+    delta_rs,
     is_delta_spark_available,
 )
+from longtail.lake.delta_rs import _json_stat
 
 pytestmark = pytest.mark.spark
 
@@ -248,14 +247,14 @@ def test_txn_makes_a_retried_write_a_no_op(spark, lake_root):
 def test_a_concurrent_conflicting_commit_fails_cleanly(spark, lake_root, monkeypatch):
     lake, other = Lake(spark, lake_root), Lake(spark, lake_root)
     lake.overwrite("t", _df(spark, ROWS[:2]))  # v0: one file holding a, b
-    real = lake_mod._DeltaRsEngine._files_matching
+    real = delta_rs._DeltaRsEngine._files_matching
 
     def meanwhile(self, *args, **kwargs):  # another writer deletes b after our merge read the file
         found = real(self, *args, **kwargs)
         assert other.delete("t", "id = 'b'") == 1
         return found
 
-    monkeypatch.setattr(lake_mod._DeltaRsEngine, "_files_matching", meanwhile)
+    monkeypatch.setattr(delta_rs._DeltaRsEngine, "_files_matching", meanwhile)
     with pytest.raises(CommitConflictError, match="concurrent transaction deleted data"):
         lake.merge("t", _df(spark, [("a", None, 10.0, None)]), ["id"])
     monkeypatch.undo()
@@ -267,7 +266,7 @@ def test_a_concurrent_conflicting_commit_fails_cleanly(spark, lake_root, monkeyp
 def test_concurrent_appends_both_commit(spark, lake_root, monkeypatch):
     lake, other = Lake(spark, lake_root), Lake(spark, lake_root)
     lake.overwrite("t", _df(spark, ROWS[:1]))
-    real = lake_mod._Stage.write
+    real = delta_rs._Stage.write
     calls: list[int | None] = []
 
     def meanwhile(self, df):
@@ -277,14 +276,14 @@ def test_concurrent_appends_both_commit(spark, lake_root, monkeypatch):
             calls[0] = other.append("t", _df(spark, ROWS[1:2]))
         return files
 
-    monkeypatch.setattr(lake_mod._Stage, "write", meanwhile)
+    monkeypatch.setattr(delta_rs._Stage, "write", meanwhile)
     assert lake.append("t", _df(spark, ROWS[2:])) == 2  # committed after the other's version 1
     assert calls == [1] and _rows(lake.read("t")) == sorted(ROWS)
 
 
 def test_row_counts_from_spark_match_the_footers(spark, lake_root):
     # the fallback for stores pyarrow cannot open (remote URIs without credentials in the env)
-    stage = lake_mod._Stage(spark, os.path.join(lake_root, "s"))
+    stage = delta_rs._Stage(spark, os.path.join(lake_root, "s"))
     files = stage.write(_df(spark, ROWS, 2))  # slices: [a], [b, c]
     names = [f.rel_path.split("/")[1] for f in files]
     counts = stage._spark_counts(stage.folders[0], names)
@@ -391,12 +390,12 @@ def test_delta_spark_engine(spark, lake_root):
 
 # --- helpers without Spark ------------------------------------------------------------------------
 def test_uri_mapping():
-    assert _rs_uri("s3a://bucket/lake/t") == "s3://bucket/lake/t"
-    assert _rs_uri("abfss://c@acct.dfs.core.windows.net/lake") == "abfss://c@acct.dfs.core.windows.net/lake"
-    assert _rs_uri("file:///tmp/lake") == "/tmp/lake"
+    assert rs_uri("s3a://bucket/lake/t") == "s3://bucket/lake/t"
+    assert rs_uri("abfss://c@acct.dfs.core.windows.net/lake") == "abfss://c@acct.dfs.core.windows.net/lake"
+    assert rs_uri("file:///tmp/lake") == "/tmp/lake"
     # Spark's file paths and deltalake's match whatever the scheme spelling and encoding
-    assert _path_key("file:/tmp/a%20b/x.parquet") == _path_key("/tmp/a b/x.parquet")
-    assert _path_key("s3a://b/t/x.parquet") == _path_key("s3://b/t/x.parquet") == "b/t/x.parquet"
+    assert path_key("file:/tmp/a%20b/x.parquet") == path_key("/tmp/a b/x.parquet")
+    assert path_key("s3a://b/t/x.parquet") == path_key("s3://b/t/x.parquet") == "b/t/x.parquet"
 
 
 def test_stat_values():

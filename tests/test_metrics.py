@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from longtail import metrics as M
+from longtail.ml import metrics as M
 
 pytestmark = pytest.mark.spark
 

@@ -8,10 +8,10 @@ import pytest
 from deltalake import DeltaTable
 from test_encoder import make_tiny_bert
 
-from longtail import pipeline
-from longtail import schema as S
-from longtail.config import load_config
-from longtail.runs import SUCCEEDED
+from longtail.core import schema as S
+from longtail.core.config import load_config
+from longtail.lake.runs import SUCCEEDED
+from longtail.stages import pipeline
 
 pytestmark = pytest.mark.spark
 

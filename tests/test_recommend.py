@@ -12,10 +12,11 @@ from deltalake import DeltaTable
 from pyspark.sql import functions as F
 from test_encoder import make_tiny_bert
 
-from longtail import recommend as R
-from longtail import schema as S
-from longtail import train
-from longtail.config import RecommendConfig
+from longtail.core import schema as S
+from longtail.core.config import RecommendConfig
+from longtail.ml import scoring as R
+from longtail.ml.model import load_model
+from longtail.stages import recommend, train
 
 pytestmark = pytest.mark.spark
 
@@ -199,7 +200,7 @@ def test_content_profiles_weighted_or_uniform(spark):
 
 def test_recommend_stage_writes_exactly_k_unseen_distinct_items_per_user(spark, trained):
     lake, _, cfg = trained
-    summary = R.run(spark, cfg, lake=lake, run_id="r1")
+    summary = recommend.run(spark, cfg, lake=lake, run_id="r1")
     recs = lake.read(S.RECOMMENDATIONS)
     # Spark reads Parquet as nullable; the Delta log keeps the contract's NOT NULL columns
     assert [(f.name, f.dataType) for f in recs.schema] == [
@@ -233,14 +234,14 @@ def test_recommend_stage_writes_exactly_k_unseen_distinct_items_per_user(spark, 
         counts[i] = counts.get(i, 0) + 1
     assert all(r[S.POPULARITY] == counts.get(r[S.ITEM_ID], 0) for r in rows)
     # a re-run writes the same lists (a new version, identical content)
-    R.run(spark, cfg, lake=lake, run_id="r2")
+    recommend.run(spark, cfg, lake=lake, run_id="r2")
     again = {(r[S.USER_ID], r[S.RANK], r[S.ITEM_ID]) for r in lake.read(S.RECOMMENDATIONS).collect()}
     assert again == {(r[S.USER_ID], r[S.RANK], r[S.ITEM_ID]) for r in rows}
 
 
 def test_cold_items_are_recommendable_and_new_users_get_the_popular_list(spark, trained):
     lake, mid, cfg = trained
-    model = train.load_model(lake, model_id=mid)
+    model = load_model(lake, model_id=mid)
     users = spark.createDataFrame([("u00",), ("u01",), ("newcomer",)], "user_id string")
     lists, cands = R.recommend(
         spark,

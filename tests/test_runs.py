@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from longtail import schema as S
-from longtail.config import load_config
+from longtail.core import schema as S
+from longtail.core.config import load_config
 from longtail.lake import Lake
-from longtail.pipeline import headline_table, is_current
-from longtail.runs import FAILED, SUCCEEDED, run_stage
+from longtail.lake.runs import FAILED, SUCCEEDED, run_stage
+from longtail.stages.pipeline import headline_table, is_current
 
 pytestmark = pytest.mark.spark
 

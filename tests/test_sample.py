@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from longtail.config import load_config
-from longtail.sample import generate_frames
+from longtail.core.config import load_config
+from longtail.stages.generate_sample import generate_frames
 
 
 def _cfg(**kw):

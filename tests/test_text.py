@@ -1,6 +1,6 @@
 """Text normalisation and content hashes (no Spark)."""
 
-from longtail.text import content_hash, encoder_text, normalise_text
+from longtail.core.text import content_hash, encoder_text, normalise_text
 
 
 def test_normalise_text():

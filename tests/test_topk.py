@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from pyspark.sql import DataFrame
 
-from longtail.schema import MissingColumnsError
-from longtail.topk import (
+from longtail.core.schema import MissingColumnsError
+from longtail.ml.topk import (
     EMPTY,
     Signal,
     balanced_labels,

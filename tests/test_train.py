@@ -7,10 +7,13 @@ import pytest
 import synthetic
 from test_encoder import make_tiny_bert
 
-from longtail import schema as S
-from longtail import train
-from longtail.head import HeadError, HeadSpec, ProjectionHead
+from longtail.core import schema as S
+from longtail.core.errors import MissingInputError
 from longtail.lake import Lake
+from longtail.ml.cf import new_ids
+from longtail.ml.head import HeadError, HeadSpec, ProjectionHead
+from longtail.ml.model import load_model
+from longtail.stages import train
 
 
 # --- the head (no Spark) -------------------------------------------------------------------------
@@ -83,13 +86,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.mark.spark
 def test_new_ids_number_after_the_existing_map_in_id_order(spark):
     first = spark.createDataFrame([("u3",), ("u1",), ("u1",), (None,)], "user_id string")
-    rows = train.new_ids(first, None, id_col=S.USER_ID, idx_col=S.USER_IDX).collect()
+    rows = new_ids(first, None, id_col=S.USER_ID, idx_col=S.USER_IDX).collect()
     assert sorted((r[0], r[1]) for r in rows) == [("u1", 0), ("u3", 1)]
     existing = spark.createDataFrame([("u1", 0), ("u3", 1)], "user_id string, user_idx int")
     more = spark.createDataFrame([("u2",), ("u3",), ("u0",)], "user_id string")
-    rows = train.new_ids(more, existing, id_col=S.USER_ID, idx_col=S.USER_IDX).collect()
+    rows = new_ids(more, existing, id_col=S.USER_ID, idx_col=S.USER_IDX).collect()
     assert sorted((r[0], r[1]) for r in rows) == [("u0", 2), ("u2", 3)]  # u1, u3 keep 0 and 1
-    assert train.new_ids(first, existing, id_col=S.USER_ID, idx_col=S.USER_IDX).isEmpty()
+    assert new_ids(first, existing, id_col=S.USER_ID, idx_col=S.USER_IDX).isEmpty()
 
 
 @pytest.mark.spark
@@ -102,7 +105,7 @@ def test_train_writes_factors_and_head_and_keeps_ids_stable(spark, lake_root, mo
     items_map = {r[S.ITEM_ID]: r[S.ITEM_IDX] for r in lake.read(S.ID_MAP_ITEMS).collect()}
     assert sorted(items_map) == synthetic.item_ids()  # cold items have an index too
     assert sorted(items_map.values()) == list(range(40))
-    model = train.load_model(lake, model_id=mid)
+    model = load_model(lake, model_id=mid)
     factors = np.stack([r[S.FEATURES] for r in model.item_factors.collect()])
     assert factors.shape == (36, 4)
     # ALS separates the two tastes: a user's factors score their own topic's items higher
@@ -118,26 +121,26 @@ def test_train_writes_factors_and_head_and_keeps_ids_stable(spark, lake_root, mo
     train.run(spark, cfg, lake=lake2, run_id="r2")
     assert {r[S.ITEM_ID]: r[S.ITEM_IDX] for r in lake2.read(S.ID_MAP_ITEMS).collect()} == items_map
     assert lake2.version(S.ID_MAP_ITEMS) == 0 and lake2.version(S.ITEM_FACTORS) == 1
-    assert train.load_model(lake2).head.spec.extra["run_id"] == "r2"
+    assert load_model(lake2).head.spec.extra["run_id"] == "r2"
 
 
 @pytest.mark.spark
 def test_load_model_refuses_a_half_finished_train_or_another_encoder(spark, lake_root, model_dir):
     lake, mid = synthetic.build_lake(spark, lake_root, model_dir)
     train.run(spark, synthetic.config(lake_root, model_dir), lake=lake, run_id="r1")
-    with pytest.raises(train.TrainError, match="trained on vectors of"):
-        train.load_model(lake, model_id="another-model@123/mean/256")
+    with pytest.raises(MissingInputError, match="trained on vectors of"):
+        load_model(lake, model_id="another-model@123/mean/256")
     # a later train run that died after rewriting item_factors but before the head
     lake.overwrite(S.ITEM_FACTORS, lake.read(S.ITEM_FACTORS))
-    with pytest.raises(train.TrainError, match="did not finish"):
-        train.load_model(lake, model_id=mid)
+    with pytest.raises(MissingInputError, match="did not finish"):
+        load_model(lake, model_id=mid)
 
 
 @pytest.mark.spark
 def test_train_without_vectors_says_what_to_run(spark, lake_root, model_dir):
     lake, _ = synthetic.build_lake(spark, lake_root, model_dir)
-    with pytest.raises(train.TrainError, match="run train first"):
-        train.load_model(lake)
+    with pytest.raises(MissingInputError, match="run train first"):
+        load_model(lake)
     cfg = synthetic.config(str(lake_root) + "/other", model_dir)
-    with pytest.raises(train.TrainError, match="run ingest first"):
+    with pytest.raises(MissingInputError, match="run ingest first"):
         train.run(spark, cfg, lake=Lake(spark, cfg.lake.root))

@@ -7,46 +7,23 @@ The config is loaded and validated before Spark starts, so a typo costs no clust
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from longtail.config import Config, ConfigError, load_config
+from longtail.core.config import Config, ConfigError, load_config
+from longtail.stages import STAGES, StageNotBuiltError, load_stage
 
 log = logging.getLogger("longtail")
-
-# stage name -> module under longtail (each has run(spark, cfg, *, lake, run_id) -> dict)
-STAGES: dict[str, str] = {
-    "generate-sample": "sample",
-    "ingest": "ingest",
-    "encode": "encode",
-    "train": "train",
-    "recommend": "recommend",
-    "evaluate": "evaluate",
-    "pipeline": "pipeline",
-}
-STAGE_HELP = {
-    "generate-sample": "write a deterministic synthetic catalogue and interaction log (CSV)",
-    "ingest": "raw items + interactions -> items, interactions, quarantine",
-    "encode": "BERT vectors of new or changed item texts -> item_embeddings (MERGE)",
-    "train": "ALS factors and the text-to-CF projection head",
-    "recommend": "fused top-K lists -> recommendations",
-    "evaluate": "time-based hold-out, all variants, metrics + HTML report",
-    "pipeline": "all stages in order under one run id (the default)",
-}
-
-
-class StageNotBuiltError(RuntimeError):
-    """The stage's module is not part of this build."""
 
 
 def parser(stage: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"longtail {stage}" if stage else "longtail",
-        description="longtail stage job. Stages: " + "; ".join(f"{k}: {v}" for k, v in STAGE_HELP.items()),
+        description="longtail stage job. Stages: "
+        + "; ".join(f"{s.name}: {s.help}" for s in STAGES.values()),
     )
     if stage is None:
         p.add_argument("stage", choices=sorted(STAGES), help="the stage to run")
@@ -64,19 +41,6 @@ def parser(stage: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def load_stage_module(stage: str) -> Any:
-    """Import ``longtail.<module>`` for ``stage``; a clear error if the stage is unknown or not built."""
-    if stage not in STAGES:
-        raise StageNotBuiltError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    name = f"longtail.{STAGES[stage]}"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            raise StageNotBuiltError(f"stage {stage!r} is not built yet in this version of longtail") from exc
-        raise
-
-
 def check_args(stage: str, argv: Sequence[str]) -> int:
     """Validate a job's arguments and config without starting anything (the launcher's pre-flight).
 
@@ -91,8 +55,14 @@ def check_args(stage: str, argv: Sequence[str]) -> int:
     return 0
 
 
-def run_job(stage: str, argv: Sequence[str] | None = None) -> int:
-    """Parse arguments, validate the config, build the session, run the stage, stop the session."""
+def run_job(
+    stage: str, argv: Sequence[str] | None = None, *, run: Callable[..., dict[str, Any]] | None = None
+) -> int:
+    """Parse arguments, validate the config, build the session, run the stage, stop the session.
+
+    ``run`` is the stage's ``run`` function (``jobs/<stage>.py`` passes it explicitly); by default it
+    is looked up by name in :data:`longtail.stages.STAGES`.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parser(stage).parse_args(argv)
     try:
@@ -100,20 +70,21 @@ def run_job(stage: str, argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"longtail: {exc}", file=sys.stderr)
         return 2
-    try:
-        module = load_stage_module(stage)
-    except StageNotBuiltError as exc:
-        print(f"longtail: {exc}", file=sys.stderr)
-        return 2
+    if run is None:
+        try:
+            run = load_stage(stage).run
+        except StageNotBuiltError as exc:
+            print(f"longtail: {exc}", file=sys.stderr)
+            return 2
 
-    from longtail.runs import new_run_id, run_stage
-    from longtail.session import build_session
+    from longtail.core.session import build_session
+    from longtail.lake.runs import new_run_id, run_stage
 
     run_id = args.run_id or cfg.run.id or new_run_id()
     spark = build_session(f"longtail-{stage}")
     try:
         try:
-            record = run_stage(spark, cfg, stage, module.run, run_id=run_id)
+            record = run_stage(spark, cfg, stage, run, run_id=run_id)
         except Exception as exc:
             log.exception("stage %s failed (run %s)", stage, run_id)
             print(f"longtail: stage {stage} failed: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -26,6 +26,20 @@ PROJECTION_HEAD = "projection_head"
 RECOMMENDATIONS = "recommendations"
 METRICS = "metrics"
 RUNS = "runs"
+# The stage that writes each table: what a missing-input error tells the user to run first.
+WRITTEN_BY = {
+    ITEMS: "ingest",
+    INTERACTIONS: "ingest",
+    QUARANTINE: "ingest",
+    ITEM_EMBEDDINGS: "encode",
+    ID_MAP_USERS: "train",
+    ID_MAP_ITEMS: "train",
+    USER_FACTORS: "train",
+    ITEM_FACTORS: "train",
+    PROJECTION_HEAD: "train",
+    RECOMMENDATIONS: "recommend",
+    METRICS: "evaluate",
+}
 
 # --- column names --------------------------------------------------------------------------------
 ITEM_ID = "item_id"

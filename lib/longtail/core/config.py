@@ -24,6 +24,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from longtail.core.uris import join_uri
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 BASE_CONF = CONF_DIR / "base.yaml"
 
@@ -256,6 +258,11 @@ class Config:
         return self.sample.path or join_uri(self.lake.root, "sample_input")
 
     @property
+    def sample_inputs(self) -> tuple[str, str]:
+        """The (items, interactions) paths that ``generate-sample`` writes and ``ingest`` reads by default."""
+        return join_uri(self.sample_path, "items.csv"), join_uri(self.sample_path, "interactions.csv")
+
+    @property
     def checkpoint_dir(self) -> str:
         return self.train.checkpoint_dir or join_uri(self.lake.root, "_checkpoints")
 
@@ -268,11 +275,6 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, default=str)
-
-
-def join_uri(root: str, *parts: str) -> str:
-    """Join a local path or a URI (``s3a://b/x``) with sub-paths, keeping the scheme intact."""
-    return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
 # --- loading -------------------------------------------------------------------------------------

@@ -20,14 +20,15 @@ from typing import Any
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from longtail import schema as S
-from longtail.config import Config
+from longtail.core import schema as S
+from longtail.core.config import Config
 from longtail.lake import Lake
-from longtail.runs import SUCCEEDED, run_stage
+from longtail.lake.runs import SUCCEEDED, new_run_id, run_stage
+from longtail.stages import STAGES, load_stage
 
 log = logging.getLogger(__name__)
 
-ORDER = ("generate-sample", "ingest", "encode", "train", "recommend", "evaluate")
+ORDER = tuple(s for s in STAGES if s != "pipeline")
 # The config sections whose values decide whether a stage's earlier output is still current.
 SETTINGS: dict[str, tuple[str, ...]] = {
     "train": ("encoder", "train"),
@@ -76,9 +77,6 @@ def run(
     spark: SparkSession, cfg: Config, *, lake: Lake | None = None, run_id: str | None = None
 ) -> dict[str, Any]:
     """Run all stages under ``run_id``; returns each stage's status, time and summary."""
-    from longtail.cli import load_stage_module
-    from longtail.runs import new_run_id
-
     run_id = run_id or new_run_id()
     stages = [s for s in ORDER if s != "generate-sample" or cfg.input.items is None]
     out: dict[str, Any] = {"run_id": run_id, "stages": {}}
@@ -91,7 +89,7 @@ def run(
             _progress(f"{prefix} skipped (outputs current)")
             out["stages"][stage] = {"status": "skipped"}
             continue
-        fn: Callable[..., dict[str, Any]] = load_stage_module(stage).run
+        fn: Callable[..., dict[str, Any]] = load_stage(stage).run
         record = run_stage(spark, cfg, stage, fn, run_id=run_id, lake=stage_lake)
         _progress(f"{prefix} done in {record.seconds:7.1f} s  {_short(record.summary)}")
         out["stages"][stage] = {

@@ -1,53 +1,22 @@
-"""The per-run evaluation report: one self-contained ``report.html`` and a ``report.md`` beside it.
-
-Inputs are the small, already-collected results of `evaluate` (the metrics table, Lorenz points,
-recall by decile, an optional sweep over the fusion knob) and a context dict (data sources, row
-counts, split summary, config, timings). Output, under ``out_dir`` (``<lake.root>/reports/<run_id>``):
-
-* ``report.html``: tables, the three plots embedded as base64 PNG, inline CSS, no external
-  resources (it opens offline and can be mailed as one file);
-* ``report.md`` and the PNGs it references by relative path (``tradeoff.png``, ``lorenz.png``,
-  ``deciles.png``), for repositories and wikis.
-
-``out_dir`` may be a local path (or ``file:`` URI) or any Hadoop URI (``s3a://``, ``abfss://``,
-``hdfs://``): those are written through Spark's Hadoop FileSystem, with the caller's credentials
-configuration, which is why ``spark`` is a parameter. No half-written report: every file is
-written under a temporary name and renamed, and ``report.html`` is written last, so its presence
-means the report is complete.
-
-Example:
-    >>> paths = write_report(
-    ...     "lake/reports/run-1", run_id="run-1", metrics=m, lorenz=l, deciles=d, sweep=None,
-    ...     context={"config": cfg.to_dict()}, k=10, spark=spark)
-    >>> paths["html"]
-    'lake/reports/run-1/report.html'
-"""
+"""Tables, plots and the HTML/Markdown documents of the evaluation report."""
 
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import html
 import io
 import itertools
 import json
 import logging
-import os
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlparse
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on a cluster driver; must precede pyplot
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
-from pyspark.sql import SparkSession
 
-from longtail.config import VARIANTS
+from longtail.core.config import VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -539,134 +508,3 @@ def render_markdown(
             out += [f"## {title}\n", f"![{title}]({name})\n"]
     out += ["<details><summary>Data and configuration</summary>\n", _context_md(context), "</details>\n"]
     return "\n".join(out)
-
-
-# --- writing -------------------------------------------------------------------------------------
-def _local_dir(out_dir: str) -> str | None:
-    """The local path of ``out_dir``, or None when it is a URI for Hadoop."""
-    parsed = urlparse(out_dir)
-    if parsed.scheme == "file":
-        return parsed.path
-    if parsed.scheme and len(parsed.scheme) > 1:  # 'C:\\...' is a Windows drive, not a scheme
-        return None
-    return out_dir
-
-
-def _write_local(directory: str, files: Sequence[tuple[str, bytes]]) -> dict[str, str]:
-    os.makedirs(directory, exist_ok=True)
-    written = {}
-    for name, data in files:
-        final = os.path.join(directory, name)
-        tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, final)  # atomic on POSIX: readers see the old or the new file
-        written[name] = final
-    return written
-
-
-def _write_hadoop(spark: SparkSession, out_dir: str, files: Sequence[tuple[str, bytes]]) -> dict[str, str]:
-    jvm: Any = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
-    base = out_dir.rstrip("/")
-    directory = jvm.org.apache.hadoop.fs.Path(base)
-    fs = directory.getFileSystem(conf)
-    fs.mkdirs(directory)
-    written = {}
-    for name, data in files:
-        final = jvm.org.apache.hadoop.fs.Path(f"{base}/{name}")
-        tmp = jvm.org.apache.hadoop.fs.Path(f"{base}/.{name}.{uuid.uuid4().hex}.tmp")
-        stream = fs.create(tmp, True)
-        try:
-            stream.write(bytearray(data))
-        finally:
-            stream.close()
-        # Hadoop's rename does not replace: drop the old file first (object stores copy anyway).
-        if fs.exists(final):
-            fs.delete(final, False)
-        if not fs.rename(tmp, final):
-            fs.delete(tmp, False)
-            raise OSError(f"could not rename {tmp} to {final}")
-        written[name] = f"{base}/{name}"
-    return written
-
-
-def write_files(
-    out_dir: str, files: Sequence[tuple[str, bytes]], *, spark: SparkSession | None = None
-) -> dict[str, str]:
-    """Write ``(name, bytes)`` into ``out_dir`` in order, each under a temporary name then renamed.
-
-    Local paths and ``file:`` URIs are written directly; other URIs through Spark's Hadoop
-    FileSystem (``spark`` required).
-
-    Returns:
-        name -> written path or URI.
-    """
-    local = _local_dir(out_dir)
-    if local is not None:
-        return _write_local(local, files)
-    if spark is None:
-        raise ValueError(f"writing the report to {out_dir!r} needs a SparkSession (its Hadoop FileSystem)")
-    return _write_hadoop(spark, out_dir, files)
-
-
-def write_report(
-    out_dir: str,
-    *,
-    run_id: str,
-    metrics: pd.DataFrame,
-    lorenz: pd.DataFrame,
-    deciles: pd.DataFrame,
-    sweep: pd.DataFrame | None,
-    context: Mapping[str, Any],
-    k: int,
-    spark: SparkSession | None = None,
-) -> dict[str, str]:
-    """Write ``report.html`` (self-contained) and ``report.md`` with its PNGs into ``out_dir``.
-
-    Args:
-        out_dir: a local path or a Hadoop URI, e.g. ``<lake.root>/reports/<run_id>``.
-        run_id: the run the report belongs to (shown in the title).
-        metrics: ``variant``, ``metric``, ``k``, ``segment``, ``value`` (``run_id`` may be present).
-        lorenz: ``variant``, ``share_of_items``, ``share_of_exposure`` (:func:`longtail.metrics.lorenz_curve`).
-        deciles: ``variant``, ``decile``, ``recall``, ``n_test`` (:func:`longtail.metrics.recall_by_decile`).
-        sweep: ``variant``, ``param``, ``value``, ``ndcg``, ``long_tail_coverage`` (points of a curve
-            over the fusion knob), or None / empty for no curves.
-        context: JSON-able facts shown in a collapsible section (sources, counts, split, config,
-            timings); top-level keys become sub-headings.
-        k: the cut-off of the plots.
-        spark: needed only when ``out_dir`` is not local.
-
-    Returns:
-        ``{"html": ..., "md": ..., "tradeoff_png": ..., "lorenz_png": ..., "deciles_png": ...}``:
-        the written paths (or URIs).
-
-    Example:
-        >>> write_report(out, run_id="r1", metrics=m, lorenz=l, deciles=d, sweep=None, context={}, k=10)["html"]
-    """
-    metrics = metrics.dropna(subset=["k"])  # every metric of longtail.metrics has a K
-    metrics = metrics.assign(k=metrics["k"].astype(int), value=metrics["value"].astype(float))
-    main = metric_table(metrics, ACCURACY_COLUMNS)
-    beyond = metric_table(metrics, BEYOND_COLUMNS)
-    segments = segment_table(metrics)
-    pngs = {
-        TRADEOFF_PNG: plot_tradeoff(metrics, sweep, k=k),
-        LORENZ_PNG: plot_lorenz(lorenz, metrics, k=k),
-        DECILES_PNG: plot_deciles(deciles, k=k),
-    }
-    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    common = {"run_id": run_id, "k": k, "main": main, "beyond": beyond, "segments": segments, "context": context,
-              "generated": generated}  # fmt: skip
-    md = render_markdown(png_names=pngs, **common)
-    page = render_html(pngs=pngs, **common)
-    # the HTML last: once it exists, the report is complete
-    files = [*pngs.items(), (MD_NAME, md.encode("utf-8")), (HTML_NAME, page.encode("utf-8"))]
-    written = write_files(out_dir, files, spark=spark)
-    log.info("report written to %s", written[HTML_NAME])
-    return {
-        "html": written[HTML_NAME],
-        "md": written[MD_NAME],
-        "tradeoff_png": written[TRADEOFF_PNG],
-        "lorenz_png": written[LORENZ_PNG],
-        "deciles_png": written[DECILES_PNG],
-    }

@@ -20,8 +20,8 @@ from typing import Any
 
 from pyspark.sql import Row, SparkSession
 
-from longtail import schema as S
-from longtail.config import Config
+from longtail.core import schema as S
+from longtail.core.config import Config
 from longtail.lake import Lake
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from typing import Any
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from longtail import schema as S
+from longtail.core import schema as S
 
 _POS = "_pos"
 _N = "_n"

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from longtail.config import Config, join_uri
+from longtail.core.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ def run(spark: SparkSession, cfg: Config, **_: Any) -> dict[str, Any]:
     items, interactions = generate_frames(cfg)
     out = {}
     for name, frame in (("items", items), ("interactions", interactions)):
-        path = join_uri(cfg.sample_path, f"{name}.csv")
+        path = dict(zip(("items", "interactions"), cfg.sample_inputs, strict=True))[name]
         # One file per table; overwrite: the same seed gives the same content, so this is idempotent.
         spark.createDataFrame(frame.astype(object).where(frame.notna(), None)).coalesce(1).write.mode(
             "overwrite"
@@ -309,8 +309,3 @@ def run(spark: SparkSession, cfg: Config, **_: Any) -> dict[str, Any]:
         out[name] = {"path": path, "rows": len(frame)}
         log.info("generate-sample: wrote %d %s rows to %s", len(frame), name, path)
     return out
-
-
-def sample_inputs(cfg: Config) -> tuple[str, str]:
-    """The (items, interactions) paths that ``run`` writes for ``cfg``."""
-    return join_uri(cfg.sample_path, "items.csv"), join_uri(cfg.sample_path, "interactions.csv")

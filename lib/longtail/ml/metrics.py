@@ -44,7 +44,7 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from longtail import schema as S
+from longtail.core import schema as S
 
 # --- metric and segment names: a contract with the metrics table and outside scripts -------------
 RECALL = "recall"

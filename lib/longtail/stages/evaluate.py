@@ -28,13 +28,14 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from longtail import holdout
-from longtail import metrics as M
-from longtail import recommend as R
-from longtail import schema as S
-from longtail import train as T
-from longtail.config import Config, EvaluateConfig, join_uri
+from longtail.core import schema as S
+from longtail.core.config import Config, EvaluateConfig, join_uri
 from longtail.lake import Lake
+from longtail.lake.runs import new_run_id
+from longtail.ml import cf, holdout
+from longtail.ml import metrics as M
+from longtail.ml import scoring as R
+from longtail.ml.model import current_embeddings, encoder_model_id
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def evaluate(
     times["split"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    model, _, _ = T.fit(spark, cfg, train_part, items, embeddings, model_id=model_id)
+    model, _, _ = cf.fit(spark, cfg, train_part, items, embeddings, model_id=model_id)
     times["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -230,20 +231,11 @@ def run(
     spark: SparkSession, cfg: Config, *, lake: Lake | None = None, run_id: str | None = None
 ) -> dict[str, Any]:
     """Evaluate every variant on a hold-out of the lake's interactions; write metrics and report."""
-    from longtail.encode import current_embeddings
-    from longtail.encoder import inspect_model
-
     t0 = time.perf_counter()
     lake = lake or Lake.from_config(spark, cfg)
-    for table in (S.INTERACTIONS, S.ITEMS, S.ITEM_EMBEDDINGS):
-        if not lake.exists(table):
-            step = "encode" if table == S.ITEM_EMBEDDINGS else "ingest"
-            raise T.TrainError(
-                f"evaluate: table '{table}' does not exist under {lake.root}; run {step} first"
-            )
-    run_id = run_id or "adhoc"
-    enc = cfg.encoder
-    mid = inspect_model(enc.model, pooling=enc.pooling, max_length=enc.max_length).model_id
+    lake.require("evaluate", S.INTERACTIONS, S.ITEMS, S.ITEM_EMBEDDINGS)
+    run_id = run_id or new_run_id()
+    mid = encoder_model_id(cfg.encoder)
     items = lake.read(S.ITEMS)
     result = evaluate(
         spark,

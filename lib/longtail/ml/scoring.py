@@ -35,10 +35,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,13 +45,13 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.window import WindowSpec
 
-from longtail import schema as S
-from longtail.config import VARIANTS, Config, RecommendConfig
-from longtail.head import ProjectionHead
-from longtail.lake import Lake
-from longtail.metrics import N_USERS
-from longtail.topk import Signal, blocked_top_k
-from longtail.train import Model
+from longtail.core import schema as S
+from longtail.core.config import VARIANTS, RecommendConfig
+from longtail.ml.cf import new_ids
+from longtail.ml.head import ProjectionHead
+from longtail.ml.metrics import N_USERS
+from longtail.ml.model import Model
+from longtail.ml.topk import Signal, blocked_top_k
 
 log = logging.getLogger(__name__)
 
@@ -262,8 +260,6 @@ def candidates(
             unknown to the id map get an index after the map's largest (they have no history:
             they get the popular list).
     """
-    from longtail.train import new_ids
-
     users = (users if users is not None else interactions).select(S.USER_ID).distinct()
     extra = new_ids(users, model.user_map, id_col=S.USER_ID, idx_col=S.USER_IDX)
     user_idx = users.join(model.user_map.unionByName(extra), S.USER_ID).persist()
@@ -510,55 +506,3 @@ def recommend(
         catalogue=catalogue,
     )
     return {v: to_contract(rank_variant(cands, v, cfg), cands) for v in variants}, cands
-
-
-# --- the stage -----------------------------------------------------------------------------------
-def run(
-    spark: SparkSession, cfg: Config, *, lake: Lake | None = None, run_id: str | None = None
-) -> dict[str, Any]:
-    """Write ``recommend.variant``'s top-k lists of every user with history to ``recommendations``."""
-    from longtail.encode import current_embeddings
-    from longtail.encoder import inspect_model
-    from longtail.train import load_model
-
-    t0 = time.perf_counter()
-    lake = lake or Lake.from_config(spark, cfg)
-    enc = cfg.encoder
-    mid = inspect_model(enc.model, pooling=enc.pooling, max_length=enc.max_length).model_id
-    model = load_model(lake, model_id=mid)
-    interactions = lake.read(S.INTERACTIONS)
-    embeddings = current_embeddings(lake, mid)
-    variant = cfg.recommend.variant
-    lists, cands = recommend(
-        spark,
-        cfg.recommend,
-        model=model,
-        interactions=interactions,
-        embeddings=embeddings,
-        variants=[variant],
-        catalogue=lake.read(S.ITEMS),
-    )
-    try:
-        version = lake.overwrite(S.RECOMMENDATIONS, lists[variant])
-        written = lake.read(S.RECOMMENDATIONS)
-        row = written.agg(
-            F.countDistinct(S.USER_ID).alias("users"),
-            F.count(F.lit(1)).alias("rows"),
-            F.countDistinct(S.ITEM_ID).alias("items"),
-            F.avg(F.col(S.IS_LONG_TAIL).cast("double")).alias("tail_share"),
-        ).first()
-    finally:
-        cands.unpersist()
-    assert row is not None
-    summary = {
-        "variant": variant,
-        "k": cfg.recommend.k,
-        "users": int(row["users"]),
-        "rows": int(row["rows"]),
-        "distinct_items": int(row["items"]),
-        "long_tail_share": round(float(row["tail_share"] or 0.0), 4),
-        "version": version,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    log.info("recommend: %s", summary)
-    return summary

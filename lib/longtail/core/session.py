@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
@@ -88,3 +89,24 @@ def build_session(
 def is_local(spark: SparkSession) -> bool:
     """True when the session runs in local mode (driver and executors in one JVM)."""
     return (spark.sparkContext.master or "").startswith("local")
+
+
+@contextmanager
+def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
+    """Set runtime SQL confs for the duration of a block, then restore (or unset) each one.
+
+    Example:
+        >>> with session_conf(spark, {"spark.databricks.delta.write.txnAppId": "ingest"}):
+        ...     df.write.format("delta").save(path)
+    """
+    old = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, previous in old.items():
+            if previous is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, previous)

@@ -25,10 +25,10 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from longtail import schema as S
-from longtail.config import Config, IngestConfig
+from longtail.core import schema as S
+from longtail.core.config import Config, IngestConfig
+from longtail.core.text import content_hash, encoder_text
 from longtail.lake import Lake
-from longtail.text import content_hash, encoder_text
 
 log = logging.getLogger(__name__)
 
@@ -317,13 +317,11 @@ def run(
     spark: SparkSession, cfg: Config, *, lake: Lake | None = None, run_id: str | None = None
 ) -> dict[str, Any]:
     """Ingest ``cfg.input.items`` and ``cfg.input.interactions`` (or the generated sample)."""
-    from longtail.sample import sample_inputs
-
     lake = lake or Lake.from_config(spark, cfg)
     run_id = run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     items_path, inter_path = (cfg.input.items, cfg.input.interactions)
     if items_path is None or inter_path is None:
-        items_path, inter_path = sample_inputs(cfg)
+        items_path, inter_path = cfg.sample_inputs
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
     items = check_items(read_raw(spark, items_path, cfg.input.format)).persist()

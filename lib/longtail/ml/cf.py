@@ -21,11 +21,7 @@ training part of a hold-out this way); :func:`run` is the stage: it reads the la
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import logging
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,45 +29,17 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from longtail import schema as S
-from longtail.config import Config, HeadConfig
-from longtail.head import HeadError, ProjectionHead
-from longtail.lake import Lake
+from longtail.core import schema as S
+from longtail.core.config import Config, HeadConfig
+from longtail.core.errors import MissingInputError
+from longtail.ml.head import HeadError, ProjectionHead
+from longtail.ml.model import Model
 
 log = logging.getLogger(__name__)
 
 MAX_IDX = 2**31 - 1  # ALS ids are Java ints
 RATING = "rating"
 COUNT = "n"
-
-
-class TrainError(RuntimeError):
-    """`train` cannot run on what the lake holds (no interactions, no vectors, stale tables)."""
-
-
-@dataclass
-class Model:
-    """What ``train`` produces and ``recommend`` reads (lazy DataFrames plus the head).
-
-    Attributes:
-        model_id: the encoder ``model_id`` whose vectors the head reads.
-        user_map, item_map: ``(user_id, user_idx)`` and ``(item_id, item_idx)``.
-        user_factors, item_factors: ``(user_id, user_idx, features)``, ``(item_id, item_idx, features)``.
-        head: the text-to-CF projection head.
-        rank: the ALS rank (factor size).
-    """
-
-    model_id: str
-    user_map: DataFrame
-    item_map: DataFrame
-    user_factors: DataFrame
-    item_factors: DataFrame
-    head: ProjectionHead
-    rank: int
-
-    def unpersist(self) -> None:
-        for df in (self.user_map, self.item_map, self.user_factors, self.item_factors):
-            df.unpersist()
 
 
 # --- id maps -------------------------------------------------------------------------------------
@@ -235,7 +203,7 @@ def fit(
     Args:
         interactions: ``(user_id, item_id, ts, weight)`` to learn from.
         items: the catalogue (``item_id``); every item gets an index.
-        embeddings: one current vector per item (:func:`longtail.encode.current_embeddings`).
+        embeddings: one current vector per item (:func:`longtail.ml.model.current_embeddings`).
         model_id: the encoder model of ``embeddings``.
         users_existing, items_existing: the stored id maps to extend (None: start from 0).
 
@@ -249,7 +217,9 @@ def fit(
     ratings = implicit_ratings(interactions, user_map, item_map).persist()
     try:
         if ratings.isEmpty():
-            raise TrainError("train: no interactions to learn from")
+            raise MissingInputError(
+                "train: no interactions to learn from; run ingest with an interaction log first"
+            )
         users_f, items_f = fit_als(spark, ratings, cfg)
     finally:
         ratings.unpersist()
@@ -258,117 +228,3 @@ def fit(
     head = fit_head(item_factors, embeddings, item_counts(interactions), cfg.train.head, model_id=model_id)
     model = Model(model_id, user_map, item_map, user_factors, item_factors, head, cfg.train.als.rank)
     return model, new_u, new_i
-
-
-# --- the stage -----------------------------------------------------------------------------------
-def head_row(spark: SparkSession, head: ProjectionHead, run_id: str) -> DataFrame:
-    """The ``projection_head`` table's one row for ``head``."""
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    return spark.createDataFrame(
-        [(run_id, head.spec.model_id, head.spec.to_json(), bytearray(head.to_bytes()), now)],
-        S.PROJECTION_HEAD_SCHEMA,
-    )
-
-
-def load_model(lake: Lake, *, model_id: str | None = None) -> Model:
-    """The model the last complete ``train`` run wrote; raises :class:`TrainError` if there is
-    none, if ``train`` did not finish (factor tables newer than the head), or if the head was
-    trained for another encoder model than ``model_id``."""
-    needed = (S.ID_MAP_USERS, S.ID_MAP_ITEMS, S.USER_FACTORS, S.ITEM_FACTORS, S.PROJECTION_HEAD)
-    missing = [t for t in needed if not lake.exists(t)]
-    if missing:
-        raise TrainError(f"tables {missing} do not exist under {lake.root}: run train first")
-    rows = lake.read(S.PROJECTION_HEAD).collect()  # one row
-    if len(rows) != 1:
-        raise TrainError(f"projection_head holds {len(rows)} rows, expected 1: run train again")
-    head = ProjectionHead.from_bytes(rows[0]["weights"], rows[0]["spec"])
-    written = head.spec.extra.get("tables", {})
-    for table in (S.USER_FACTORS, S.ITEM_FACTORS):
-        if written.get(table) != lake.version(table):
-            raise TrainError(
-                f"{table} is at version {lake.version(table)} but the projection head was trained with "
-                f"version {written.get(table)}: a train run did not finish; run train again"
-            )
-    if model_id is not None and head.spec.model_id != model_id:
-        raise TrainError(
-            f"the projection head was trained on vectors of {head.spec.model_id!r}, but encoder.model "
-            f"gives {model_id!r}: run train again after encode"
-        )
-    return Model(
-        model_id=head.spec.model_id,
-        user_map=lake.read(S.ID_MAP_USERS),
-        item_map=lake.read(S.ID_MAP_ITEMS),
-        user_factors=lake.read(S.USER_FACTORS),
-        item_factors=lake.read(S.ITEM_FACTORS),
-        head=head,
-        rank=head.spec.out_dim,
-    )
-
-
-def run(
-    spark: SparkSession, cfg: Config, *, lake: Lake | None = None, run_id: str | None = None
-) -> dict[str, Any]:
-    """Train ALS and the projection head on the lake's tables and write them.
-
-    Returns:
-        A summary: users, items (catalogue), interactions, rated items, warm items, the head's
-        validation figures, table versions written, seconds.
-    """
-    from longtail.encode import current_embeddings
-    from longtail.encoder import inspect_model
-
-    t0 = time.perf_counter()
-    lake = lake or Lake.from_config(spark, cfg)
-    for table in (S.INTERACTIONS, S.ITEMS, S.ITEM_EMBEDDINGS):
-        if not lake.exists(table):
-            step = "encode" if table == S.ITEM_EMBEDDINGS else "ingest"
-            raise TrainError(f"train: table '{table}' does not exist under {lake.root}; run {step} first")
-    enc = cfg.encoder
-    mid = inspect_model(enc.model, pooling=enc.pooling, max_length=enc.max_length).model_id
-    interactions = lake.read(S.INTERACTIONS)
-    items = lake.read(S.ITEMS)
-    embeddings = current_embeddings(lake, mid, items=items)
-    users_existing = lake.read(S.ID_MAP_USERS) if lake.exists(S.ID_MAP_USERS) else None
-    items_existing = lake.read(S.ID_MAP_ITEMS) if lake.exists(S.ID_MAP_ITEMS) else None
-    model, new_u, new_i = fit(
-        spark,
-        cfg,
-        interactions,
-        items,
-        embeddings,
-        model_id=mid,
-        users_existing=users_existing,
-        items_existing=items_existing,
-    )
-    try:
-        for table, rows in ((S.ID_MAP_USERS, new_u), (S.ID_MAP_ITEMS, new_i)):
-            rows = rows.persist()
-            if not lake.exists(table):
-                lake.overwrite(table, rows)
-            elif not rows.isEmpty():
-                lake.append(table, rows)
-            rows.unpersist()
-        spec = model.head.spec
-        versions = {
-            S.USER_FACTORS: lake.overwrite(S.USER_FACTORS, model.user_factors),
-            S.ITEM_FACTORS: lake.overwrite(S.ITEM_FACTORS, model.item_factors),
-        }
-        spec = dataclasses.replace(spec, extra={**spec.extra, "run_id": run_id, "tables": versions})
-        head = ProjectionHead(spec, model.head.params)
-        lake.overwrite(S.PROJECTION_HEAD, head_row(spark, head, run_id or ""))
-        counts = {
-            "users": model.user_factors.count(),
-            "items_with_factors": model.item_factors.count(),
-        }
-    finally:
-        model.unpersist()
-    summary = {
-        "model_id": mid,
-        **counts,
-        "als": {"rank": cfg.train.als.rank, "reg": cfg.train.als.reg, "alpha": cfg.train.als.alpha},
-        "head": {"trained_items": spec.trained_items, "validation": spec.validation, "hidden": spec.hidden},
-        "versions": versions,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    log.info("train: %s", summary)
-    return summary

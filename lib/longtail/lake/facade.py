@@ -1,0 +1,161 @@
+"""The one module that reads and writes the lake's Delta tables, with two engines behind one API.
+
+* **delta-rs** (the ``deltalake`` package; the default wherever the delta-spark connector is not on
+  the JVM classpath). Spark computes and writes the Parquet data files in parallel on the executors,
+  each write into its own folder ``<table>/<write id>/part-*.parquet``; the driver then commits
+  them through ``deltalake`` as **one** Delta transaction (add and remove actions, optionally an
+  application transaction id). Merge and delete are copy-on-write at file granularity, computed by
+  Spark. The driver only ever holds file lists and Parquet footers, never table rows.
+* **delta-spark** (``io.delta:delta-spark`` on the classpath): ``format("delta")``,
+  ``DeltaTable.merge`` / ``delete``, ``txnAppId``/``txnVersion`` for idempotence.
+
+Both write the same tables (protocol reader 1 / writer 2, no deletion vectors, no column mapping),
+readable by delta-spark, delta-rs and DuckDB. See ``docs/lake.md`` for guarantees and limits.
+
+Example:
+    >>> lake = Lake(spark, "/data/lake")
+    >>> lake.merge("items", items_df, keys=["item_id"], txn=("ingest-items", 7))
+    3
+    >>> lake.read("items", version=0).count()
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+
+from longtail.core import schema as S
+from longtail.core.config import Config
+from longtail.core.errors import MissingInputError
+from longtail.core.uris import is_local, join_uri, local_path
+from longtail.lake.base import DELTA_SPARK, ENGINES, LakeError, Txn, _Engine, is_delta_spark_available
+from longtail.lake.delta_rs import _DeltaRsEngine
+from longtail.lake.delta_spark import _DeltaSparkEngine
+
+log = logging.getLogger(__name__)
+
+
+# --- the facade ----------------------------------------------------------------------------------
+
+
+class Lake:
+    """Delta tables under one root, read and written through delta-rs or delta-spark.
+
+    Args:
+        spark: the session whose executors read and write the data files.
+        root: the lake root: a local path or a ``file:``, ``s3a://``, ``abfss://``, ``hdfs://`` URI.
+        engine: ``auto`` (delta-spark when its connector is on the classpath, else delta-rs),
+            ``delta-rs`` or ``delta-spark``.
+        storage_options: passed to ``deltalake`` for remote roots (credentials usually come from
+            the environment, e.g. ``AWS_ACCESS_KEY_ID``; never logged).
+
+    Every write is one atomic commit; ``txn=(app_id, version)`` makes it idempotent: when the
+    table already holds that application transaction at ``version`` or later, the write is
+    skipped and returns None. ``reads``/``writes`` record the versions this Lake read and wrote.
+    """
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        root: str,
+        engine: str = "auto",
+        *,
+        storage_options: dict[str, str] | None = None,
+    ) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"lake engine {engine!r} is not allowed; allowed: {list(ENGINES)}")
+        self.spark = spark
+        self.root = local_path(root) if is_local(root) else root.rstrip("/")
+        self.reads: dict[str, int] = {}
+        self.writes: dict[str, int] = {}
+        available = is_delta_spark_available(spark)
+        if engine == DELTA_SPARK and not available:
+            raise LakeError(
+                "lake.engine=delta-spark but the delta-spark connector is not on the classpath: start "
+                "Spark with --packages io.delta:delta-spark_2.13:<version> and the Delta extension/catalog "
+                "confs (docs/lake.md), or use lake.engine=auto"
+            )
+        use_spark = engine == DELTA_SPARK or (engine == "auto" and available)
+        self._engine: _Engine = (
+            _DeltaSparkEngine(spark, storage_options) if use_spark else _DeltaRsEngine(spark, storage_options)
+        )
+        self.engine_name: str = self._engine.name
+        log.debug("lake %s on %s", self.root, self.engine_name)
+
+    @classmethod
+    def from_config(cls, spark: SparkSession, cfg: Config) -> Lake:
+        """The lake that ``cfg.lake`` describes (root and engine)."""
+        return cls(spark, cfg.lake.root, cfg.lake.engine)
+
+    def path(self, table: str) -> str:
+        """The table's folder or URI: ``<root>/<table>``."""
+        return join_uri(self.root, table)
+
+    def exists(self, table: str) -> bool:
+        """True when ``table`` is a Delta table (it has a committed version)."""
+        return self._engine.exists(self.path(table))
+
+    def require(self, stage: str, *tables: str) -> None:
+        """Raise :class:`MissingInputError` naming the stage to run first when a table is absent.
+
+        Example:
+            >>> lake.require("train", "interactions", "item_embeddings")
+        """
+        for table in tables:
+            if not self.exists(table):
+                step = S.WRITTEN_BY.get(table, "the stage that writes it")
+                raise MissingInputError(
+                    f"{stage}: table '{table}' does not exist under {self.root}; run {step} first"
+                )
+
+    def version(self, table: str) -> int | None:
+        """The latest committed version of ``table``, None when there is no table."""
+        return self._engine.version(self.path(table))
+
+    def read(self, table: str, version: int | None = None) -> DataFrame:
+        """The table (at ``version``, default the latest) as a lazy Spark DataFrame.
+
+        Raises:
+            LakeError: the table does not exist (or has no such version).
+        """
+        df, read_version = self._engine.read(self.path(table), version)
+        self.reads[table] = read_version
+        return df
+
+    def overwrite(self, table: str, df: DataFrame, *, txn: Txn | None = None) -> int | None:
+        """Replace the table's rows (and schema) with ``df``'s; create the table if needed."""
+        return self._written(table, self._engine.overwrite(self.path(table), df, txn=txn))
+
+    def append(self, table: str, df: DataFrame, *, txn: Txn | None = None) -> int | None:
+        """Add ``df``'s rows; the columns and types must match the table's (created if needed)."""
+        return self._written(table, self._engine.append(self.path(table), df, txn=txn))
+
+    def merge(self, table: str, df: DataFrame, keys: list[str], *, txn: Txn | None = None) -> int | None:
+        """Upsert ``df`` on ``keys``: matching rows are replaced by ``df``'s, the others inserted.
+
+        ``df``'s keys must be unique (else :class:`DuplicateKeysError`; checked with a Spark
+        aggregation). Null keys never match (SQL equality), so such rows are inserted. An empty
+        ``df`` commits nothing and returns None.
+        """
+        if not keys:
+            raise ValueError("merge needs at least one key column")
+        return self._written(table, self._engine.merge(self.path(table), df, list(keys), txn=txn))
+
+    def delete(self, table: str, condition: str, *, txn: Txn | None = None) -> int | None:
+        """Delete the rows where the SQL predicate ``condition`` is true; None when none matched."""
+        return self._written(table, self._engine.delete(self.path(table), condition, txn=txn))
+
+    def history(self, table: str) -> list[dict[str, Any]]:
+        """The table's commits, newest first (each with ``version``, ``timestamp``, ``operation``)."""
+        return self._engine.history(self.path(table))
+
+    def txn_version(self, table: str, app_id: str) -> int | None:
+        """The latest version of application transaction ``app_id`` committed to ``table``."""
+        return self._engine.txn_version(self.path(table), app_id)
+
+    def _written(self, table: str, version: int | None) -> int | None:
+        if version is not None:
+            self.writes[table] = version
+        return version

@@ -1,0 +1,98 @@
+"""The Spark adapter of the encoder: a ``mapInPandas`` function that loads one encoder per worker.
+
+Why ``mapInPandas`` and not ``pyspark.ml.functions.predict_batch_udf``: predict_batch_udf keys its
+per-worker model cache by a fresh uuid per UDF object, so every stage run in a long-lived worker
+(notebooks, the pipeline) reloads the model, and its cache holds three models at most; it also
+slices each Arrow batch into fixed-row batches, while the encoder batches by token budget after
+sorting by length. The iterator UDF here keeps one :class:`~longtail.encoder.TextEncoder` per worker
+keyed by its settings (:func:`~longtail.encoder.cached_encoder`), picks the task's GPU from
+``TaskContext.resources()`` and returns per-worker diagnostics (pid, peak RSS) for the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+from collections.abc import Iterator
+from typing import Any
+
+import pandas as pd
+from pyspark.sql import types as T
+
+from longtail.core import schema as S
+from longtail.core.config import EncoderConfig
+
+log = logging.getLogger(__name__)
+
+# Test hook: a content_hash (or "*") whose encoding raises inside the UDF. Read on the driver when
+# the stage starts and shipped to the workers with the UDF, so it also works on a running session.
+FAIL_ON_ENV = "LONGTAIL_TEST_ENCODE_FAIL_ON"
+ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
+_WORKER = "_worker_pid"
+_RSS = "_worker_peak_rss_mb"
+_HASH_OK = "_hash_ok"
+ENCODED_SCHEMA = T.StructType(
+    [
+        T.StructField(S.CONTENT_HASH, T.StringType(), False),
+        T.StructField(S.EMBEDDING, T.ArrayType(T.FloatType(), False), False),
+        T.StructField(_HASH_OK, T.BooleanType(), False),
+        T.StructField(_WORKER, T.LongType(), False),
+        T.StructField(_RSS, T.DoubleType(), False),
+    ]
+)
+
+
+def _task_device(device: str) -> str:
+    """The device for this task: the GPU Spark assigned it, else what the config says."""
+    if device == "cpu":
+        return "cpu"
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    gpus = ctx.resources().get("gpu") if ctx is not None else None
+    if gpus is not None and gpus.addresses:
+        return f"cuda:{gpus.addresses[0]}"
+    return device  # auto: CUDA if this executor sees one, else CPU; cuda: the default GPU
+
+
+def encode_partitions(settings: EncoderConfig, *, num_threads: int | None, fail_on: str | None = None) -> Any:
+    """Build the ``mapInPandas`` function: (content_hash, title, description) -> vectors.
+
+    The text is :func:`longtail.text.encoder_text` of title and description; its sha256 is checked
+    against ``content_hash`` (``_hash_ok``), since the hash is what decides re-encoding.
+    """
+
+    def encode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from longtail.core.text import content_hash, encoder_text
+        from longtail.ml.encoder import cached_encoder
+
+        enc = cached_encoder(
+            settings.model,
+            device=_task_device(settings.device),
+            dtype=settings.dtype,
+            max_length=settings.max_length,
+            batch_tokens=settings.batch_tokens,
+            pooling=settings.pooling,
+            num_threads=num_threads,
+            cpu_linear=settings.cpu_linear,
+        )
+        pid = os.getpid()
+        for pdf in batches:
+            hashes = pdf[S.CONTENT_HASH].tolist()
+            if fail_on is not None and (fail_on == "*" or fail_on in hashes):
+                raise RuntimeError(f"{FAIL_ON_ENV}: injected failure on content_hash {fail_on}")
+            texts = [encoder_text(t, d) for t, d in zip(pdf[S.TITLE], pdf[S.DESCRIPTION], strict=True)]
+            vectors = enc.encode(texts)
+            rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+            yield pd.DataFrame(
+                {
+                    S.CONTENT_HASH: hashes,
+                    S.EMBEDDING: list(vectors),
+                    _HASH_OK: [content_hash(t) == h for t, h in zip(texts, hashes, strict=True)],
+                    _WORKER: pid,
+                    _RSS: rss_mb,
+                }
+            )
+
+    return encode

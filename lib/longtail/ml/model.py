@@ -1,0 +1,129 @@
+"""What ``train`` leaves in the lake and later stages read: the trained model and the current text vectors."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from longtail.core import schema as S
+from longtail.core.config import EncoderConfig
+from longtail.core.errors import MissingInputError
+from longtail.lake import Lake
+from longtail.ml.encoder import inspect_model
+from longtail.ml.head import ProjectionHead
+
+
+@dataclass
+class Model:
+    """What ``train`` produces and ``recommend`` reads (lazy DataFrames plus the head).
+
+    Attributes:
+        model_id: the encoder ``model_id`` whose vectors the head reads.
+        user_map, item_map: ``(user_id, user_idx)`` and ``(item_id, item_idx)``.
+        user_factors, item_factors: ``(user_id, user_idx, features)``, ``(item_id, item_idx, features)``.
+        head: the text-to-CF projection head.
+        rank: the ALS rank (factor size).
+    """
+
+    model_id: str
+    user_map: DataFrame
+    item_map: DataFrame
+    user_factors: DataFrame
+    item_factors: DataFrame
+    head: ProjectionHead
+    rank: int
+
+    def unpersist(self) -> None:
+        for df in (self.user_map, self.item_map, self.user_factors, self.item_factors):
+            df.unpersist()
+
+
+# --- the stage -----------------------------------------------------------------------------------
+def encoder_model_id(settings: EncoderConfig) -> str:
+    """The ``model_id`` of the encoder that ``settings`` describe (from its files; the model is not loaded).
+
+    Example:
+        >>> encoder_model_id(cfg.encoder)
+        'all-MiniLM-L6-v2@3c1b...'
+    """
+    return inspect_model(settings.model, pooling=settings.pooling, max_length=settings.max_length).model_id
+
+
+def head_row(spark: SparkSession, head: ProjectionHead, run_id: str) -> DataFrame:
+    """The ``projection_head`` table's one row for ``head``."""
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return spark.createDataFrame(
+        [(run_id, head.spec.model_id, head.spec.to_json(), bytearray(head.to_bytes()), now)],
+        S.PROJECTION_HEAD_SCHEMA,
+    )
+
+
+def load_model(lake: Lake, *, model_id: str | None = None) -> Model:
+    """The model the last complete ``train`` run wrote; raises :class:`MissingInputError` if there is
+    none, if ``train`` did not finish (factor tables newer than the head), or if the head was
+    trained for another encoder model than ``model_id``."""
+    needed = (S.ID_MAP_USERS, S.ID_MAP_ITEMS, S.USER_FACTORS, S.ITEM_FACTORS, S.PROJECTION_HEAD)
+    missing = [t for t in needed if not lake.exists(t)]
+    if missing:
+        raise MissingInputError(f"tables {missing} do not exist under {lake.root}: run train first")
+    rows = lake.read(S.PROJECTION_HEAD).collect()  # one row
+    if len(rows) != 1:
+        raise MissingInputError(f"projection_head holds {len(rows)} rows, expected 1: run train again")
+    head = ProjectionHead.from_bytes(rows[0]["weights"], rows[0]["spec"])
+    written = head.spec.extra.get("tables", {})
+    for table in (S.USER_FACTORS, S.ITEM_FACTORS):
+        if written.get(table) != lake.version(table):
+            raise MissingInputError(
+                f"{table} is at version {lake.version(table)} but the projection head was trained with "
+                f"version {written.get(table)}: a train run did not finish; run train again"
+            )
+    if model_id is not None and head.spec.model_id != model_id:
+        raise MissingInputError(
+            f"the projection head was trained on vectors of {head.spec.model_id!r}, but encoder.model "
+            f"gives {model_id!r}: run train again after encode"
+        )
+    return Model(
+        model_id=head.spec.model_id,
+        user_map=lake.read(S.ID_MAP_USERS),
+        item_map=lake.read(S.ID_MAP_ITEMS),
+        user_factors=lake.read(S.USER_FACTORS),
+        item_factors=lake.read(S.ITEM_FACTORS),
+        head=head,
+        rank=head.spec.out_dim,
+    )
+
+
+def current_embeddings(
+    source: Lake | DataFrame, model_id: str, *, items: DataFrame | None = None
+) -> DataFrame:
+    """One vector per item of ``items``: the row of ``model_id`` whose content_hash is current.
+
+    Items without such a row (not yet encoded, or whose text changed since) are absent; rows of
+    other models and of items no longer in ``items`` are ignored.
+
+    Args:
+        source: a :class:`Lake` (``items`` and ``item_embeddings`` are read from it) or an
+            ``item_embeddings`` DataFrame (then pass ``items``).
+        model_id: the model whose vectors to return (e.g. ``TextEncoder.model_id``,
+            :func:`longtail.encoder.model_id`).
+        items: the items DataFrame (needs item_id and content_hash); default: the lake's.
+
+    Example:
+        >>> vecs = current_embeddings(lake, encoder.model_id(cfg.encoder.model))
+    """
+    if isinstance(source, Lake):
+        embeddings = source.read(S.ITEM_EMBEDDINGS)
+        items = items if items is not None else source.read(S.ITEMS)
+    else:
+        embeddings = source
+        if items is None:
+            raise ValueError("current_embeddings(DataFrame, ...) needs items=")
+    S.require_columns(items, [S.ITEM_ID, S.CONTENT_HASH], "items")
+    keys = items.select(S.ITEM_ID, S.CONTENT_HASH).dropDuplicates([S.ITEM_ID, S.CONTENT_HASH])
+    rows = embeddings.where(F.col(S.MODEL_ID) == F.lit(model_id))
+    return rows.join(keys, [S.ITEM_ID, S.CONTENT_HASH], "inner").select(
+        *S.ITEM_EMBEDDINGS_SCHEMA.fieldNames()
+    )

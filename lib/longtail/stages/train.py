@@ -1,0 +1,100 @@
+"""`train`: implicit-feedback ALS on `interactions`, stable id maps, and the text-to-CF head.
+
+1. **Id maps.** ALS needs dense integer ids. ``user_ids`` and ``item_ids`` map each string id to an
+   int once and forever: a run only appends ids it has not seen, numbered after the largest one
+   in the table (sorted by id, numbered with ``zipWithIndex``: no single-partition window). The
+   item map covers the whole catalogue (``items``), so cold items have an index too.
+2. **ALS** (Spark MLlib, ``implicitPrefs=True``) on the interactions summed per (user, item):
+   the summed weight is the implicit rating, which ALS turns into confidence ``1 + alpha * r``.
+   ALS gets a checkpoint directory (``train.checkpoint_dir``): without one its lineage has
+   overflowed the JVM stack in local mode. Factors go to ``user_factors`` and ``item_factors``.
+3. **Projection head** (:mod:`longtail.head`): fitted on the warm items (at least
+   ``train.head.min_count`` interactions) from their current text vectors to their ALS factors;
+   the training set is collected to the driver up to ``train.head.max_items`` rows (a seeded
+   sample beyond). Stored in ``projection_head`` (one row: safetensors bytes, JSON spec) last,
+   with the versions of the factor tables it belongs to, so ``recommend`` can tell a complete
+   ``train`` run from one that failed half-way (:func:`load_model` checks it).
+
+:func:`fit` does steps 1-3 on DataFrames without writing anything (``evaluate`` trains on the
+training part of a hold-out this way); :func:`run` is the stage: it reads the lake, fits, writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from longtail.core import schema as S
+from longtail.core.config import Config
+from longtail.lake import Lake
+from longtail.ml.cf import fit
+from longtail.ml.head import ProjectionHead
+from longtail.ml.model import current_embeddings, encoder_model_id, head_row
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    spark: SparkSession, cfg: Config, *, lake: Lake | None = None, run_id: str | None = None
+) -> dict[str, Any]:
+    """Train ALS and the projection head on the lake's tables and write them.
+
+    Returns:
+        A summary: users, items (catalogue), interactions, rated items, warm items, the head's
+        validation figures, table versions written, seconds.
+    """
+    t0 = time.perf_counter()
+    lake = lake or Lake.from_config(spark, cfg)
+    lake.require("train", S.INTERACTIONS, S.ITEMS, S.ITEM_EMBEDDINGS)
+    mid = encoder_model_id(cfg.encoder)
+    interactions = lake.read(S.INTERACTIONS)
+    items = lake.read(S.ITEMS)
+    embeddings = current_embeddings(lake, mid, items=items)
+    users_existing = lake.read(S.ID_MAP_USERS) if lake.exists(S.ID_MAP_USERS) else None
+    items_existing = lake.read(S.ID_MAP_ITEMS) if lake.exists(S.ID_MAP_ITEMS) else None
+    model, new_u, new_i = fit(
+        spark,
+        cfg,
+        interactions,
+        items,
+        embeddings,
+        model_id=mid,
+        users_existing=users_existing,
+        items_existing=items_existing,
+    )
+    try:
+        for table, rows in ((S.ID_MAP_USERS, new_u), (S.ID_MAP_ITEMS, new_i)):
+            rows = rows.persist()
+            if not lake.exists(table):
+                lake.overwrite(table, rows)
+            elif not rows.isEmpty():
+                lake.append(table, rows)
+            rows.unpersist()
+        spec = model.head.spec
+        versions = {
+            S.USER_FACTORS: lake.overwrite(S.USER_FACTORS, model.user_factors),
+            S.ITEM_FACTORS: lake.overwrite(S.ITEM_FACTORS, model.item_factors),
+        }
+        spec = dataclasses.replace(spec, extra={**spec.extra, "run_id": run_id, "tables": versions})
+        head = ProjectionHead(spec, model.head.params)
+        lake.overwrite(S.PROJECTION_HEAD, head_row(spark, head, run_id or ""))
+        counts = {
+            "users": model.user_factors.count(),
+            "items_with_factors": model.item_factors.count(),
+        }
+    finally:
+        model.unpersist()
+    summary = {
+        "model_id": mid,
+        **counts,
+        "als": {"rank": cfg.train.als.rank, "reg": cfg.train.als.reg, "alpha": cfg.train.als.alpha},
+        "head": {"trained_items": spec.trained_items, "validation": spec.validation, "hidden": spec.hidden},
+        "versions": versions,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    log.info("train: %s", summary)
+    return summary
