@@ -26,6 +26,9 @@ longtail options:
   --conf FILE        a YAML config applied over conf/base.yaml (repeatable)
   --set KEY=VALUE    override one config key, e.g. --set recommend.k=20 (repeatable)
   --run-id ID        the run id recorded in the runs table (default: generated)
+  --delta-spark      use the delta-spark engine: adds the Delta connector (--packages, resolved
+                     once into the Ivy cache \$LONGTAIL_IVY_DIR, default ~/.ivy2), its extension and
+                     catalog, and --set lake.engine=delta-spark
   -h, --help         this help
 
 Every other option goes to spark-submit unchanged, e.g. --master yarn, --deploy-mode client,
@@ -41,6 +44,7 @@ EOF
 }
 
 stage=""
+delta_spark=0
 ours=()
 spark=()
 master=""
@@ -50,6 +54,7 @@ while [[ $# -gt 0 ]]; do
   arg="$1"
   case "$arg" in
     -h|--help) usage; exit 0 ;;
+    --delta-spark) delta_spark=1; shift ;;
     --set|--run-id)
       [[ $# -ge 2 ]] || { echo "spark-submit.sh: $arg needs a value" >&2; exit 2; }
       ours+=("$arg" "$2"); shift 2 ;;
@@ -75,6 +80,14 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 stage="${stage:-pipeline}"
+
+if [[ "$delta_spark" == 1 ]]; then
+  # The coordinates and confs live in one place: longtail.core.session.delta_spark_conf().
+  while IFS= read -r setting; do spark+=("--conf" "$setting"); done < <(
+    PYTHONPATH="$HERE/lib${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
+      'from longtail.core.session import delta_spark_conf; print("\n".join(f"{k}={v}" for k, v in delta_spark_conf().items()))')
+  ours+=("--set" "lake.engine=delta-spark")
+fi
 
 if [[ -n "${SPARK_HOME:-}" && -x "$SPARK_HOME/bin/spark-submit" ]]; then
   SUBMIT="$SPARK_HOME/bin/spark-submit"

@@ -81,7 +81,7 @@ def run_job(
     from longtail.lake.runs import new_run_id, run_stage
 
     run_id = args.run_id or cfg.run.id or new_run_id()
-    spark = build_session(f"longtail-{stage}")
+    spark = build_session(f"longtail-{stage}", delta_spark=cfg.lake.engine == "delta-spark")
     try:
         try:
             record = run_stage(spark, cfg, stage, run, run_id=run_id)
