@@ -33,7 +33,7 @@ longtail options:
 
 Every other option goes to spark-submit unchanged, e.g. --master yarn, --deploy-mode client,
 --conf spark.executor.memory=8g (a --conf whose value contains '=' is a Spark setting),
---packages io.delta:delta-spark_2.13:4.0.0, --properties-file FILE, --archives env.tar.gz#environment.
+--delta-spark, --properties-file FILE, --archives env.tar.gz#environment.
 In local mode (the default, --master local[*]) conf/spark/local.conf is used unless you pass
 --properties-file. With any other master the longtail package is zipped to build/longtail.zip
 and shipped with --py-files.

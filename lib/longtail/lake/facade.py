@@ -29,6 +29,7 @@ from pyspark.sql import DataFrame, SparkSession
 from longtail.core import schema as S
 from longtail.core.config import Config
 from longtail.core.errors import MissingInputError
+from longtail.core.session import DELTA_SPARK_PACKAGE
 from longtail.core.uris import is_local, join_uri, local_path
 from longtail.lake.base import DELTA_SPARK, ENGINES, LakeError, Txn, _Engine, is_delta_spark_available
 from longtail.lake.delta_rs import _DeltaRsEngine
@@ -74,8 +75,8 @@ class Lake:
         if engine == DELTA_SPARK and not available:
             raise LakeError(
                 "lake.engine=delta-spark but the delta-spark connector is not on the classpath: start "
-                "Spark with --packages io.delta:delta-spark_2.13:<version> and the Delta extension/catalog "
-                "confs (docs/lake.md), or use lake.engine=auto"
+                f"Spark with --packages {DELTA_SPARK_PACKAGE} and the Delta extension/catalog confs "
+                "(./spark-submit.sh --delta-spark; build_session(delta_spark=True)), or use lake.engine=auto"
             )
         use_spark = engine == DELTA_SPARK or (engine == "auto" and available)
         self._engine: _Engine = (
