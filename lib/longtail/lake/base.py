@@ -41,15 +41,20 @@ class CommitConflictError(LakeError):
     """Another writer committed a conflicting change first; the write was not committed."""
 
 
-class _DataFile:
-    """One Parquet file written by Spark, with what the Delta add action needs."""
+def is_conflict(exc: BaseException) -> bool:
+    """True when ``exc`` says another writer committed first: ours was not committed and may be retried.
 
-    uri: str  # as Spark/Hadoop names it
-    rel_path: str  # relative to the table root, not encoded
-    size: int
-    modification_time: int  # ms since the epoch
-    num_records: int
-    stats: str
+    :class:`CommitConflictError` (delta-rs, raised by this package) or one of delta-spark's
+    ``DeltaConcurrentModificationException`` subclasses (``ConcurrentTransactionException``,
+    ``ConcurrentAppendException``, ...).
+    """
+    if isinstance(exc, CommitConflictError):
+        return True
+    try:
+        from delta.exceptions import DeltaConcurrentModificationException
+    except ImportError:  # the delta-spark Python package is optional
+        return False
+    return isinstance(exc, DeltaConcurrentModificationException)
 
 
 # --- engines -------------------------------------------------------------------------------------
