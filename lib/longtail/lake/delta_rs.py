@@ -83,6 +83,7 @@ class _DeltaRsEngine(_Engine):
         for entry in self._rs_table(path).history():
             entry = dict(entry)
             entry.setdefault("operation", None)
+            entry.setdefault(_META_OPERATION, entry.get("userMetadata"))  # a delta-spark commit
             out.append(entry)
         return sorted(out, key=lambda e: -int(e["version"]))
 
@@ -319,7 +320,8 @@ class _DeltaRsEngine(_Engine):
         ]
         write_id = uuid.uuid4().hex
         props = CommitProperties(
-            custom_metadata={_META_WRITE_ID: write_id, _META_OPERATION: op},
+            # userMetadata too: the one commitInfo field delta-spark's history shows
+            custom_metadata={_META_WRITE_ID: write_id, _META_OPERATION: op, "userMetadata": op},
             app_transactions=[Transaction(txn[0], int(txn[1]))] if txn else None,
         )
         delta_schema = Schema.from_json(schema.json())
