@@ -237,6 +237,25 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class MaintainConfig:
+    retention_hours: float = (
+        168.0  # VACUUM keeps unreferenced files younger than this (Delta's default: 7 days)
+    )
+    compact: bool = True  # bin-pack small files (daily appends) into files of about target_file_mb
+    target_file_mb: int = 128
+    checkpoint: bool = True  # write a log checkpoint at the current version
+    tables: tuple[str, ...] = ()  # empty: every longtail table that exists under lake.root
+
+    def __post_init__(self) -> None:
+        _check(
+            self.retention_hours >= 0, "maintain.retention_hours", f"must be >= 0, got {self.retention_hours}"
+        )
+        _check(
+            self.target_file_mb >= 1, "maintain.target_file_mb", f"must be >= 1, got {self.target_file_mb}"
+        )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     id: str | None = None  # None: generated per invocation
 
@@ -251,6 +270,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    maintain: MaintainConfig = field(default_factory=MaintainConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     @property
