@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -43,6 +44,17 @@ class ConfigError(ValueError):
 def _check(cond: bool, key: str, message: str) -> None:
     if not cond:
         raise ConfigError(key, message)
+
+
+_SECRET_PARAMS = re.compile(
+    r"[?&](sig|signature|token|secret|password|access[_-]?key|x-amz-signature|sas)=", re.I
+)
+
+
+def _has_credentials(uri: str) -> bool:
+    """True for ``scheme://user:password@host/...`` or a URI whose query carries a secret (SAS, signature)."""
+    m = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://([^/@]*)@", uri)
+    return bool((m and ":" in m.group(1)) or _SECRET_PARAMS.search(uri))
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -272,6 +284,25 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     maintain: MaintainConfig = field(default_factory=MaintainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        # The config is recorded in the `runs` table and in reports: no credentials in it. Storage
+        # credentials belong in the Spark/Hadoop configuration or the environment.
+        for key, uri in (
+            ("lake.root", self.lake.root),
+            ("input.items", self.input.items),
+            ("input.interactions", self.input.interactions),
+            ("sample.path", self.sample.path),
+            ("train.checkpoint_dir", self.train.checkpoint_dir),
+            ("evaluate.report_dir", self.evaluate.report_dir),
+        ):
+            _check(
+                not uri or not _has_credentials(uri),
+                key,
+                "holds credentials (user:password@ or a secret query parameter); the config is recorded in "
+                "the runs table: pass credentials through Spark/Hadoop settings (spark.hadoop.fs.s3a.*) "
+                "or the environment instead",
+            )
 
     @property
     def sample_path(self) -> str:
