@@ -172,6 +172,28 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RankerConfig:
+    model: Literal["gbt", "logistic"] = "gbt"  # the learned fusion's classifier
+    label_fraction: float = 0.2  # per user, the latest share of training interactions used as labels
+    negatives: int = 50  # negatives sampled per user (all positives among the candidates are kept)
+    trees: int = 30  # gbt: number of trees
+    depth: int = 4  # gbt: tree depth
+    step: float = 0.1  # gbt: learning rate
+    reg: float = 0.01  # logistic: L2 penalty
+    max_users: int = 50_000  # users whose inner-test labels train the ranker at most (seeded sample)
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _check(0 < self.label_fraction < 1, "recommend.ranker.label_fraction", "must be in (0, 1)")
+        _check(self.negatives >= 1, "recommend.ranker.negatives", "must be >= 1")
+        _check(self.trees >= 1, "recommend.ranker.trees", "must be >= 1")
+        _check(1 <= self.depth <= 30, "recommend.ranker.depth", "must be in [1, 30]")
+        _check(0 < self.step <= 1, "recommend.ranker.step", "must be in (0, 1]")
+        _check(self.reg >= 0, "recommend.ranker.reg", "must be >= 0")
+        _check(self.max_users >= 1, "recommend.ranker.max_users", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class RecommendConfig:
     k: int = 10
     variant: Literal["popular", "cf", "content", "fused", "fused_rerank"] = "fused_rerank"
@@ -190,6 +212,8 @@ class RecommendConfig:
     head_fraction: float = 0.2  # head = the top share of items by interaction count; tail = the rest
     block_users: int = 8192
     block_items: int = 16384
+    fusion: Literal["learned", "blend"] = "learned"  # fused: the learned ranker, or the z-score blend
+    ranker: RankerConfig = field(default_factory=RankerConfig)
 
     def __post_init__(self) -> None:
         _check(self.k >= 1, "recommend.k", "must be >= 1")
