@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -43,6 +44,17 @@ class ConfigError(ValueError):
 def _check(cond: bool, key: str, message: str) -> None:
     if not cond:
         raise ConfigError(key, message)
+
+
+_SECRET_PARAMS = re.compile(
+    r"[?&](sig|signature|token|secret|password|access[_-]?key|x-amz-signature|sas)=", re.I
+)
+
+
+def _has_credentials(uri: str) -> bool:
+    """True for ``scheme://user:password@host/...`` or a URI whose query carries a secret (SAS, signature)."""
+    m = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://([^/@]*)@", uri)
+    return bool((m and ":" in m.group(1)) or _SECRET_PARAMS.search(uri))
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -160,6 +172,28 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RankerConfig:
+    model: Literal["gbt", "logistic"] = "gbt"  # the learned fusion's classifier
+    label_fraction: float = 0.2  # per user, the latest share of training interactions used as labels
+    negatives: int = 50  # negatives sampled per user (all positives among the candidates are kept)
+    trees: int = 30  # gbt: number of trees
+    depth: int = 4  # gbt: tree depth
+    step: float = 0.1  # gbt: learning rate
+    reg: float = 0.01  # logistic: L2 penalty
+    max_users: int = 50_000  # users whose inner-test labels train the ranker at most (seeded sample)
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _check(0 < self.label_fraction < 1, "recommend.ranker.label_fraction", "must be in (0, 1)")
+        _check(self.negatives >= 1, "recommend.ranker.negatives", "must be >= 1")
+        _check(self.trees >= 1, "recommend.ranker.trees", "must be >= 1")
+        _check(1 <= self.depth <= 30, "recommend.ranker.depth", "must be in [1, 30]")
+        _check(0 < self.step <= 1, "recommend.ranker.step", "must be in (0, 1]")
+        _check(self.reg >= 0, "recommend.ranker.reg", "must be >= 0")
+        _check(self.max_users >= 1, "recommend.ranker.max_users", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class RecommendConfig:
     k: int = 10
     variant: Literal["popular", "cf", "content", "fused", "fused_rerank"] = "fused_rerank"
@@ -178,6 +212,8 @@ class RecommendConfig:
     head_fraction: float = 0.2  # head = the top share of items by interaction count; tail = the rest
     block_users: int = 8192
     block_items: int = 16384
+    fusion: Literal["learned", "blend"] = "learned"  # fused: the learned ranker, or the z-score blend
+    ranker: RankerConfig = field(default_factory=RankerConfig)
 
     def __post_init__(self) -> None:
         _check(self.k >= 1, "recommend.k", "must be >= 1")
@@ -237,6 +273,25 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class MaintainConfig:
+    retention_hours: float = (
+        168.0  # VACUUM keeps unreferenced files younger than this (Delta's default: 7 days)
+    )
+    compact: bool = True  # bin-pack small files (daily appends) into files of about target_file_mb
+    target_file_mb: int = 128
+    checkpoint: bool = True  # write a log checkpoint at the current version
+    tables: tuple[str, ...] = ()  # empty: every longtail table that exists under lake.root
+
+    def __post_init__(self) -> None:
+        _check(
+            self.retention_hours >= 0, "maintain.retention_hours", f"must be >= 0, got {self.retention_hours}"
+        )
+        _check(
+            self.target_file_mb >= 1, "maintain.target_file_mb", f"must be >= 1, got {self.target_file_mb}"
+        )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     id: str | None = None  # None: generated per invocation
 
@@ -251,7 +306,27 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    maintain: MaintainConfig = field(default_factory=MaintainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        # The config is recorded in the `runs` table and in reports: no credentials in it. Storage
+        # credentials belong in the Spark/Hadoop configuration or the environment.
+        for key, uri in (
+            ("lake.root", self.lake.root),
+            ("input.items", self.input.items),
+            ("input.interactions", self.input.interactions),
+            ("sample.path", self.sample.path),
+            ("train.checkpoint_dir", self.train.checkpoint_dir),
+            ("evaluate.report_dir", self.evaluate.report_dir),
+        ):
+            _check(
+                not uri or not _has_credentials(uri),
+                key,
+                "holds credentials (user:password@ or a secret query parameter); the config is recorded in "
+                "the runs table: pass credentials through Spark/Hadoop settings (spark.hadoop.fs.s3a.*) "
+                "or the environment instead",
+            )
 
     @property
     def sample_path(self) -> str:

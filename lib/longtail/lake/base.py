@@ -92,6 +92,15 @@ class _Engine:
     def txn_version(self, path: str, app_id: str) -> int | None:
         raise NotImplementedError
 
+    def compact(self, path: str, *, target_bytes: int) -> dict[str, int]:
+        raise NotImplementedError
+
+    def checkpoint(self, path: str) -> None:
+        raise NotImplementedError
+
+    def vacuum(self, path: str, *, retention_hours: float, dry_run: bool) -> list[str]:
+        raise NotImplementedError
+
     # shared helpers
     def _rs_table(self, path: str, version: int | None = None) -> Any:
         from deltalake import DeltaTable
