@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -67,6 +68,7 @@ def is_delta_spark_available(spark: SparkSession) -> bool:
         return False
 
 
+@dataclass(frozen=True)
 class _DataFile:
     """One Parquet file written by Spark, with what the Delta add action needs."""
 
