@@ -13,7 +13,8 @@ STAGE_LINES="$(PYTHONPATH="$HERE/lib${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m longta
   echo "spark-submit.sh: cannot import longtail with $PY; run the README's set-up command first" >&2; exit 2; }
 STAGES="$(cut -f1 <<<"$STAGE_LINES" | tr '\n' ' ')"
 # spark-submit options that take no value; every other --option passes through with its value.
-SPARK_FLAGS=" --verbose -v --supervise --kill --status --version "
+# (--verbose is longtail's; spark-submit's own verbose output is still there as -v.)
+SPARK_FLAGS=" -v --supervise --kill --status --version "
 
 usage() {
   cat <<EOF
@@ -26,7 +27,14 @@ longtail options:
   --conf FILE        a YAML config applied over conf/base.yaml (repeatable)
   --set KEY=VALUE    override one config key, e.g. --set recommend.k=20 (repeatable)
   --run-id ID        the run id recorded in the runs table (default: generated)
+  --verbose          show longtail's full log (INFO, DEBUG) on the console too
   -h, --help         this help
+
+The console shows stage progress, warnings and results. The full log of a run (longtail's records
+and the Spark JVM's warnings) goes to <lake.root>/logs/<run_id>.log, or for a lake on an object
+store to \$LONGTAIL_LOG_DIR (default: the temp folder's longtail-logs/); its path is printed at
+the end. Spark's JVM logging is set by conf/spark/log4j2.properties (LONGTAIL_LOG4J to use
+another file, LONGTAIL_LOG4J= for Spark's own default).
 
 Every other option goes to spark-submit unchanged, e.g. --master yarn, --deploy-mode client,
 --conf spark.executor.memory=8g (a --conf whose value contains '=' is a Spark setting),
@@ -36,7 +44,7 @@ In local mode (the default, --master local[*]) conf/spark/local.conf is used unl
 and shipped with --py-files.
 
 Environment: LONGTAIL_PYTHON (the Python to use; default .venv/bin/python, else python3),
-SPARK_HOME (use that Spark's spark-submit instead of pyspark's own).
+SPARK_HOME (use that Spark's spark-submit instead of pyspark's own), LONGTAIL_LOG_DIR, LONGTAIL_LOG4J.
 EOF
 }
 
@@ -54,6 +62,7 @@ while [[ $# -gt 0 ]]; do
       [[ $# -ge 2 ]] || { echo "spark-submit.sh: $arg needs a value" >&2; exit 2; }
       ours+=("$arg" "$2"); shift 2 ;;
     --set=*|--run-id=*) ours+=("$arg"); shift ;;
+    --verbose) ours+=("$arg"); shift ;;
     --conf)
       [[ $# -ge 2 ]] || { echo "spark-submit.sh: --conf needs a value" >&2; exit 2; }
       if [[ "$2" == *=* ]]; then spark+=("--conf" "$2"); else ours+=("--conf" "$2"); fi
@@ -122,10 +131,24 @@ export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$PY}"
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
+# The model is loaded in every Python worker: no weight-loading progress bars or advice on the console.
+export TRANSFORMERS_VERBOSITY="${TRANSFORMERS_VERBOSITY:-error}"
+export HF_HUB_DISABLE_PROGRESS_BARS="${HF_HUB_DISABLE_PROGRESS_BARS:-1}"
+export TRANSFORMERS_NO_ADVISORY_WARNINGS="${TRANSFORMERS_NO_ADVISORY_WARNINGS:-1}"
 
-# Pre-flight: validate the arguments and the config before any JVM starts.
-PYTHONPATH="$PYTHONPATH" "$PY" -c 'import sys; from longtail.cli import check_args; sys.exit(check_args(sys.argv[1], sys.argv[2:]))' \
-  "$stage" "${ours[@]}" || exit $?
+# Pre-flight: validate the arguments and the config before any JVM starts; it prints the run id
+# and the run's log file.
+preflight="$(PYTHONPATH="$PYTHONPATH" "$PY" -c 'import sys; from longtail.cli import check_args; sys.exit(check_args(sys.argv[1], sys.argv[2:]))' \
+  "$stage" "${ours[@]}")" || exit $?
+IFS=$'\t' read -r run_id log_file <<<"$preflight"
+ours+=(--run-id "$run_id")
+# Spark's JVM log: WARN, into the run's log file as well (conf/spark/log4j2.properties says which
+# warnings stay off the console and why). SPARK_SUBMIT_OPTS reaches the driver JVM in client mode.
+log4j="${LONGTAIL_LOG4J-$HERE/conf/spark/log4j2.properties}"
+if [[ -n "$log4j" ]]; then
+  mkdir -p "$(dirname "$log_file")"
+  export SPARK_SUBMIT_OPTS="-Dlog4j2.configurationFile=file:$log4j -Dlongtail.log.file=$log_file ${SPARK_SUBMIT_OPTS:-}"
+fi
 
 job="$HERE/jobs/${stage//-/_}.py"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
-from test_encoder import make_tiny_bert
+from helpers import make_tiny_bert
 
 from longtail.core import schema as S
 from longtail.core.config import load_config

@@ -34,6 +34,14 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.python.worker.reuse": "true",
 }
 
+# Python workers load the text model: no weight-loading progress bars or advisory warnings on the
+# executors' stderr (the console, in local mode). The caller's own environment value wins.
+WORKER_ENV: dict[str, str] = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
 TEST_DEFAULTS: dict[str, str] = {
     "spark.ui.enabled": "false",
     "spark.sql.shuffle.partitions": "2",
@@ -73,6 +81,9 @@ def build_session(
         conf = {k: v for k, v in conf.items() if not given.contains(k)}
         # Local Python workers run the driver's interpreter (its venv) unless told otherwise.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    for name, value in WORKER_ENV.items():
+        if not given.contains(f"spark.executorEnv.{name}"):
+            conf[f"spark.executorEnv.{name}"] = os.environ.get(name, value)
     conf.update(REQUIRED_CONF)
     conf.update(extra or {})
     builder = SparkSession.builder.appName(app_name).master(master)
