@@ -145,10 +145,22 @@ ours+=(--run-id "$run_id")
 # Spark's JVM log: WARN, into the run's log file as well (conf/spark/log4j2.properties says which
 # warnings stay off the console and why). SPARK_SUBMIT_OPTS reaches the driver JVM in client mode.
 log4j="${LONGTAIL_LOG4J-$HERE/conf/spark/log4j2.properties}"
+jvm_opts=""
 if [[ -n "$log4j" ]]; then
   mkdir -p "$(dirname "$log_file")"
-  export SPARK_SUBMIT_OPTS="-Dlog4j2.configurationFile=file:$log4j -Dlongtail.log.file=$log_file ${SPARK_SUBMIT_OPTS:-}"
+  jvm_opts="-Dlog4j2.configurationFile=file:$log4j -Dlongtail.log.file=$log_file"
 fi
+# MLlib (ALS) first tries a native BLAS/LAPACK (libblas.so.3, liblapack.so.3); where they are not
+# installed, its JNI loader prints "netlib-blas: JNI_OnLoad: dlopen(libblas.so.3) failed" straight to
+# stderr (native code: no logger can route it) and falls back to the pure-Java implementation. On
+# such machines skip the native attempt: the same results without the noise. Installing
+# libopenblas0 (Debian/Ubuntu) makes ALS faster and this check then leaves native BLAS on.
+if libs="$( (ldconfig -p || /sbin/ldconfig -p) 2>/dev/null)" && [[ -n "$libs" ]]; then
+  for lib in blas lapack; do
+    [[ "$libs" == *"lib$lib.so.3"* ]] || jvm_opts+=" -Ddev.ludovic.netlib.$lib.allowNative=false"
+  done
+fi
+[[ -n "$jvm_opts" ]] && export SPARK_SUBMIT_OPTS="$jvm_opts ${SPARK_SUBMIT_OPTS:-}"
 
 job="$HERE/jobs/${stage//-/_}.py"
 

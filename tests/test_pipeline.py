@@ -18,6 +18,7 @@ pytestmark = pytest.mark.spark
 VARIANTS = {"popular", "cf", "content", "fused", "fused_rerank"}
 
 
+@pytest.mark.slow  # three whole pipelines (every stage, ALS, report)
 def test_pipeline_runs_every_stage_then_skips_the_current_ones(spark, tmp_path, capsys):
     model = make_tiny_bert(tmp_path / "tiny")
     root = tmp_path / "lake"
