@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from longtail.report import format_value, metric_table, write_files, write_report
+from longtail.report import write_files, write_report
+from longtail.report.render import format_value, metric_table
 
 VARIANTS = ("popular", "cf", "content", "fused", "fused_rerank")
 KS = (10, 20)
