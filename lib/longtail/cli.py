@@ -108,17 +108,19 @@ def run_job(
             print(f"longtail: stage {stage} failed: {type(exc).__name__}: {_brief(exc)}", file=sys.stderr)
             print(where, file=sys.stderr)
             return 1
-        print(
-            json.dumps(
-                {
-                    "stage": stage,
-                    "run_id": run_id,
-                    "seconds": round(record.seconds, 1),
-                    "summary": record.summary,
-                },
-                default=str,
-            )
+        result = json.dumps(
+            {
+                "stage": stage,
+                "run_id": run_id,
+                "seconds": round(record.seconds, 1),
+                "summary": record.summary,
+            },
+            default=str,
         )
+        if stage == "pipeline":  # its progress lines and table said it; the whole summary is for the file
+            log.info("result: %s", result)
+        else:  # one stage: its summary as one JSON line on stdout, for scripts
+            print(result)
         print(where)
         return 0
     finally:

@@ -83,9 +83,7 @@ def setup(path: Path | None, *, verbose: bool = False) -> None:
         handlers.append(fh)
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.DEBUG if verbose else logging.WARNING)
-    console.setFormatter(
-        logging.Formatter(FILE_FORMAT if verbose else "%(levelname)s %(name)s: %(message)s")
-    )
+    console.setFormatter(logging.Formatter(FILE_FORMAT if verbose else "%(levelname)s %(name)s: %(message)s"))
     console.addFilter(_NotPrinted())
     handlers.append(console)
     for h in handlers:
