@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -43,6 +44,17 @@ class ConfigError(ValueError):
 def _check(cond: bool, key: str, message: str) -> None:
     if not cond:
         raise ConfigError(key, message)
+
+
+_SECRET_PARAMS = re.compile(
+    r"[?&](sig|signature|token|secret|password|access[_-]?key|x-amz-signature|sas)=", re.I
+)
+
+
+def _has_credentials(uri: str) -> bool:
+    """True for ``scheme://user:password@host/...`` or a URI whose query carries a secret (SAS, signature)."""
+    m = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://([^/@]*)@", uri)
+    return bool((m and ":" in m.group(1)) or _SECRET_PARAMS.search(uri))
 
 
 # --- sections ------------------------------------------------------------------------------------
@@ -335,6 +347,32 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class MaintainConfig:
+    """What `maintain` does to the tables: compaction, log checkpoints, VACUUM (docs/lake.md)."""
+
+    retention_hours: float = (
+        168.0  # VACUUM keeps unreferenced files younger than this (Delta's default: 7 days)
+    )
+    """VACUUM deletes unreferenced files (removed by later versions, or orphans of killed writes) older than this, in hours (Delta's default: 168, 7 days)."""
+    compact: bool = True  # bin-pack small files (daily appends) into files of about target_file_mb
+    """Bin-pack small files (e.g. of daily appends) into files of about `target_file_mb`."""
+    target_file_mb: int = 128
+    """Target size of compacted files, in MiB."""
+    checkpoint: bool = True  # write a log checkpoint at the current version
+    """Write a Delta log checkpoint at the current version."""
+    tables: tuple[str, ...] = ()  # empty: every longtail table that exists under lake.root
+    """Tables to maintain; empty: every longtail table that exists under `lake.root`."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.retention_hours >= 0, "maintain.retention_hours", f"must be >= 0, got {self.retention_hours}"
+        )
+        _check(
+            self.target_file_mb >= 1, "maintain.target_file_mb", f"must be >= 1, got {self.target_file_mb}"
+        )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Run bookkeeping."""
 
@@ -362,8 +400,29 @@ class Config:
     """Scoring."""
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     """Evaluation."""
+    maintain: MaintainConfig = field(default_factory=MaintainConfig)
+    """Table maintenance."""
     run: RunConfig = field(default_factory=RunConfig)
     """Run bookkeeping."""
+
+    def __post_init__(self) -> None:
+        # The config is recorded in the `runs` table and in reports: no credentials in it. Storage
+        # credentials belong in the Spark/Hadoop configuration or the environment.
+        for key, uri in (
+            ("lake.root", self.lake.root),
+            ("input.items", self.input.items),
+            ("input.interactions", self.input.interactions),
+            ("sample.path", self.sample.path),
+            ("train.checkpoint_dir", self.train.checkpoint_dir),
+            ("evaluate.report_dir", self.evaluate.report_dir),
+        ):
+            _check(
+                not uri or not _has_credentials(uri),
+                key,
+                "holds credentials (user:password@ or a secret query parameter); the config is recorded in "
+                "the runs table: pass credentials through Spark/Hadoop settings (spark.hadoop.fs.s3a.*) "
+                "or the environment instead",
+            )
 
     @property
     def sample_path(self) -> str:

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -31,11 +32,22 @@ from longtail.lake.base import (
     Txn,
     _check_schema,
     _check_writable_types,
-    _DataFile,
     _Engine,
 )
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _DataFile:
+    """One Parquet file written by Spark, with what the Delta add action needs."""
+
+    uri: str  # as Spark/Hadoop names it
+    rel_path: str  # relative to the table root, not encoded
+    size: int
+    modification_time: int  # ms since the epoch
+    num_records: int
+    stats: str
 
 
 class _DeltaRsEngine(_Engine):
@@ -79,6 +91,31 @@ class _DeltaRsEngine(_Engine):
             return None
         v = self._rs_table(path).transaction_version(app_id)
         return None if v is None else int(v)
+
+    # -- upkeep (see Lake.compact / checkpoint / vacuum) --
+    def compact(self, path: str, *, target_bytes: int) -> dict[str, int]:
+        # deltalake's bin-packing rewrites small files into ~target_bytes ones in ONE commit whose
+        # removes are dataChange=false: readers of older versions keep their files until VACUUM.
+        metrics = self._rs_table(path).optimize.compact(target_size=target_bytes)
+        return {
+            "files_added": int(metrics["numFilesAdded"]),
+            "files_removed": int(metrics["numFilesRemoved"]),
+        }
+
+    def checkpoint(self, path: str) -> None:
+        self._rs_table(path).create_checkpoint()
+
+    def vacuum(self, path: str, *, retention_hours: float, dry_run: bool) -> list[str]:
+        # full=True: also the files no commit ever referenced (the staged folders of killed or
+        # failed writes), not only those removed by a commit; both only when older than the retention.
+        return list(
+            self._rs_table(path).vacuum(
+                retention_hours=int(retention_hours),
+                dry_run=dry_run,
+                enforce_retention_duration=False,
+                full=True,
+            )
+        )
 
     def _spark_uri(self, table_path: str, file_uri: str) -> str:
         """deltalake's file URI in Spark's scheme (s3:// -> s3a:// when the root is s3a)."""

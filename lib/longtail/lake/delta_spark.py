@@ -72,6 +72,34 @@ class _DeltaSparkEngine(_Engine):
             log.warning("could not read txn %s of %s with deltalake", app_id, path, exc_info=True)
             return None
 
+    # -- upkeep (see Lake.compact / checkpoint / vacuum) --
+    def compact(self, path: str, *, target_bytes: int) -> dict[str, int]:
+        with session_conf(
+            self.spark,
+            {"spark.databricks.delta.optimize.maxFileSize": str(target_bytes), self._NO_DV: "false"},
+        ):
+            rows = self._table(path).optimize().executeCompaction().select("metrics.*").collect()  # one row
+        m = rows[0].asDict() if rows else {}
+        return {
+            "files_added": int(m.get("numFilesAdded", 0)),
+            "files_removed": int(m.get("numFilesRemoved", 0)),
+        }
+
+    def checkpoint(self, path: str) -> None:
+        jvm: Any = self.spark.sparkContext._jvm
+        jvm.org.apache.spark.sql.delta.DeltaLog.forTable(self.spark._jsparkSession, path).checkpoint()
+
+    def vacuum(self, path: str, *, retention_hours: float, dry_run: bool) -> list[str]:
+        # Delta refuses retentions under 7 days unless its safety check is off for the call.
+        with session_conf(self.spark, {"spark.databricks.delta.retentionDurationCheck.enabled": "false"}):
+            if dry_run:
+                rows = self.spark.sql(
+                    f"VACUUM delta.`{path}` RETAIN {float(retention_hours)} HOURS DRY RUN"
+                ).collect()
+                return [str(r[0]) for r in rows]  # bounded: the files VACUUM would delete
+            self._table(path).vacuum(float(retention_hours))
+        return []
+
     def _writer(self, df: DataFrame, mode: str, txn: Txn | None) -> Any:
         w = df.write.format("delta").mode(mode)
         if txn is not None:

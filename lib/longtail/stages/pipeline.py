@@ -29,7 +29,8 @@ from longtail.stages import STAGES, load_stage
 
 log = logging.getLogger(__name__)
 
-ORDER = tuple(s for s in STAGES if s != "pipeline")
+# maintain is scheduled on its own (it needs no fresh data and may run beside other stages)
+ORDER = tuple(s for s in STAGES if s not in ("pipeline", "maintain"))
 # The config sections whose values decide whether a stage's earlier output is still current.
 SETTINGS: dict[str, tuple[str, ...]] = {
     "train": ("encoder", "train"),
