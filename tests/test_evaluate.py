@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import synthetic
+from helpers import make_tiny_bert
 from pyspark.sql import functions as F
-from test_encoder import make_tiny_bert
 
 from longtail.core import schema as S
 from longtail.core.config import VARIANTS

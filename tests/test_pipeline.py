@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
-from test_encoder import make_tiny_bert
+from helpers import make_tiny_bert
 
 from longtail.core import schema as S
 from longtail.core.config import load_config
@@ -20,10 +20,9 @@ VARIANTS = {"popular", "cf", "content", "fused", "fused_rerank"}
 
 
 # delta-rs is what a machine without the connector runs (the README's quickstart); the same pipeline on
-# delta-spark is the cluster path: slow (each commit is Spark jobs), so only without -m "not slow".
-@pytest.mark.parametrize(
-    "engine", ["delta-rs", pytest.param("delta-spark", marks=[pytest.mark.slow, pytest.mark.delta_spark])]
-)
+# delta-spark is the cluster path. Both slow: three whole pipelines (every stage, ALS, report).
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["delta-rs", pytest.param("delta-spark", marks=pytest.mark.delta_spark)])
 def test_pipeline_runs_every_stage_then_skips_the_current_ones(spark, tmp_path, capsys, engine):
     if engine == "delta-spark" and not is_delta_spark_available(spark):
         pytest.skip("delta-spark connector not on the classpath (--no-delta-spark)")

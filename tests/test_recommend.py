@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import synthetic
 from deltalake import DeltaTable
+from helpers import make_tiny_bert
 from pyspark.sql import functions as F
-from test_encoder import make_tiny_bert
 
 from longtail.core import schema as S
 from longtail.core.config import RecommendConfig

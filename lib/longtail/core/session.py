@@ -64,6 +64,14 @@ def delta_spark_conf() -> dict[str, str]:
     return {"spark.jars.packages": DELTA_SPARK_PACKAGE, "spark.jars.ivy": ivy_dir(), **DELTA_SPARK_CONF}
 
 
+# Python workers load the text model: no weight-loading progress bars or advisory warnings on the
+# executors' stderr (the console, in local mode). The caller's own environment value wins.
+WORKER_ENV: dict[str, str] = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
 TEST_DEFAULTS: dict[str, str] = {
     "spark.ui.enabled": "false",
     "spark.sql.shuffle.partitions": "2",
@@ -112,6 +120,9 @@ def build_session(
         conf = {k: v for k, v in conf.items() if not given.contains(k)}
         # Local Python workers run the driver's interpreter (its venv) unless told otherwise.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    for name, value in WORKER_ENV.items():
+        if not given.contains(f"spark.executorEnv.{name}"):
+            conf[f"spark.executorEnv.{name}"] = os.environ.get(name, value)
     conf.update(REQUIRED_CONF)
     conf.update(delta)
     conf.update(extra or {})

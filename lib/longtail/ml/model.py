@@ -122,7 +122,7 @@ def current_embeddings(
         source: a :class:`Lake` (``items`` and ``item_embeddings`` are read from it) or an
             ``item_embeddings`` DataFrame (then pass ``items``).
         model_id: the model whose vectors to return (e.g. ``TextEncoder.model_id``,
-            :func:`longtail.encoder.model_id`).
+            :func:`longtail.ml.encoder.model_id`).
         items: the items DataFrame (needs item_id and content_hash); default: the lake's.
 
     Example:
