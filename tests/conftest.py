@@ -50,6 +50,28 @@ def spark(request: pytest.FixtureRequest):
     session.stop()
 
 
+@pytest.fixture(autouse=True)
+def _auto_engine_is_delta_rs_unless_asked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``lake.engine: auto`` means delta-rs in tests not marked ``delta_spark``.
+
+    The session carries the connector (for the tests that use delta-spark), which would turn every
+    stage test's ``auto`` into delta-spark. The stage tests pin the quickstart's engine instead
+    (delta-rs, what a machine without the connector runs); the delta-spark path is covered where it
+    is asked for: tests marked ``delta_spark`` (the lake suite's second half, the pipeline on
+    delta-spark) and tests that pass ``engine="delta-spark"`` explicitly (the interop tests).
+    """
+    if request.node.get_closest_marker("delta_spark") is not None:
+        return
+    from longtail.lake import facade
+
+    real = facade.Lake.__init__
+
+    def init(self, spark, root, engine="auto", **kwargs):  # type: ignore[no-untyped-def]
+        real(self, spark, root, "delta-rs" if engine == "auto" else engine, **kwargs)
+
+    monkeypatch.setattr(facade.Lake, "__init__", init)
+
+
 @pytest.fixture(params=["delta-rs", pytest.param("delta-spark", marks=pytest.mark.delta_spark)])
 def engine(request: pytest.FixtureRequest, spark) -> str:
     """Each lake engine in turn; delta-spark skips (with the reason) when run with --no-delta-spark."""

@@ -371,6 +371,7 @@ def test_missing_table_reads_fail_and_report_nothing(spark, lake_root, engine):
     assert lake.version("nope") is None and not lake.exists("nope")
 
 
+@pytest.mark.delta_spark
 def test_auto_picks_delta_spark_when_its_classes_load(spark, lake_root):
     lake = Lake.from_config(spark, load_config(overrides=[f"lake.root={lake_root}"]))
     if is_delta_spark_available(spark):
