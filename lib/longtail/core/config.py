@@ -79,11 +79,15 @@ class SampleConfig:
     months: int = 12
     popularity_exponent: float = 1.1
     seed: int = 42
+    preset: Literal["dense", "sparse"] = "dense"  # sparse: 1-3 interactions per user over a few days
+    sparse_days: int = 4  # sparse preset: the days the log spans
+    sparse_active_share: float = 0.25  # sparse preset: share of the catalogue that is ever bought
 
     def __post_init__(self) -> None:
-        for name in ("n_items", "n_users", "n_topics", "interactions_per_user", "months"):
+        for name in ("n_items", "n_users", "n_topics", "interactions_per_user", "months", "sparse_days"):
             _check(getattr(self, name) >= 1, f"sample.{name}", "must be >= 1")
         _check(self.popularity_exponent > 0, "sample.popularity_exponent", "must be > 0")
+        _check(0 < self.sparse_active_share <= 1, "sample.sparse_active_share", "must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,9 @@ class RecommendConfig:
     rerank_strength: float = 0.2  # subtracted: rerank_strength * log(1 + exposure)
     min_tail_share: float = 0.0
     min_cold_share: float = 0.0  # fused_rerank: share of each list reserved for items with no interactions
-    head_fraction: float = 0.2  # head = the top share of items by interaction count; tail = the rest
+    head_rule: Literal["mass", "items"] = "mass"  # how the head is cut (ml/segments.py)
+    head_share: float = 0.8  # mass rule: head = top items holding at most this share of interactions
+    head_fraction: float = 0.2  # items rule: head = at most this share of the interacted items
     block_users: int = 8192
     block_items: int = 16384
 
@@ -200,6 +206,7 @@ class RecommendConfig:
             "must be <= 1 - recommend.min_tail_share (the reserved places cannot exceed the list)",
         )
         _check(0 < self.head_fraction < 1, "recommend.head_fraction", "must be in (0, 1)")
+        _check(0 < self.head_share < 1, "recommend.head_share", "must be in (0, 1)")
         _check(self.block_users >= 1, "recommend.block_users", "must be >= 1")
         _check(self.block_items >= 1, "recommend.block_items", "must be >= 1")
 
@@ -217,8 +224,11 @@ class EvaluateConfig:
     sweep_rerank: tuple[float, ...] = ()  # rerank_strength values: a curve of `fused_rerank`
     report: bool = True  # write the HTML + Markdown report
     report_dir: str | None = None  # None: <lake.root>/reports
+    bootstrap: int = 1000  # paired bootstrap resamples of users (intervals of differences to cf); 0: none
+    bootstrap_seed: int = 42
 
     def __post_init__(self) -> None:
+        _check(self.bootstrap >= 0, "evaluate.bootstrap", "must be >= 0 (0: no intervals)")
         _check(
             len(self.k) >= 1 and all(k >= 1 for k in self.k), "evaluate.k", "must be a list of integers >= 1"
         )
