@@ -41,7 +41,7 @@ DIFF, LO, HI = "diff", "lo", "hi"
 N_USERS, N_BOOT = "n_users", "n_boot"
 INTERVAL_COLUMNS = (S.VARIANT, S.METRIC, S.K, S.SEGMENT, DIFF, LO, HI, N_USERS, N_BOOT)
 _CHUNK = 100
-MAX_LIST_ROWS = 5_000_000  # long-tail list rows collected for the coverage bootstrap, at most
+MAX_LIST_ROWS = 2_000_000  # long-tail list rows collected for the coverage bootstrap, at most
 _MAX_CELLS = 20_000_000  # resamples x list rows gathered at once by the coverage bootstrap
 
 
