@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: movies,dense,sparse")
     p.add_argument("--lake-root", default="/tmp/lt_quality3", help="one lake per dataset below this")
     p.add_argument("--master", default="local[2]")
+    p.add_argument(
+        "--conf", action="append", default=[], help="extra YAML profile(s) for every dataset (default: none)"
+    )
     p.add_argument("--json", help="write every figure as JSON to this file")
     return p.parse_args(argv)
 
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         lake_dir = Path(args.lake_root) / name
         lake_dir.mkdir(parents=True, exist_ok=True)
         confs, overrides = inputs(spark, name, args, lake_dir)
-        cfg = load_config(confs, [f"lake.root={lake_dir}", *overrides])
+        cfg = load_config([*confs, *args.conf], [f"lake.root={lake_dir}", *overrides])
         lake = Lake.from_config(spark, cfg)
         seconds: dict[str, float] = {}
         for stage_name, stage in (("ingest", ingest), ("encode", encode)):
