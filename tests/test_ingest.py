@@ -13,7 +13,7 @@ from deltalake import DeltaTable
 from longtail.core import schema as S
 from longtail.core.config import load_config
 from longtail.lake import Lake
-from longtail.stages.ingest import BadInputError, detect_format
+from longtail.stages.ingest import TS_OUT_OF_RANGE, BadInputError, detect_format
 from longtail.stages.ingest import run as ingest
 
 pytestmark = pytest.mark.spark
@@ -195,3 +195,48 @@ def test_detect_format(tmp_path):
     assert detect_format(str(tmp_path / "t")) == "delta"
     with pytest.raises(ValueError, match=r"set input\.format"):
         detect_format("x/file.txt")
+
+
+def test_timestamps_out_of_range_go_to_quarantine_not_fail_the_stage(spark, lake_root, tmp_path):
+    interactions = (
+        "user_id,item_id,timestamp,rating\n"
+        "u1,a,1704067200,4\n"
+        "u1,b,12345678901234567890,4\n"  # 20 digits: read as ms it is still year ~391 million
+        "u2,a,-99999999999,4\n"  # before 1900
+        "u2,b,9999-12-31T00:00:00Z,4\n"  # parses, but past 2200
+        "u3,a,inf,4\n"
+    )
+    items = _write(tmp_path, "items.csv", "item_id,title,description\na,A,first\nb,B,second\n")
+    inter = _write(tmp_path, "interactions.csv", interactions)
+    summary = ingest(spark, _cfg(lake_root, items, inter, "ingest.max_bad_fraction=0.9"))
+    lake = Lake(spark, lake_root)
+    assert [(r[S.USER_ID], r[S.ITEM_ID]) for r in lake.read(S.INTERACTIONS).collect()] == [("u1", "a")]
+    reasons = Counter(r[S.REASON] for r in lake.read(S.QUARANTINE).collect())
+    assert reasons == {TS_OUT_OF_RANGE: 4}
+    assert summary["interactions"]["rows"] == 5 and sum(summary["interactions"]["quarantined"].values()) == 4
+
+
+def test_a_concurrent_ingest_of_the_same_events_adds_each_once(spark, lake_root, inputs, monkeypatch):
+    # A second ingest of the same files commits between this run's read of `interactions` and its
+    # own commit: this run's commit is rejected (same sequence number), it re-reads and adds nothing.
+    from longtail.lake import facade
+
+    cfg = _cfg(lake_root, *inputs, "ingest.max_bad_fraction=1.0")  # the inputs are mostly bad on purpose
+    ingest(spark, cfg)  # creates the tables
+    lake = Lake(spark, lake_root)
+    before = lake.read(S.INTERACTIONS).count()
+    lake.delete(S.INTERACTIONS, "user_id = 'u2'")  # so that both runs have one event to add
+    real = facade.Lake.append
+    raced: list[int | None] = []
+
+    def append(self, table, df, *, txn=None):
+        if table == S.INTERACTIONS and not raced:
+            raced.append(None)
+            raced[0] = ingest(spark, cfg)["interactions"]["new"]  # the other run wins the race
+        return real(self, table, df, txn=txn)
+
+    monkeypatch.setattr(facade.Lake, "append", append)
+    mine = ingest(spark, cfg)["interactions"]["new"]
+    monkeypatch.undo()
+    assert raced == [1] and mine == 0
+    assert lake.read(S.INTERACTIONS).count() == before

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from longtail.report import format_value, metric_table, write_files, write_report
+from longtail.core.files import write_files
+from longtail.report import write_report
+from longtail.report.render import format_value, metric_table
 
 VARIANTS = ("popular", "cf", "content", "fused", "fused_rerank")
 KS = (10, 20)
@@ -177,7 +179,7 @@ def test_uri_without_spark_fails_clearly():
 
 @pytest.mark.spark
 def test_hadoop_filesystem_writer(spark, tmp_path: Path):
-    from longtail.report import _write_hadoop
+    from longtail.core.files import _write_hadoop
 
     uri = f"file://{tmp_path}/hadoop/run"
     _write_hadoop(spark, uri, [("x.bin", b"\x00\x01first")])

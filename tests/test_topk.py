@@ -8,19 +8,17 @@ import pytest
 from pyspark.sql import DataFrame
 
 from longtail.core.schema import MissingColumnsError
-from longtail.ml.topk import (
-    EMPTY,
-    Signal,
-    balanced_labels,
+from longtail.ml.topk import blocked_top_k
+from longtail.ml.topk.common import EMPTY, Signal
+from longtail.ml.topk.kernels import (
     block_top_k,
-    blocked_top_k,
     candidates,
     composite,
     composite_keys,
     repeat_of,
     score_block,
-    spark_hash_partition,
 )
+from longtail.ml.topk.plan import balanced_labels, spark_hash_partition
 
 pytestmark = pytest.mark.spark
 

@@ -6,20 +6,10 @@ import os
 import uuid
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
 
-
-# --- writing -------------------------------------------------------------------------------------
-def _local_dir(out_dir: str) -> str | None:
-    """The local path of ``out_dir``, or None when it is a URI for Hadoop."""
-    parsed = urlparse(out_dir)
-    if parsed.scheme == "file":
-        return parsed.path
-    if parsed.scheme and len(parsed.scheme) > 1:  # 'C:\\...' is a Windows drive, not a scheme
-        return None
-    return out_dir
+from longtail.core.uris import hadoop_fs, is_local, local_path, scheme
 
 
 def _write_local(directory: str, files: Sequence[tuple[str, bytes]]) -> dict[str, str]:
@@ -37,10 +27,8 @@ def _write_local(directory: str, files: Sequence[tuple[str, bytes]]) -> dict[str
 
 def _write_hadoop(spark: SparkSession, out_dir: str, files: Sequence[tuple[str, bytes]]) -> dict[str, str]:
     jvm: Any = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
     base = out_dir.rstrip("/")
-    directory = jvm.org.apache.hadoop.fs.Path(base)
-    fs = directory.getFileSystem(conf)
+    fs, directory = hadoop_fs(spark, base)
     fs.mkdirs(directory)
     written = {}
     for name, data in files:
@@ -59,3 +47,22 @@ def _write_hadoop(spark: SparkSession, out_dir: str, files: Sequence[tuple[str, 
             raise OSError(f"could not rename {tmp} to {final}")
         written[name] = f"{base}/{name}"
     return written
+
+
+def write_files(
+    out_dir: str, files: Sequence[tuple[str, bytes]], *, spark: SparkSession | None = None
+) -> dict[str, str]:
+    """Write ``(name, bytes)`` into ``out_dir`` in order, each under a temporary name then renamed.
+
+    Local paths and ``file:`` URIs are written directly; other URIs through Spark's Hadoop
+    FileSystem (``spark`` required).
+
+    Returns:
+        name -> written path or URI.
+    """
+    if is_local(out_dir):
+        # a plain path stays as given (relative paths too); a file: URI becomes its path
+        return _write_local(local_path(out_dir) if scheme(out_dir) == "file" else out_dir, files)
+    if spark is None:
+        raise ValueError(f"writing to {out_dir!r} needs a SparkSession (its Hadoop FileSystem)")
+    return _write_hadoop(spark, out_dir, files)

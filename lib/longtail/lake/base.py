@@ -41,6 +41,22 @@ class CommitConflictError(LakeError):
     """Another writer committed a conflicting change first; the write was not committed."""
 
 
+def is_conflict(exc: BaseException) -> bool:
+    """True when ``exc`` says another writer committed first: ours was not committed and may be retried.
+
+    :class:`CommitConflictError` (delta-rs, raised by this package) or one of delta-spark's
+    ``DeltaConcurrentModificationException`` subclasses (``ConcurrentTransactionException``,
+    ``ConcurrentAppendException``, ...).
+    """
+    if isinstance(exc, CommitConflictError):
+        return True
+    try:
+        from delta.exceptions import DeltaConcurrentModificationException
+    except ImportError:  # the delta-spark Python package is optional
+        return False
+    return isinstance(exc, DeltaConcurrentModificationException)
+
+
 def is_delta_spark_available(spark: SparkSession) -> bool:
     """True when the delta-spark connector's classes are on the session's JVM classpath.
 
@@ -65,17 +81,6 @@ def is_delta_spark_available(spark: SparkSession) -> bool:
         return True
     except Exception:
         return False
-
-
-class _DataFile:
-    """One Parquet file written by Spark, with what the Delta add action needs."""
-
-    uri: str  # as Spark/Hadoop names it
-    rel_path: str  # relative to the table root, not encoded
-    size: int
-    modification_time: int  # ms since the epoch
-    num_records: int
-    stats: str
 
 
 # --- engines -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -31,11 +32,22 @@ from longtail.lake.base import (
     Txn,
     _check_schema,
     _check_writable_types,
-    _DataFile,
     _Engine,
 )
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _DataFile:
+    """One Parquet file written by Spark, with what the Delta add action needs."""
+
+    uri: str  # as Spark/Hadoop names it
+    rel_path: str  # relative to the table root, not encoded
+    size: int
+    modification_time: int  # ms since the epoch
+    num_records: int
+    stats: str
 
 
 class _DeltaRsEngine(_Engine):

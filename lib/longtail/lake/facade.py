@@ -22,15 +22,28 @@ Example:
 from __future__ import annotations
 
 import logging
+import random
+import time
+from collections.abc import Callable
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from longtail.core import schema as S
 from longtail.core.config import Config
 from longtail.core.errors import MissingInputError
 from longtail.core.uris import is_local, join_uri, local_path
-from longtail.lake.base import DELTA_SPARK, ENGINES, LakeError, Txn, _Engine, is_delta_spark_available
+from longtail.lake.base import (
+    DELTA_SPARK,
+    ENGINES,
+    CommitConflictError,
+    LakeError,
+    Txn,
+    _Engine,
+    is_conflict,
+    is_delta_spark_available,
+)
 from longtail.lake.delta_rs import _DeltaRsEngine
 from longtail.lake.delta_spark import _DeltaSparkEngine
 
@@ -154,6 +167,78 @@ class Lake:
     def txn_version(self, table: str, app_id: str) -> int | None:
         """The latest version of application transaction ``app_id`` committed to ``table``."""
         return self._engine.txn_version(self.path(table), app_id)
+
+    def append_new(self, table: str, rows: DataFrame, *, keys: list[str], retries: int = 5) -> int:
+        """Append the rows of ``rows`` whose ``keys`` the table does not hold yet, safely under concurrency.
+
+        An insert-only merge on the event key with a conflict-checked commit (see :meth:`serialized`):
+        each attempt reads the table at one version and keeps the rows whose keys it lacks
+        (null-safe equality; duplicates within ``rows`` dropped). Running it twice on the same rows
+        adds nothing the second time; two runs at once add each row once.
+
+        Returns:
+            The number of rows added (0: nothing new, no commit; the table is created if absent).
+
+        Example:
+            >>> lake.append_new("interactions", events, keys=["user_id", "item_id", "ts"])
+            70193
+        """
+
+        def attempt(txn: Txn, exists: bool) -> tuple[int, int | None]:
+            new = rows
+            if exists:
+                current = self.read(table, version=self.version(table)).select(
+                    *[F.col(k).alias(f"_cur_{k}") for k in keys]
+                )
+                cond = None
+                for k in keys:
+                    c = rows[k].eqNullSafe(current[f"_cur_{k}"])
+                    cond = c if cond is None else cond & c
+                new = rows.join(current.distinct(), cond, "left_anti")
+            new = new.dropDuplicates(keys).persist()
+            try:
+                n = new.count()
+                if n == 0 and exists:
+                    return 0, -1
+                write = self.append if exists else self.overwrite
+                return n, write(table, new, txn=txn)
+            finally:
+                new.unpersist()
+
+        return self.serialized(table, attempt, retries=retries)
+
+    def serialized(
+        self, table: str, attempt: Callable[[Txn, bool], tuple[int, int | None]], *, retries: int = 5
+    ) -> int:
+        """Run ``attempt`` until its commit is the only one of its kind since it read the table.
+
+        ``attempt(txn, exists)`` reads the table (when ``exists``), computes its write and commits it
+        with ``txn``; it returns ``(rows, version)``, version -1 for "nothing to write" and None
+        when the write was skipped because ``txn`` was already taken. ``txn`` is the application
+        transaction ``longtail.serial:<table>`` at the next sequence number: two writers that read
+        the same version claim the same number, and both engines reject the second commit of one
+        application id (delta-rs: ``CommitFailedError``; delta-spark: ``ConcurrentTransactionException``).
+        The loser runs ``attempt`` again on the new version, up to ``retries`` times, then raises
+        :class:`CommitConflictError` ("conflicting run"). A failed attempt leaves no commit.
+        """
+        app_id = f"longtail.serial:{table}"
+        for n_try in range(retries + 1):
+            exists = self.exists(table)
+            seq = (self.txn_version(table, app_id) or 0) if exists else 0
+            try:
+                rows, version = attempt((app_id, seq + 1), exists)
+            except Exception as exc:
+                if not (is_conflict(exc) or (not exists and self.exists(table))):
+                    raise
+                rows, version = 0, None
+            if version is not None:
+                return rows
+            log.info("%s: a concurrent writer committed first (attempt %d); retrying", table, n_try + 1)
+            time.sleep(min(2.0, 0.1 * 2**n_try) * (1 + random.random()))
+        raise CommitConflictError(
+            f"conflicting run: {retries + 1} attempts to write '{table}' under {self.root} each lost to a "
+            "concurrent writer; retry the stage later"
+        )
 
     def _written(self, table: str, version: int | None) -> int | None:
         if version is not None:

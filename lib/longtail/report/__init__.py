@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from longtail.core.files import _local_dir, _write_hadoop, _write_local
+from longtail.core.files import write_files
 from longtail.report.render import (
     ACCURACY_COLUMNS,
     BEYOND_COLUMNS,
@@ -52,25 +52,6 @@ from longtail.report.render import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def write_files(
-    out_dir: str, files: Sequence[tuple[str, bytes]], *, spark: SparkSession | None = None
-) -> dict[str, str]:
-    """Write ``(name, bytes)`` into ``out_dir`` in order, each under a temporary name then renamed.
-
-    Local paths and ``file:`` URIs are written directly; other URIs through Spark's Hadoop
-    FileSystem (``spark`` required).
-
-    Returns:
-        name -> written path or URI.
-    """
-    local = _local_dir(out_dir)
-    if local is not None:
-        return _write_local(local, files)
-    if spark is None:
-        raise ValueError(f"writing the report to {out_dir!r} needs a SparkSession (its Hadoop FileSystem)")
-    return _write_hadoop(spark, out_dir, files)
 
 
 def write_report(

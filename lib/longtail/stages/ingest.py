@@ -43,6 +43,7 @@ MISSING_USER_ID = "missing user_id"
 EMPTY_DESCRIPTION = "empty description"
 DUPLICATE_ITEM = "duplicate item_id (a later row wins)"
 BAD_TS = "unparseable timestamp"
+TS_OUT_OF_RANGE = "timestamp out of range (1900-01-01 to 2200-01-01 UTC)"
 NON_NUMERIC_WEIGHT = "non-numeric weight"
 NON_POSITIVE_WEIGHT = "non-positive weight"
 UNKNOWN_ITEM = "unknown item_id"
@@ -53,11 +54,18 @@ INTERACTION_REASONS = (
     MISSING_USER_ID,
     MISSING_ITEM_ID,
     BAD_TS,
+    TS_OUT_OF_RANGE,
     NON_NUMERIC_WEIGHT,
     NON_POSITIVE_WEIGHT,
     UNKNOWN_ITEM,
     DUPLICATE_INTERACTION,
 )
+
+# Accepted event times, as Unix seconds: [1900-01-01, 2200-01-01) UTC. Beyond it a value is a unit
+# mix-up or garbage (a 20-digit number), and timestamps past year 9999 cannot even be read back
+# into Python: such rows go to quarantine instead of failing the stage.
+TS_MIN_SECONDS = -2_208_988_800.0
+TS_MAX_SECONDS = 7_258_118_400.0
 
 FORMATS = {
     ".csv": "csv",
@@ -245,9 +253,15 @@ def check_interactions(raw: DataFrame, known_items: DataFrame, *, options: Inges
         seconds = number
     else:
         seconds = F.when(F.abs(number) >= 1e11, number / 1000.0).otherwise(number)
-    ts = F.when(number.isNotNull() & ~F.isnan(number), F.timestamp_seconds(seconds)).otherwise(
-        F.try_to_timestamp(ts_raw)
+    is_number = number.isNotNull() & ~F.isnan(number)
+    in_range = (seconds >= TS_MIN_SECONDS) & (seconds < TS_MAX_SECONDS)  # false for +-inf too
+    parsed = F.try_to_timestamp(ts_raw)
+    parsed_secs = F.unix_micros(parsed) / 1e6
+    # timestamp_seconds only on in-range numbers: past the range it overflows (an error under ANSI).
+    ts = F.when(is_number, F.when(in_range, F.timestamp_seconds(seconds))).otherwise(
+        F.when((parsed_secs >= TS_MIN_SECONDS) & (parsed_secs < TS_MAX_SECONDS), parsed)
     )
+    ts_out_of_range = F.when(is_number, ~in_range).otherwise(parsed.isNotNull() & ts.isNull())
     weight_raw = F.trim(F.col(weight_col)) if weight_col else F.lit("1")
     weight = weight_raw.try_cast("double")
     finite = weight.isNotNull() & ~F.isnan(weight) & (F.abs(weight) != float("inf"))
@@ -256,6 +270,7 @@ def check_interactions(raw: DataFrame, known_items: DataFrame, *, options: Inges
         F.trim(F.col(S.USER_ID)).alias(S.USER_ID),
         F.trim(F.col(S.ITEM_ID)).alias(S.ITEM_ID),
         ts.alias(S.TS),
+        ts_out_of_range.alias("_ts_range"),
         F.when(finite, weight).alias(S.WEIGHT),
         finite.alias("_finite"),
         F.col(CORRUPT),
@@ -271,6 +286,7 @@ def check_interactions(raw: DataFrame, known_items: DataFrame, *, options: Inges
                 (F.col(CORRUPT).isNotNull(), UNPARSEABLE),
                 (_blank(F.col(S.USER_ID)), MISSING_USER_ID),
                 (_blank(F.col(S.ITEM_ID)), MISSING_ITEM_ID),
+                (F.col("_ts_range"), TS_OUT_OF_RANGE),
                 (F.col(S.TS).isNull(), BAD_TS),
                 (~F.col("_finite"), NON_NUMERIC_WEIGHT),
                 (F.col(S.WEIGHT) <= 0, NON_POSITIVE_WEIGHT),
@@ -338,7 +354,7 @@ def run(
         quarantine = quarantine_rows(items, source=S.ITEMS, run_id=run_id).unionByName(
             quarantine_rows(inter, source=S.INTERACTIONS, run_id=run_id)
         )
-        q_written = _append_new(lake, S.QUARANTINE, quarantine, keys=[S.SOURCE, S.RECORD, S.REASON])
+        q_written = lake.append_new(S.QUARANTINE, quarantine, keys=[S.SOURCE, S.RECORD, S.REASON])
         _check_share("items", n_items, bad_items, cfg.ingest.max_bad_fraction)
         _check_share("interactions", n_inter, bad_inter, cfg.ingest.max_bad_fraction)
 
@@ -350,16 +366,10 @@ def run(
             S.CONTENT_HASH,
             F.coalesce(F.col("_updated"), F.lit(now).cast("timestamp")).alias(S.UPDATED_AT),
         )
-        changed = _changed_items(lake, new_items).persist()
-        n_changed = changed.count()
-        if n_changed:
-            lake.merge(S.ITEMS, S.conform(changed, S.ITEMS_SCHEMA), keys=[S.ITEM_ID])
-        elif not lake.exists(S.ITEMS):
-            lake.overwrite(S.ITEMS, S.conform(changed, S.ITEMS_SCHEMA))
-        changed.unpersist()
+        n_changed = lake.serialized(S.ITEMS, _merge_changed_items(lake, new_items))
 
         good_inter = S.conform(inter.where(F.col(REASON).isNull()), S.INTERACTIONS_SCHEMA)
-        i_written = _append_new(lake, S.INTERACTIONS, good_inter, keys=[S.USER_ID, S.ITEM_ID, S.TS])
+        i_written = lake.append_new(S.INTERACTIONS, good_inter, keys=[S.USER_ID, S.ITEM_ID, S.TS])
     finally:
         items.unpersist()
         inter.unpersist()
@@ -371,6 +381,29 @@ def run(
     }
     log.info("ingest: %s", summary)
     return summary
+
+
+def _merge_changed_items(lake: Lake, new_items: DataFrame) -> Any:
+    """An attempt for :meth:`Lake.serialized`: merge the new or changed items into `items`.
+
+    Serialised with other ingest runs so that two runs adding the same new item at once cannot
+    both insert it (a merge that touches no existing file commits like a blind append).
+    """
+
+    def attempt(txn: tuple[str, int], exists: bool) -> tuple[int, int | None]:
+        changed = _changed_items(lake, new_items).persist()
+        try:
+            n = changed.count()
+            if n == 0 and exists:
+                return 0, -1
+            rows = S.conform(changed, S.ITEMS_SCHEMA)
+            if exists:
+                return n, lake.merge(S.ITEMS, rows, keys=[S.ITEM_ID], txn=txn)
+            return n, lake.overwrite(S.ITEMS, rows, txn=txn)
+        finally:
+            changed.unpersist()
+
+    return attempt
 
 
 def _changed_items(lake: Lake, new_items: DataFrame) -> DataFrame:
@@ -390,22 +423,3 @@ def _changed_items(lake: Lake, new_items: DataFrame) -> DataFrame:
         same = cond if same is None else same & cond
     assert same is not None
     return new_items.join(current, same, "left_anti")
-
-
-def _append_new(lake: Lake, table: str, rows: DataFrame, *, keys: list[str]) -> int:
-    """Append the rows whose ``keys`` the table does not hold yet; returns how many (0: no commit)."""
-    if lake.exists(table):
-        current = lake.read(table).select(*[F.col(k).alias(f"_cur_{k}") for k in keys]).distinct()
-        cond = None
-        for k in keys:
-            c = rows[k].eqNullSafe(current[f"_cur_{k}"])
-            cond = c if cond is None else cond & c
-        rows = rows.join(current, cond, "left_anti")
-    rows = rows.dropDuplicates(keys).persist()
-    try:
-        n = rows.count()
-        if n or not lake.exists(table):
-            lake.append(table, rows) if lake.exists(table) else lake.overwrite(table, rows)
-        return n
-    finally:
-        rows.unpersist()
