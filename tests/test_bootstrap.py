@@ -62,20 +62,35 @@ def test_no_baseline_or_no_resamples_gives_no_rows():
     assert B.paired_bootstrap_means(values, baseline="cf", metrics=["ndcg"], n_boot=0, seed=1).empty
 
 
-def test_coverage_difference_recomputed_per_resample():
-    # 4 long-tail items. cf shows x to u1 and x to u2; fused shows x to u1 and y to u2.
-    # Full data: fused covers 2, cf 1 -> diff 1/4. A resample holds both users (p 1/2: diff 1/4),
-    # only u1 (p 1/4: both cover x, diff 0) or only u2 (p 1/4: x vs y, diff 0): interval [0, 1/4].
+def test_coverage_difference_recomputed_per_resample_and_shifted_by_the_bias():
+    # 4 long-tail items. cf shows x to u1 and x to u2; fused shows x to u1 and y to u2; popular
+    # shows no long-tail item at all. Full data: fused covers 2, cf 1 -> diff 1/4 (1 item).
+    # A resample holds both users (p 1/2: 1 item more), only u1 (p 1/4: both cover x, 0) or only
+    # u2 (p 1/4: x vs y, 0). Resampled differences are 0 or 1 item, mean m (about 1/2) below the
+    # full-data 1: shifted by 1 - m they are 1 - m or 2 - m, so the interval is [1 - m, 2 - m] / 4.
     lists = pd.DataFrame(
         [("cf", 10, "u1", "x"), ("cf", 10, "u2", "x"), ("fused", 10, "u1", "x"), ("fused", 10, "u2", "y")],
         columns=["variant", "k", "user_id", "item_id"],
     ).assign(long_tail_coverage=True)
     got = B.paired_bootstrap_coverage(
-        lists, ["u1", "u2"], baseline="cf", sizes={"long_tail_coverage": 4}, n_boot=1000, seed=3
+        lists,
+        ["u1", "u2"],
+        variants=["popular", "cf", "fused"],
+        baseline="cf",
+        sizes={"long_tail_coverage": 4},
+        n_boot=1000,
+        seed=3,
     )
-    row = got.iloc[0]
-    assert (row.variant, row.metric, row.k) == ("fused", "long_tail_coverage", 10)
-    assert (row["diff"], row.lo, row.hi) == (0.25, 0.0, 0.25)
+    m = float(np.mean([np.all(w > 0) for chunk in B._draws(2, 1000, 3) for w in chunk]))
+    assert 0.4 < m < 0.6
+    row = got.set_index("variant").loc["fused"]
+    assert (row.metric, row.k) == ("long_tail_coverage", 10)
+    assert row["diff"] == 0.25
+    assert (row.lo, row.hi) == pytest.approx(((1 - m) / 4, (2 - m) / 4))
+    # popular has no long-tail row: it covers nothing; cf's x is lost in every resample: -1/4 exactly
+    assert got.set_index("variant").loc["popular", ["diff", "lo", "hi"]].tolist() == pytest.approx(
+        [-0.25] * 3
+    )
 
 
 def test_coverage_counts_only_the_flagged_items_and_the_given_users():
@@ -89,7 +104,13 @@ def test_coverage_counts_only_the_flagged_items_and_the_given_users():
         columns=["variant", "k", "user_id", "item_id", "long_tail_coverage_interacted"],
     )
     got = B.paired_bootstrap_coverage(
-        lists, ["u1"], baseline="cf", sizes={"long_tail_coverage_interacted": 2}, n_boot=50, seed=1
+        lists,
+        ["u1"],
+        variants=["cf", "fused"],
+        baseline="cf",
+        sizes={"long_tail_coverage_interacted": 2},
+        n_boot=50,
+        seed=1,
     ).iloc[0]
     # one user, always drawn: fused covers b (1 of 2), cf nothing
     assert (got["diff"], got.lo, got.hi) == (0.5, 0.5, 0.5)

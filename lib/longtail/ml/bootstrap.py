@@ -11,11 +11,11 @@ units as in Sakai, "Evaluating evaluation metrics based on the bootstrap", SIGIR
 
 Coverage (``long_tail_coverage``, ``long_tail_coverage_interacted``): a catalogue-level figure, not
 a mean over users, so each resample recomputes it from the lists of the drawn users (an item is
-covered when a drawn user, counted with multiplicity, has it in the top-K). A resample holds about
-63% distinct users, so resampled coverage is biased LOW; the interval of the DIFFERENCE still shows
-how much of it depends on which users happened to be evaluated, but it is centred below the point
-estimate: read it as a spread, not as a corrected estimate. The point estimate is always the
-full-data figure.
+covered when a drawn user has it in the top-K). A resample holds about 63% distinct users, so
+resampled coverage is biased LOW; the percentile interval of the resampled differences is
+therefore shifted by the bootstrap bias estimate (point - mean of the resamples; Efron &
+Tibshirani 1993, ch. 10) so that it describes the spread around the full-data difference. The
+point estimate is always the full-data figure.
 
 Everything here runs on the driver in numpy on collected per-user values: evaluated users x
 variants x ks rows for accuracy, and the long-tail items of every top-K list for coverage (at most
@@ -127,6 +127,7 @@ def paired_bootstrap_coverage(
     lists: pd.DataFrame,
     users: Sequence[str],
     *,
+    variants: Sequence[str],
     baseline: str,
     sizes: dict[str, int],
     n_boot: int,
@@ -140,23 +141,29 @@ def paired_bootstrap_coverage(
             ``sizes`` saying whether the item counts for it (e.g. ``long_tail_coverage``: the item is
             long tail); only rows of ``users`` are used.
         users: the evaluated users (the universe resampled; users without a list add nothing).
+        variants: every variant compared (a variant without a flagged row covers nothing).
         sizes: ``{metric: denominator}``, e.g. the number of long-tail items of the catalogue.
 
     Returns:
-        pandas DataFrame with :data:`INTERVAL_COLUMNS` (segment ``all``).
+        pandas DataFrame with :data:`INTERVAL_COLUMNS` (segment ``all``). The interval is the
+        percentile interval of the resampled differences shifted by the bootstrap's bias estimate
+        (``point - mean(resampled)``, Efron & Tibshirani 1993, ch. 10): a resample holds about 63%
+        distinct users, so resampled coverage runs low, and the unshifted interval can miss the
+        point estimate altogether (measured on the movie data: content's +0.201 had [+0.150,
+        +0.169]).
 
     Example:
-        >>> paired_bootstrap_coverage(lists, users, baseline="cf",
+        >>> paired_bootstrap_coverage(lists, users, variants=["cf", "fused"], baseline="cf",
         ...                           sizes={"long_tail_coverage": 900}, n_boot=1000, seed=42)
     """
     rows = []
-    if n_boot <= 0 or lists.empty or baseline not in set(lists[S.VARIANT]) or not len(users):
+    if n_boot <= 0 or baseline not in variants or not len(users):
         return pd.DataFrame(rows, columns=list(INTERVAL_COLUMNS))
     user_pos = {u: i for i, u in enumerate(sorted(users))}
     n = len(user_pos)
     draws = _draws(n, n_boot, seed)
     lists = lists[lists[S.USER_ID].isin(user_pos.keys())]
-    for k, metric in ((k, m) for k in sorted(set(lists[S.K])) for m in sizes):
+    for k, metric in ((k, m) for k in sorted(set(lists[S.K])) for m in sizes):  # no rows: no k
         if not sizes[metric]:
             continue
         rel = lists[(lists[S.K] == k) & lists[metric].astype(bool)]
@@ -170,9 +177,10 @@ def paired_bootstrap_coverage(
             return _covered(codes[mask], who, draws)
 
         base_point, base_boot = coverage(baseline)
-        for variant in sorted(set(lists[S.VARIANT]) - {baseline}):
+        for variant in [v for v in variants if v != baseline]:
             point, boot = coverage(variant)
-            lo, hi = _percentiles(boot - base_boot, level)
+            boot_diff = boot - base_boot
+            lo, hi = _percentiles(boot_diff + ((point - base_point) - boot_diff.mean()), level)
             diff = (point - base_point) / sizes[metric]
             lo, hi = lo / sizes[metric], hi / sizes[metric]
             rows.append((variant, metric, int(k), "all", diff, lo, hi, n, n_boot))
@@ -243,6 +251,13 @@ def intervals(
         return means
     users = sorted(set(values[S.USER_ID]))
     coverage = paired_bootstrap_coverage(
-        tail_rows.toPandas(), users, baseline=baseline, sizes=sizes, n_boot=n_boot, seed=seed, level=level
+        tail_rows.toPandas(),
+        users,
+        variants=sorted(set(values[S.VARIANT])),
+        baseline=baseline,
+        sizes=sizes,
+        n_boot=n_boot,
+        seed=seed,
+        level=level,
     )
     return pd.concat([means, coverage], ignore_index=True)

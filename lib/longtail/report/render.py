@@ -169,8 +169,8 @@ def _plain_md(table: pd.DataFrame) -> str:
 _INTERVAL_NOTE = (
     "Each variant minus cf on the same users, with a paired bootstrap 95% percentile interval over users "
     "(NDCG and Recall: means of per-user values; long-tail coverage: recomputed on each resample, which "
-    "holds about 63% distinct users, so its resampled level is biased low and the interval shows the "
-    "spread only). An interval that excludes 0 marks a difference larger than user sampling explains."
+    "holds about 63% distinct users, and shifted by the bootstrap's bias estimate). An interval that "
+    "excludes 0 marks a difference larger than the choice of evaluated users explains."
 )
 
 
