@@ -13,7 +13,8 @@ STAGE_LINES="$(PYTHONPATH="$HERE/lib${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m longta
   echo "spark-submit.sh: cannot import longtail with $PY; run the README's set-up command first" >&2; exit 2; }
 STAGES="$(cut -f1 <<<"$STAGE_LINES" | tr '\n' ' ')"
 # spark-submit options that take no value; every other --option passes through with its value.
-SPARK_FLAGS=" --verbose -v --supervise --kill --status --version "
+# (--verbose is longtail's; spark-submit's own verbose output is still there as -v.)
+SPARK_FLAGS=" -v --supervise --kill --status --version "
 
 usage() {
   cat <<EOF
@@ -26,21 +27,32 @@ longtail options:
   --conf FILE        a YAML config applied over conf/base.yaml (repeatable)
   --set KEY=VALUE    override one config key, e.g. --set recommend.k=20 (repeatable)
   --run-id ID        the run id recorded in the runs table (default: generated)
+  --delta-spark      use the delta-spark engine: adds the Delta connector (--packages, resolved
+                     once into the Ivy cache \$LONGTAIL_IVY_DIR, default ~/.ivy2), its extension and
+                     catalog, and --set lake.engine=delta-spark
+  --verbose          show longtail's full log (INFO, DEBUG) on the console too
   -h, --help         this help
+
+The console shows stage progress, warnings and results. The full log of a run (longtail's records
+and the Spark JVM's warnings) goes to <lake.root>/logs/<run_id>.log, or for a lake on an object
+store to \$LONGTAIL_LOG_DIR (default: the temp folder's longtail-logs/); its path is printed at
+the end. Spark's JVM logging is set by conf/spark/log4j2.properties (LONGTAIL_LOG4J to use
+another file, LONGTAIL_LOG4J= for Spark's own default).
 
 Every other option goes to spark-submit unchanged, e.g. --master yarn, --deploy-mode client,
 --conf spark.executor.memory=8g (a --conf whose value contains '=' is a Spark setting),
---packages io.delta:delta-spark_2.13:4.0.0, --properties-file FILE, --archives env.tar.gz#environment.
+--delta-spark, --properties-file FILE, --archives env.tar.gz#environment.
 In local mode (the default, --master local[*]) conf/spark/local.conf is used unless you pass
 --properties-file. With any other master the longtail package is zipped to build/longtail.zip
 and shipped with --py-files.
 
 Environment: LONGTAIL_PYTHON (the Python to use; default .venv/bin/python, else python3),
-SPARK_HOME (use that Spark's spark-submit instead of pyspark's own).
+SPARK_HOME (use that Spark's spark-submit instead of pyspark's own), LONGTAIL_LOG_DIR, LONGTAIL_LOG4J.
 EOF
 }
 
 stage=""
+delta_spark=0
 ours=()
 spark=()
 master=""
@@ -50,10 +62,12 @@ while [[ $# -gt 0 ]]; do
   arg="$1"
   case "$arg" in
     -h|--help) usage; exit 0 ;;
+    --delta-spark) delta_spark=1; shift ;;
     --set|--run-id)
       [[ $# -ge 2 ]] || { echo "spark-submit.sh: $arg needs a value" >&2; exit 2; }
       ours+=("$arg" "$2"); shift 2 ;;
     --set=*|--run-id=*) ours+=("$arg"); shift ;;
+    --verbose) ours+=("$arg"); shift ;;
     --conf)
       [[ $# -ge 2 ]] || { echo "spark-submit.sh: --conf needs a value" >&2; exit 2; }
       if [[ "$2" == *=* ]]; then spark+=("--conf" "$2"); else ours+=("--conf" "$2"); fi
@@ -75,6 +89,14 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 stage="${stage:-pipeline}"
+
+if [[ "$delta_spark" == 1 ]]; then
+  # The coordinates and confs live in one place: longtail.core.session.delta_spark_conf().
+  while IFS= read -r setting; do spark+=("--conf" "$setting"); done < <(
+    PYTHONPATH="$HERE/lib${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
+      'from longtail.core.session import delta_spark_conf; print("\n".join(f"{k}={v}" for k, v in delta_spark_conf().items()))')
+  ours+=("--set" "lake.engine=delta-spark")
+fi
 
 if [[ -n "${SPARK_HOME:-}" && -x "$SPARK_HOME/bin/spark-submit" ]]; then
   SUBMIT="$SPARK_HOME/bin/spark-submit"
@@ -122,10 +144,36 @@ export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$PY}"
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PY}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export TRANSFORMERS_OFFLINE="${TRANSFORMERS_OFFLINE:-1}"
+# The model is loaded in every Python worker: no weight-loading progress bars or advice on the console.
+export TRANSFORMERS_VERBOSITY="${TRANSFORMERS_VERBOSITY:-error}"
+export HF_HUB_DISABLE_PROGRESS_BARS="${HF_HUB_DISABLE_PROGRESS_BARS:-1}"
+export TRANSFORMERS_NO_ADVISORY_WARNINGS="${TRANSFORMERS_NO_ADVISORY_WARNINGS:-1}"
 
-# Pre-flight: validate the arguments and the config before any JVM starts.
-PYTHONPATH="$PYTHONPATH" "$PY" -c 'import sys; from longtail.cli import check_args; sys.exit(check_args(sys.argv[1], sys.argv[2:]))' \
-  "$stage" "${ours[@]}" || exit $?
+# Pre-flight: validate the arguments and the config before any JVM starts; it prints the run id
+# and the run's log file.
+preflight="$(PYTHONPATH="$PYTHONPATH" "$PY" -c 'import sys; from longtail.cli import check_args; sys.exit(check_args(sys.argv[1], sys.argv[2:]))' \
+  "$stage" "${ours[@]}")" || exit $?
+IFS=$'\t' read -r run_id log_file <<<"$preflight"
+ours+=(--run-id "$run_id")
+# Spark's JVM log: WARN, into the run's log file as well (conf/spark/log4j2.properties says which
+# warnings stay off the console and why). SPARK_SUBMIT_OPTS reaches the driver JVM in client mode.
+log4j="${LONGTAIL_LOG4J-$HERE/conf/spark/log4j2.properties}"
+jvm_opts=""
+if [[ -n "$log4j" ]]; then
+  mkdir -p "$(dirname "$log_file")"
+  jvm_opts="-Dlog4j2.configurationFile=file:$log4j -Dlongtail.log.file=$log_file"
+fi
+# MLlib (ALS) first tries a native BLAS/LAPACK (libblas.so.3, liblapack.so.3); where they are not
+# installed, its JNI loader prints "netlib-blas: JNI_OnLoad: dlopen(libblas.so.3) failed" straight to
+# stderr (native code: no logger can route it) and falls back to the pure-Java implementation. On
+# such machines skip the native attempt: the same results without the noise. Installing
+# libopenblas0 (Debian/Ubuntu) makes ALS faster and this check then leaves native BLAS on.
+if libs="$( (ldconfig -p || /sbin/ldconfig -p) 2>/dev/null)" && [[ -n "$libs" ]]; then
+  for lib in blas lapack; do
+    [[ "$libs" == *"lib$lib.so.3"* ]] || jvm_opts+=" -Ddev.ludovic.netlib.$lib.allowNative=false"
+  done
+fi
+[[ -n "$jvm_opts" ]] && export SPARK_SUBMIT_OPTS="$jvm_opts ${SPARK_SUBMIT_OPTS:-}"
 
 job="$HERE/jobs/${stage//-/_}.py"
 

@@ -6,9 +6,9 @@ turn, so a neighbour's load falls on all rows alike):
 
   (a) ``SentenceTransformer(path).encode`` with its defaults (batch 32) and at the other batch
       sizes of ``--st-batches`` (fp16 weights on GPU only);
-  (b) :class:`longtail.encoder.TextEncoder` as configured (``cpu_linear=auto``), and on CPU also
+  (b) :class:`longtail.ml.encoder.TextEncoder` as configured (``cpu_linear=auto``), and on CPU also
       with torch's own linear layers (``cpu_linear=aten``, the code before oneDNN) for an A/B;
-  (c) the Spark stage ``longtail.encode.run`` in local mode (``local[N]``, N = the cores used), end
+  (c) the Spark stage ``longtail.stages.encode.run`` in local mode (``local[N]``, N = the cores used), end
       to end on a fresh lake each round: reading ``items``, dedupe, encoding, the MERGE commit. The
       session and its Python workers are warmed by one stage run on 64 items first (the model is
       loaded once per worker, as in a long-lived session; the cold load is timed separately), and
@@ -21,7 +21,7 @@ the machine is shared, and a run with ``others`` above ~0.1 core was disturbed.
 ``--rss-sizes 3000,30000`` measures a Spark Python worker's peak RSS (``getrusage`` inside the UDF,
 the stage's ``worker_peak_rss_mb``) after encoding each catalogue size, each in a fresh process (new
 JVM, new workers); ``--rss-calls N`` measures one process that encodes N texts in calls of
-``encoder.arrow_batch_rows`` texts, as a worker does, printing peak and current RSS after each call.
+2,048 texts (conf/spark/local.conf's ``spark.sql.execution.arrow.maxRecordsPerBatch``), as a worker does, printing peak and current RSS after each call.
 
 Texts: the shared movie overviews (title + overview, as the stage builds them), repeated with a
 small variation per copy ("Part k.") to reach ``--n`` distinct texts; the mean tokens per item is
@@ -52,6 +52,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# conf/spark/local.conf's spark.sql.execution.arrow.maxRecordsPerBatch: the rows per Arrow batch that
+# a local-mode encode task hands the encoder (encoder.arrow_batch_rows: null leaves it to the profile).
+LOCAL_ARROW_BATCH_ROWS = 2048
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
@@ -272,6 +276,8 @@ def _session(threads: int):
             "spark.default.parallelism": str(threads),
             "spark.sql.shuffle.partitions": str(threads),
             "spark.ui.showConsoleProgress": "false",
+            # as conf/spark/local.conf sets it for the launcher's local runs
+            "spark.sql.execution.arrow.maxRecordsPerBatch": str(LOCAL_ARROW_BATCH_ROWS),
         },
     )
 
@@ -330,10 +336,9 @@ def rss_child_stage(args, path: str, texts: list[str]) -> dict:
 
 def rss_child_calls(args, path: str, texts: list[str]) -> dict:
     """In a fresh process: one encoder (1 thread, like a worker) fed one Arrow batch at a time."""
-    from longtail.core.config import EncoderConfig
     from longtail.ml.encoder import TextEncoder
 
-    rows = EncoderConfig().arrow_batch_rows
+    rows = LOCAL_ARROW_BATCH_ROWS
     enc = TextEncoder(
         path, device=args.device, dtype=args.dtype, batch_tokens=args.batch_tokens, num_threads=1
     )

@@ -1,4 +1,4 @@
-"""Blocked top-K throughput: ``longtail.topk.blocked_top_k`` in local mode against numpy's matmul rate.
+"""Blocked top-K throughput: ``longtail.ml.topk.blocked_top_k`` in local mode against numpy's matmul rate.
 
 For each size (users x items) the script
 
@@ -181,9 +181,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cf-dims", type=int, default=0, help="add a CF signal of this rank (0: content only)")
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="local[N]")
-    # tuned on this 2-core machine (docs/scaling.md); blocked_top_k's own defaults are 1024 x 4096
-    p.add_argument("--block-queries", type=int, default=8192)
-    p.add_argument("--block-items", type=int, default=16384)
+    from longtail.ml.topk import DEFAULT_BLOCK_ITEMS, DEFAULT_BLOCK_QUERIES
+
+    # the config's defaults (recommend.block_users x block_items), which blocked_top_k also uses;
+    # tuned on this 2-core machine (docs/scaling.md)
+    p.add_argument("--block-queries", type=int, default=DEFAULT_BLOCK_QUERIES)
+    p.add_argument("--block-items", type=int, default=DEFAULT_BLOCK_ITEMS)
     p.add_argument("--query-blocks-per-task", type=int, default=1)
     p.add_argument("--item-blocks-per-task", type=int, default=16)
     p.add_argument(

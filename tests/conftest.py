@@ -23,13 +23,41 @@ os.environ.setdefault("PYSPARK_SUBMIT_ARGS", "--driver-memory 2g pyspark-shell")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--no-delta-spark",
+        action="store_true",
+        help="start the test session without the Delta connector's jars (offline machines): "
+        "delta-spark tests skip and lake.engine=auto resolves to delta-rs",
+    )
+
+
 @pytest.fixture(scope="session")
-def spark():
+def spark(request: pytest.FixtureRequest):
+    """One local[2] session for the whole run, started WITH the delta-spark connector.
+
+    One JVM per process cannot take jars later, so the session carries the connector, its Delta
+    extension and catalog for every test: lake.engine=auto then resolves to delta-spark, and
+    tests that force lake.engine=delta-rs run delta-rs on the same session (it never uses them).
+    The jars come from the Ivy cache (``LONGTAIL_IVY_DIR``, else ``~/.ivy2``) that ``.ci/run``
+    fills first.
+    """
     from longtail.core.session import build_session
 
-    session = build_session("longtail-tests", master="local[2]", for_tests=True)
+    with_delta = not request.config.getoption("--no-delta-spark")
+    session = build_session("longtail-tests", master="local[2]", for_tests=True, delta_spark=with_delta)
     yield session
     session.stop()
+
+
+@pytest.fixture(params=["delta-rs", pytest.param("delta-spark", marks=pytest.mark.delta_spark)])
+def engine(request: pytest.FixtureRequest, spark) -> str:
+    """Each lake engine in turn; delta-spark skips (with the reason) when run with --no-delta-spark."""
+    from longtail.lake import is_delta_spark_available
+
+    if request.param == "delta-spark" and not is_delta_spark_available(spark):
+        pytest.skip("delta-spark connector not on the classpath (--no-delta-spark)")
+    return request.param
 
 
 @pytest.fixture

@@ -27,7 +27,15 @@ def test_help_lists_stages_and_options():
     assert done.returncode == 0
     for stage in STAGES:
         assert stage in done.stdout
-    for option in ("--conf FILE", "--set KEY=VALUE", "--run-id", "--master", "--py-files", "--archives"):
+    for option in (
+        "--conf FILE",
+        "--set KEY=VALUE",
+        "--run-id",
+        "--verbose",
+        "--master",
+        "--py-files",
+        "--archives",
+    ):
         assert option in done.stdout
 
 

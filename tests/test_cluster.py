@@ -24,7 +24,7 @@ from test_ingest import INTERACTIONS_CSV, ITEMS_CSV
 REPO = Path(__file__).resolve().parents[1]
 SPARK_HOME = Path(pyspark.__file__).parent
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 
 def _free_port() -> int:

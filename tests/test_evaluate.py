@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import synthetic
+from helpers import make_tiny_bert
 from pyspark.sql import functions as F
-from test_encoder import make_tiny_bert
 
 from longtail.core import schema as S
 from longtail.core.config import VARIANTS
@@ -153,6 +153,10 @@ def test_lists_at_each_k_are_what_recommend_writes_at_that_k(spark, tmp_path: Pa
     embeddings = current_embeddings(lake, mid, items=items)
     train_part, test_part = E.split(lake.read(S.INTERACTIONS), cfg)
     model, _, _ = cf.fit(spark, cfg, train_part, items, embeddings, model_id=mid)
+    if cfg.recommend.fusion == "learned":  # as evaluate does: the ranker from the training part
+        from longtail.ml.fusion import fit_ranker
+
+        model.ranker = fit_ranker(spark, cfg, train_part, items, embeddings, model_id=mid)
     users = test_part.select(S.USER_ID).distinct()
     k_max_cfg = dataclasses.replace(cfg.recommend, k=5, candidates=max(cfg.recommend.candidates, 5))
     cands = R.candidates(

@@ -63,9 +63,9 @@ def _log_files(dt_: DeltaTable) -> set[str]:
     return {os.path.relpath(u, dt_.table_uri.replace("file://", "")) for u in dt_.file_uris()}
 
 
-def test_overwrite_then_read_round_trip(spark, lake_root):
-    lake = Lake(spark, lake_root)
-    assert lake.engine_name == "delta-rs"  # no delta-spark jars on this machine
+def test_overwrite_then_read_round_trip(spark, lake_root, engine):
+    lake = Lake(spark, lake_root, engine)
+    assert lake.engine_name == engine
     assert not lake.exists("t") and lake.version("t") is None
     assert lake.overwrite("t", _df(spark, ROWS, 2)) == 0
     out = lake.read("t")
@@ -77,8 +77,8 @@ def test_overwrite_then_read_round_trip(spark, lake_root):
     assert lake.path("t") == os.path.join(lake_root, "t")
 
 
-def test_append_adds_rows_and_rejects_another_schema(spark, lake_root):
-    lake = Lake(spark, lake_root)
+def test_append_adds_rows_and_rejects_another_schema(spark, lake_root, engine):
+    lake = Lake(spark, lake_root, engine)
     lake.overwrite("t", _df(spark, ROWS[:1]))
     # columns in another order are fine: they are matched by name
     extra = _df(spark, [("d", MAR1, 4.0, [2.0])]).select("w", "vec", "id", "ts")
@@ -90,16 +90,16 @@ def test_append_adds_rows_and_rejects_another_schema(spark, lake_root):
     assert lake.version("t") == 1
 
 
-def test_overwrite_may_change_the_schema(spark, lake_root):
-    lake = Lake(spark, lake_root)
+def test_overwrite_may_change_the_schema(spark, lake_root, engine):
+    lake = Lake(spark, lake_root, engine)
     lake.overwrite("t", _df(spark, ROWS))
     assert lake.overwrite("t", spark.createDataFrame([(7,)], "n long")) == 1
     assert [tuple(r) for r in lake.read("t").collect()] == [(7,)]
     assert _rows(lake.read("t", version=0)) == sorted(ROWS)  # time travel keeps the old schema
 
 
-def test_merge_updates_matched_inserts_new_and_leaves_other_files_alone(spark, lake_root):
-    lake = Lake(spark, lake_root)
+def test_merge_updates_matched_inserts_new_and_leaves_other_files_alone(spark, lake_root, engine):
+    lake = Lake(spark, lake_root, engine)
     # three files, one row each: a | b | c
     lake.overwrite("t", _df(spark, ROWS, 3))
     before = DeltaTable(lake.path("t"))
@@ -133,8 +133,8 @@ def _add_actions(dt_: DeltaTable, rel_paths: set[str]) -> list[dict]:
     return out
 
 
-def test_merge_rewrites_a_shared_file_without_losing_its_other_rows(spark, lake_root):
-    lake = Lake(spark, lake_root)
+def test_merge_rewrites_a_shared_file_without_losing_its_other_rows(spark, lake_root, engine):
+    lake = Lake(spark, lake_root, engine)
     lake.overwrite("t", _df(spark, ROWS, 1))  # one file holding a, b, c
     lake.merge("t", _df(spark, [("c", JAN1, 30.0, [])]), keys=["id"])
     # a and b survive the rewrite of the file, c is updated
@@ -142,16 +142,16 @@ def test_merge_rewrites_a_shared_file_without_losing_its_other_rows(spark, lake_
     assert len(DeltaTable(lake.path("t")).file_uris()) == 2  # the source's file + the rewritten one
 
 
-def test_merge_on_two_keys_creates_the_table_when_missing(spark, lake_root):
-    lake = Lake(spark, lake_root)
+def test_merge_on_two_keys_creates_the_table_when_missing(spark, lake_root, engine):
+    lake = Lake(spark, lake_root, engine)
     schema = "u string, i string, n long"
     assert lake.merge("m", spark.createDataFrame([("u1", "x", 1), ("u1", "y", 2)], schema), ["u", "i"]) == 0
     lake.merge("m", spark.createDataFrame([("u1", "y", 20), ("u2", "x", 3)], schema), ["u", "i"])
     assert _rows(lake.read("m")) == [("u1", "x", 1), ("u1", "y", 20), ("u2", "x", 3)]
 
 
-def test_merge_with_duplicate_source_keys_fails_and_leaves_no_trace(spark, lake_root):
-    lake = Lake(spark, lake_root)
+def test_merge_with_duplicate_source_keys_fails_and_leaves_no_trace(spark, lake_root, engine):
+    lake = Lake(spark, lake_root, engine)
     lake.overwrite("t", _df(spark, ROWS))
     folders = _data_folders(lake.path("t"))
     dup = _df(spark, [("a", None, 1.0, None), ("a", None, 2.0, None)])
@@ -161,15 +161,15 @@ def test_merge_with_duplicate_source_keys_fails_and_leaves_no_trace(spark, lake_
     assert _data_folders(lake.path("t")) == folders  # the staged source was deleted
 
 
-def test_merge_of_an_empty_source_commits_nothing(spark, lake_root):
-    lake = Lake(spark, lake_root)
+def test_merge_of_an_empty_source_commits_nothing(spark, lake_root, engine):
+    lake = Lake(spark, lake_root, engine)
     lake.overwrite("t", _df(spark, ROWS))
     assert lake.merge("t", _df(spark, []), keys=["id"]) is None
     assert lake.version("t") == 0 and lake.writes == {"t": 0}
 
 
-def test_delete_rewrites_only_matching_files(spark, lake_root):
-    lake = Lake(spark, lake_root)
+def test_delete_rewrites_only_matching_files(spark, lake_root, engine):
+    lake = Lake(spark, lake_root, engine)
     lake.overwrite("t", _df(spark, ROWS, 1))
     assert lake.delete("t", "w >= 2") == 1  # b (2.0) and c (3.0) go
     assert _rows(lake.read("t")) == [ROWS[0]]
@@ -179,8 +179,8 @@ def test_delete_rewrites_only_matching_files(spark, lake_root):
     assert lake.version("t") == 1
 
 
-def test_empty_table_reads_as_an_empty_frame_with_its_schema(spark, lake_root):
-    lake = Lake(spark, lake_root)
+def test_empty_table_reads_as_an_empty_frame_with_its_schema(spark, lake_root, engine):
+    lake = Lake(spark, lake_root, engine)
     assert lake.overwrite("e", _df(spark, [])) == 0
     out = lake.read("e")
     assert out.count() == 0 and out.schema.fieldNames() == ["id", "ts", "w", "vec"]
@@ -189,8 +189,8 @@ def test_empty_table_reads_as_an_empty_frame_with_its_schema(spark, lake_root):
     assert _rows(lake.read("e")) == [ROWS[0]]
 
 
-def test_time_travel_and_history(spark, lake_root):
-    lake = Lake(spark, lake_root)
+def test_time_travel_and_history(spark, lake_root, engine):
+    lake = Lake(spark, lake_root, engine)
     lake.overwrite("t", _df(spark, ROWS[:1]))  # v0: a
     lake.append("t", _df(spark, ROWS[1:2]))  # v1: a, b
     lake.merge("t", _df(spark, [("a", None, 9.0, None)]), ["id"])  # v2: a updated, b
@@ -204,8 +204,8 @@ def test_time_travel_and_history(spark, lake_root):
     assert [h["longtail.operation"] for h in hist] == ["merge", "append", "overwrite"]
 
 
-def test_failed_spark_write_leaves_the_table_and_no_staged_files(spark, lake_root):
-    lake = Lake(spark, lake_root)
+def test_failed_spark_write_leaves_the_table_and_no_staged_files(spark, lake_root, engine):
+    lake = Lake(spark, lake_root, engine)
     lake.overwrite("t", _df(spark, ROWS))
     folders = _data_folders(lake.path("t"))
 
@@ -229,8 +229,8 @@ def test_failed_spark_write_leaves_the_table_and_no_staged_files(spark, lake_roo
     assert lake.writes == {"t": 0}
 
 
-def test_txn_makes_a_retried_write_a_no_op(spark, lake_root):
-    lake = Lake(spark, lake_root)
+def test_txn_makes_a_retried_write_a_no_op(spark, lake_root, engine):
+    lake = Lake(spark, lake_root, engine)
     assert lake.overwrite("t", _df(spark, ROWS[:1]), txn=("stage-x", 1)) == 0
     assert lake.txn_version("t", "stage-x") == 1
     assert lake.append("t", _df(spark, ROWS[1:2]), txn=("stage-x", 2)) == 1
@@ -245,7 +245,7 @@ def test_txn_makes_a_retried_write_a_no_op(spark, lake_root):
 
 
 def test_a_concurrent_conflicting_commit_fails_cleanly(spark, lake_root, monkeypatch):
-    lake, other = Lake(spark, lake_root), Lake(spark, lake_root)
+    lake, other = Lake(spark, lake_root, "delta-rs"), Lake(spark, lake_root, "delta-rs")
     lake.overwrite("t", _df(spark, ROWS[:2]))  # v0: one file holding a, b
     real = delta_rs._DeltaRsEngine._files_matching
 
@@ -264,7 +264,7 @@ def test_a_concurrent_conflicting_commit_fails_cleanly(spark, lake_root, monkeyp
 
 
 def test_concurrent_appends_both_commit(spark, lake_root, monkeypatch):
-    lake, other = Lake(spark, lake_root), Lake(spark, lake_root)
+    lake, other = Lake(spark, lake_root, "delta-rs"), Lake(spark, lake_root, "delta-rs")
     lake.overwrite("t", _df(spark, ROWS[:1]))
     real = delta_rs._Stage.write
     calls: list[int | None] = []
@@ -293,10 +293,10 @@ def test_row_counts_from_spark_match_the_footers(spark, lake_root):
     assert not os.path.exists(stage.folders[0])
 
 
-def test_legacy_int96_timestamps_are_not_written(spark, lake_root):
+def test_legacy_int96_timestamps_are_not_written(spark, lake_root, engine):
     spark.conf.set("spark.sql.parquet.outputTimestampType", "INT96")
     try:
-        Lake(spark, lake_root).overwrite("t", _df(spark, ROWS[:1]))
+        Lake(spark, lake_root, engine).overwrite("t", _df(spark, ROWS[:1]))
     finally:
         assert spark.conf.get("spark.sql.parquet.outputTimestampType") == "TIMESTAMP_MICROS"
         spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
@@ -304,8 +304,8 @@ def test_legacy_int96_timestamps_are_not_written(spark, lake_root):
     assert pa.parquet.read_schema(f).field("ts").type == pa.timestamp("us", tz="UTC")
 
 
-def test_tables_read_the_same_through_deltalake(spark, lake_root):
-    lake = Lake(spark, lake_root)
+def test_tables_read_the_same_through_deltalake(spark, lake_root, engine):
+    lake = Lake(spark, lake_root, engine)
     lake.overwrite("t", _df(spark, ROWS, 2))
     lake.merge("t", _df(spark, [("b", MAR1, 20.0, [2.0])]), ["id"])
     table = DeltaTable(lake.path("t")).to_pyarrow_table()
@@ -322,11 +322,11 @@ def test_tables_read_the_same_through_deltalake(spark, lake_root):
     ]
 
 
-def test_duckdb_reads_the_files_deltalake_lists(spark, lake_root):
+def test_duckdb_reads_the_files_deltalake_lists(spark, lake_root, engine):
     # DuckDB's delta_scan needs its delta extension, downloaded at run time (no network here), so
     # DuckDB reads the current version's Parquet files as listed by deltalake.
     duckdb = pytest.importorskip("duckdb")
-    lake = Lake(spark, lake_root)
+    lake = Lake(spark, lake_root, engine)
     lake.overwrite("t", _df(spark, ROWS, 2))
     lake.delete("t", "id = 'b'")
     files = DeltaTable(lake.path("t")).file_uris()
@@ -334,8 +334,8 @@ def test_duckdb_reads_the_files_deltalake_lists(spark, lake_root):
     assert rows == [("a", 1.0, 2), ("c", 3.0, 1)]
 
 
-def test_protocol_and_stats_stay_plain(spark, lake_root):
-    lake = Lake(spark, lake_root)
+def test_protocol_and_stats_stay_plain(spark, lake_root, engine):
+    lake = Lake(spark, lake_root, engine)
     lake.overwrite("t", _df(spark, ROWS, 1))
     lake.merge("t", _df(spark, [("b", None, 5.0, None)]), ["id"])
     dt_ = DeltaTable(lake.path("t"))
@@ -363,29 +363,24 @@ def test_protocol_and_stats_stay_plain(spark, lake_root):
     }
 
 
-def test_missing_table_and_engine_choice(spark, lake_root):
-    lake = Lake.from_config(spark, load_config(overrides=[f"lake.root={lake_root}"]))
-    assert lake.engine_name == "delta-rs" and not is_delta_spark_available(spark)
+def test_missing_table_reads_fail_and_report_nothing(spark, lake_root, engine):
+    lake = Lake(spark, lake_root, engine)
     with pytest.raises(LakeError, match="no Delta table"):
         lake.read("nope")
     assert lake.history("nope") == [] and lake.txn_version("nope", "x") is None
-    with pytest.raises(LakeError, match="delta-spark connector is not on the classpath"):
-        Lake(spark, lake_root, engine="delta-spark")
+    assert lake.version("nope") is None and not lake.exists("nope")
+
+
+def test_auto_picks_delta_spark_when_its_classes_load(spark, lake_root):
+    lake = Lake.from_config(spark, load_config(overrides=[f"lake.root={lake_root}"]))
+    if is_delta_spark_available(spark):
+        assert lake.engine_name == "delta-spark"
+    else:  # pytest --no-delta-spark
+        assert lake.engine_name == "delta-rs"
+        with pytest.raises(LakeError, match="delta-spark connector is not on the classpath"):
+            Lake(spark, lake_root, engine="delta-spark")
     with pytest.raises(ValueError, match="allowed"):
         Lake(spark, lake_root, engine="parquet")
-
-
-def test_delta_spark_engine(spark, lake_root):
-    if not is_delta_spark_available(spark):
-        pytest.skip("delta-spark connector jars not on the classpath: io.delta.tables.DeltaTable not found")
-    lake = Lake(spark, lake_root, engine="delta-spark")
-    assert lake.overwrite("t", _df(spark, ROWS), txn=("app", 1)) == 0
-    assert lake.overwrite("t", _df(spark, ROWS), txn=("app", 1)) is None
-    lake.merge("t", _df(spark, [("b", MAR1, 20.0, [2.0]), ("d", None, 4.0, [4.0])]), ["id"])
-    assert _rows(lake.read("t")) == [ROWS[0], ("b", MAR1, 20.0, [2.0]), ROWS[2], ("d", None, 4.0, [4.0])]
-    lake.delete("t", "id = 'a'")
-    assert _rows(lake.read("t", version=0)) == sorted(ROWS)
-    assert [h["version"] for h in lake.history("t")] == [2, 1, 0]
 
 
 # --- helpers without Spark ------------------------------------------------------------------------

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
-from test_encoder import make_tiny_bert
+from helpers import make_tiny_bert
 
 from longtail.core import schema as S
 from longtail.core.config import load_config
+from longtail.lake import is_delta_spark_available
 from longtail.lake.runs import SUCCEEDED
 from longtail.stages import pipeline
 
@@ -18,11 +19,18 @@ pytestmark = pytest.mark.spark
 VARIANTS = {"popular", "cf", "content", "fused", "fused_rerank"}
 
 
-def test_pipeline_runs_every_stage_then_skips_the_current_ones(spark, tmp_path, capsys):
+# delta-rs is what a machine without the connector runs (the README's quickstart); the same pipeline on
+# delta-spark is the cluster path. Both slow: three whole pipelines (every stage, ALS, report).
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["delta-rs", pytest.param("delta-spark", marks=pytest.mark.delta_spark)])
+def test_pipeline_runs_every_stage_then_skips_the_current_ones(spark, tmp_path, capsys, engine):
+    if engine == "delta-spark" and not is_delta_spark_available(spark):
+        pytest.skip("delta-spark connector not on the classpath (--no-delta-spark)")
     model = make_tiny_bert(tmp_path / "tiny")
     root = tmp_path / "lake"
     overrides = [
         f"lake.root={root}",
+        f"lake.engine={engine}",
         f"encoder.model={model}",
         "sample.n_items=120",
         "sample.n_users=40",
@@ -51,6 +59,9 @@ def test_pipeline_runs_every_stage_then_skips_the_current_ones(spark, tmp_path, 
     report = Path(first["stages"]["evaluate"]["summary"]["report"]["html"])
     assert report.is_file() and report.stat().st_size > 10_000
     recs_version = DeltaTable(str(root / S.RECOMMENDATIONS)).version()
+    # the engine asked for wrote the commits (delta-spark names itself in engineInfo)
+    info = DeltaTable(str(root / S.RECOMMENDATIONS)).history(1)[0]
+    assert ("Delta-Lake/" in str(info.get("engineInfo", ""))) == (engine == "delta-spark")
 
     second = pipeline.run(spark, cfg, run_id="second")
     stages = second["stages"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import synthetic
-from test_encoder import make_tiny_bert
+from helpers import make_tiny_bert
 
 from longtail.core import schema as S
 from longtail.core.errors import MissingInputError

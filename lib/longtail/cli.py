@@ -13,7 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from longtail.core import logs
 from longtail.core.config import Config, ConfigError, load_config
+from longtail.core.logs import log_file
 from longtail.stages import STAGES, StageNotBuiltError, load_stage
 
 log = logging.getLogger("longtail")
@@ -38,20 +40,32 @@ def parser(stage: str | None = None) -> argparse.ArgumentParser:
         help="override one key, e.g. recommend.k=20",
     )
     p.add_argument("--run-id", default=None, help="run id (default: run.id from config, else a new one)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show longtail's INFO/DEBUG log on the console (it always goes to the run's log file)",
+    )
     return p
 
 
 def check_args(stage: str, argv: Sequence[str]) -> int:
     """Validate a job's arguments and config without starting anything (the launcher's pre-flight).
 
+    On success prints ``<run id>\t<log file>`` on stdout: the launcher passes the run id on to the
+    job and points the Spark JVM's log at the same file as longtail's (``-Dlongtail.log.file``).
+
     Returns 0, or 2 after printing the error: a bad key costs no JVM start-up, let alone cluster time.
     """
     args = parser(stage).parse_args(argv)
     try:
-        load_config(args.conf, args.set)
+        cfg = load_config(args.conf, args.set)
     except ConfigError as exc:
         print(f"longtail: {exc}", file=sys.stderr)
         return 2
+    from longtail.lake.runs import new_run_id
+
+    run_id = args.run_id or cfg.run.id or new_run_id()
+    print(f"{run_id}\t{log_file(cfg.lake.root, run_id)[0]}")
     return 0
 
 
@@ -63,7 +77,6 @@ def run_job(
     ``run`` is the stage's ``run`` function (``jobs/<stage>.py`` passes it explicitly); by default it
     is looked up by name in :data:`longtail.stages.STAGES`.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parser(stage).parse_args(argv)
     try:
         cfg = load_config(args.conf, args.set)
@@ -81,28 +94,46 @@ def run_job(
     from longtail.lake.runs import new_run_id, run_stage
 
     run_id = args.run_id or cfg.run.id or new_run_id()
-    spark = build_session(f"longtail-{stage}")
+    path, in_lake = log_file(cfg.lake.root, run_id)
+    logs.setup(path, verbose=args.verbose)
+    log.info("longtail %s, run %s: %s", stage, run_id, describe(cfg))
+    where = f"log: {path}" + ("" if in_lake else f" (a local file: lake.root {cfg.lake.root} is not local)")
+    spark = build_session(f"longtail-{stage}", delta_spark=cfg.lake.engine == "delta-spark")
     try:
         try:
             record = run_stage(spark, cfg, stage, run, run_id=run_id)
         except Exception as exc:
-            log.exception("stage %s failed (run %s)", stage, run_id)
-            print(f"longtail: stage {stage} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            # the traceback goes to the file (and to the console with --verbose), the one-line reason below
+            log.exception("stage %s failed (run %s)", stage, run_id, extra={logs.PRINTED: not args.verbose})
+            print(f"longtail: stage {stage} failed: {type(exc).__name__}: {_brief(exc)}", file=sys.stderr)
+            print(where, file=sys.stderr)
             return 1
-        print(
-            json.dumps(
-                {
-                    "stage": stage,
-                    "run_id": run_id,
-                    "seconds": round(record.seconds, 1),
-                    "summary": record.summary,
-                },
-                default=str,
-            )
+        result = json.dumps(
+            {
+                "stage": stage,
+                "run_id": run_id,
+                "seconds": round(record.seconds, 1),
+                "summary": record.summary,
+            },
+            default=str,
         )
+        if stage == "pipeline":  # its progress lines and table said it; the whole summary is for the file
+            log.info("result: %s", result)
+        else:  # one stage: its summary as one JSON line on stdout, for scripts
+            print(result)
+        print(where)
         return 0
     finally:
         spark.stop()
+
+
+def _brief(exc: BaseException, max_lines: int = 10) -> str:
+    """The exception's message, cut to ``max_lines`` lines: a failed Spark task's message carries
+    the worker's and the JVM's stack traces, which the log file has in full."""
+    lines = str(exc).strip().splitlines()
+    if len(lines) <= max_lines:
+        return "\n".join(lines)
+    return "\n".join([*lines[:max_lines], f"... ({len(lines) - max_lines} more lines in the log file)"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

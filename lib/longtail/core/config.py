@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -26,7 +27,7 @@ import yaml
 
 from longtail.core.uris import join_uri
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # lib/longtail/core/config.py -> <repo>/conf
 BASE_CONF = CONF_DIR / "base.yaml"
 
 VARIANTS = ("popular", "cf", "content", "fused", "fused_rerank")
@@ -45,11 +46,26 @@ def _check(cond: bool, key: str, message: str) -> None:
         raise ConfigError(key, message)
 
 
+_SECRET_PARAMS = re.compile(
+    r"[?&](sig|signature|token|secret|password|access[_-]?key|x-amz-signature|sas)=", re.I
+)
+
+
+def _has_credentials(uri: str) -> bool:
+    """True for ``scheme://user:password@host/...`` or a URI whose query carries a secret (SAS, signature)."""
+    m = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://([^/@]*)@", uri)
+    return bool((m and ":" in m.group(1)) or _SECRET_PARAMS.search(uri))
+
+
 # --- sections ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LakeConfig:
+    """Where the Delta tables live and which engine commits to them (docs/lake.md)."""
+
     root: str = "lake"
+    """Where every table lives: a local path or an `s3a://`, `abfss://`, `hdfs://` URI."""
     engine: Literal["auto", "delta-rs", "delta-spark"] = "auto"
+    """Delta engine; `auto`: delta-spark when its jars are on the classpath, else delta-rs."""
 
     def __post_init__(self) -> None:
         _check(bool(self.root), "lake.root", "must be a non-empty path or URI")
@@ -57,9 +73,15 @@ class LakeConfig:
 
 @dataclass(frozen=True)
 class InputConfig:
+    """The raw input files that `ingest` reads."""
+
     items: str | None = None
+    """Items file, folder or Delta table (CSV, JSON lines, Parquet, Delta); null: the generated sample."""
     interactions: str | None = None
+    """Interactions, in the same forms; set together with `input.items`."""
     format: Literal["auto", "csv", "json", "parquet", "delta"] = "auto"
+    """Input format; `auto`: from the extension (`.csv`, `.json`/`.jsonl`, `.parquet`, a folder with
+    `_delta_log`)."""
 
     def __post_init__(self) -> None:
         _check(
@@ -71,17 +93,31 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
+    """The synthetic catalogue and interaction log that `generate-sample` writes."""
+
     path: str | None = None  # None: <lake.root>/sample_input
+    """Where the sample files are written; null: `<lake.root>/sample_input`."""
     n_items: int = 1500
+    """Items in the sample catalogue."""
     n_users: int = 300
+    """Users in the sample log."""
     n_topics: int = 12
+    """Topics the sample's items and users are drawn from."""
     interactions_per_user: int = 30
+    """Mean interactions per user."""
     months: int = 12
+    """Months of timestamps the log spans."""
     popularity_exponent: float = 1.1
+    """Power-law exponent of item popularity (larger: a longer, thinner tail)."""
     seed: int = 42
-    preset: Literal["dense", "sparse"] = "dense"  # sparse: 1-3 interactions per user over a few days
-    sparse_days: int = 4  # sparse preset: the days the log spans
-    sparse_active_share: float = 0.25  # sparse preset: share of the catalogue that is ever bought
+    """Random seed; the sample is deterministic."""
+    preset: Literal["dense", "sparse"] = "dense"
+    """`dense`: about `interactions_per_user` per user over `months` months; `sparse`: 1-3 interactions per user within `sparse_days`, most
+    items never bought (conf/sample-sparse.yaml: 30,000 users x 5,000 items)."""
+    sparse_days: int = 4
+    """Sparse preset: the days the whole log spans."""
+    sparse_active_share: float = 0.25
+    """Sparse preset: the share of the catalogue that is ever bought."""
 
     def __post_init__(self) -> None:
         for name in ("n_items", "n_users", "n_topics", "interactions_per_user", "months", "sparse_days"):
@@ -92,10 +128,17 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class IngestConfig:
+    """How `ingest` reads and checks the raw input."""
+
     max_bad_fraction: float = 0.05
+    """A source whose quarantined share of rows passes this fails the stage."""
     ts_column: str = "auto"  # auto: 'ts', else 'timestamp'
+    """Interaction time column; `auto`: `ts`, else `timestamp`."""
     ts_unit: Literal["auto", "s", "ms"] = "auto"  # numeric timestamps; strings are parsed as ISO-8601
+    """Unit of numeric timestamps; `auto`: seconds, milliseconds from 1e11 on (strings are parsed as
+    ISO-8601)."""
     weight_column: str = "auto"  # auto: 'weight', else 'rating', else 1.0 for every row
+    """Interaction weight column; `auto`: `weight`, else `rating`, else 1.0 for every row."""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.max_bad_fraction <= 1.0, "ingest.max_bad_fraction", "must be in [0, 1]")
@@ -103,31 +146,55 @@ class IngestConfig:
 
 @dataclass(frozen=True)
 class EncoderConfig:
+    """The text encoder that `encode` runs inside Spark (docs/encode.md)."""
+
     model: str = "default"  # 'default' = packaged all-MiniLM-L6-v2; or a directory or hub id
+    """`default`: the packaged all-MiniLM-L6-v2; or any BERT-family directory or hub id available offline."""
     max_length: int = 256
+    """Tokens per text at most (longer texts are truncated)."""
     batch_tokens: int = 16384
+    """Padded tokens per encoder batch (texts are sorted by length first)."""
     pooling: Literal["auto", "mean", "cls"] = "auto"
+    """`auto`: the model's sentence-transformers pooling config, else mean pooling."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """`auto`: bfloat16 on GPU, float32 on CPU."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    arrow_batch_rows: int = 2048
+    """`auto`: the GPU Spark assigned the task, if any, else CPU."""
+    arrow_batch_rows: int | None = None
+    """Rows per Arrow batch sent to the encoder; null: the Spark profile's
+    `spark.sql.execution.arrow.maxRecordsPerBatch` (conf/spark/local.conf 2048, gpu.conf 8192)."""
     torch_threads: int = 0  # 0: Spark task CPUs (spark.task.cpus)
+    """Torch threads per task; 0: `spark.task.cpus`."""
     cpu_linear: Literal["auto", "onednn", "aten"] = "auto"  # fp32 linear layers on CPU
+    """fp32 linear layers on CPU: oneDNN or torch's BLAS (`aten`); `auto`: oneDNN where a timing at load is >=
+    10% faster."""
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "encoder.model", "must name 'default', a directory or a hub id")
         _check(8 <= self.max_length <= 8192, "encoder.max_length", "must be in [8, 8192]")
         _check(self.batch_tokens >= self.max_length, "encoder.batch_tokens", "must be >= encoder.max_length")
-        _check(self.arrow_batch_rows >= 1, "encoder.arrow_batch_rows", "must be >= 1")
+        _check(
+            self.arrow_batch_rows is None or self.arrow_batch_rows >= 1,
+            "encoder.arrow_batch_rows",
+            "must be >= 1 or null",
+        )
         _check(self.torch_threads >= 0, "encoder.torch_threads", "must be >= 0")
 
 
 @dataclass(frozen=True)
 class AlsConfig:
+    """Spark MLlib ALS on implicit feedback."""
+
     rank: int = 32
+    """Latent factors per user and item."""
     reg: float = 0.1
+    """L2 regularisation."""
     alpha: float = 1.0
+    """Confidence scale of implicit feedback."""
     max_iter: int = 10
+    """Alternating iterations."""
     seed: int = 42
+    """Random seed of the factor initialisation."""
 
     def __post_init__(self) -> None:
         _check(self.rank >= 1, "train.als.rank", "must be >= 1")
@@ -138,14 +205,24 @@ class AlsConfig:
 
 @dataclass(frozen=True)
 class HeadConfig:
+    """The text-to-CF projection head: CF factors for items ALS has none for (docs/scoring.md)."""
+
     hidden: int = 0  # 0: linear head; > 0: 2-layer MLP with this many hidden units
+    """0: closed-form ridge (linear); > 0: a 2-layer MLP with this many hidden units."""
     epochs: int = 300
+    """MLP only: training epochs."""
     lr: float = 0.01
+    """MLP only: learning rate."""
     weight_decay: float = 1e-4
+    """MLP only: weight decay."""
     l2: float = 10.0  # ridge penalty of the linear head (sum-of-squares loss scale)
+    """Ridge penalty of the linear head (sum-of-squares loss scale)."""
     min_count: int = 5  # items with at least this many interactions train the head
+    """Items with at least this many interactions train the head."""
     max_items: int = 500_000  # training rows collected to the driver at most (sampled beyond)
+    """Training rows collected to the driver at most (sampled beyond)."""
     seed: int = 42
+    """Random seed (sampling, MLP initialisation)."""
 
     def __post_init__(self) -> None:
         _check(self.hidden >= 0, "train.head.hidden", "must be >= 0")
@@ -158,32 +235,98 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """What `train` fits: ALS and the projection head."""
+
     als: AlsConfig = field(default_factory=AlsConfig)
+    """Spark MLlib ALS."""
     head: HeadConfig = field(default_factory=HeadConfig)
+    """The projection head."""
     checkpoint_dir: str | None = None  # None: <lake.root>/_checkpoints
+    """ALS checkpoint directory (keeps its lineage short); null: `<lake.root>/_checkpoints`."""
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """The second-stage ranker that learns the fusion of CF and content scores."""
+
+    model: Literal["gbt", "logistic"] = "gbt"  # the learned fusion's classifier
+    """The learned fusion's classifier: MLlib gradient-boosted trees, or logistic regression (the baseline)."""
+    label_fraction: float = 0.2  # per user, the latest share of training interactions used as labels
+    """Per user, the latest share of training interactions held out as the ranker's labels."""
+    negatives: int = 50  # negatives sampled per user (all positives among the candidates are kept)
+    """Negatives sampled per user (every positive among the candidates is kept)."""
+    trees: int = 30  # gbt: number of trees
+    """gbt: number of trees."""
+    depth: int = 4  # gbt: tree depth
+    """gbt: tree depth."""
+    step: float = 0.1  # gbt: learning rate
+    """gbt: learning rate."""
+    reg: float = 0.01  # logistic: L2 penalty
+    """logistic: L2 penalty."""
+    max_users: int = 50_000  # users whose inner-test labels train the ranker at most (seeded sample)
+    """At most this many users' labels train the ranker (a seeded sample beyond)."""
+    seed: int = 42
+    """Seed of the negative sampling and the user sample."""
+
+    def __post_init__(self) -> None:
+        _check(0 < self.label_fraction < 1, "recommend.ranker.label_fraction", "must be in (0, 1)")
+        _check(self.negatives >= 1, "recommend.ranker.negatives", "must be >= 1")
+        _check(self.trees >= 1, "recommend.ranker.trees", "must be >= 1")
+        _check(1 <= self.depth <= 30, "recommend.ranker.depth", "must be in [1, 30]")
+        _check(0 < self.step <= 1, "recommend.ranker.step", "must be in (0, 1]")
+        _check(self.reg >= 0, "recommend.ranker.reg", "must be >= 0")
+        _check(self.max_users >= 1, "recommend.ranker.max_users", "must be >= 1")
 
 
 @dataclass(frozen=True)
 class RecommendConfig:
+    """How `recommend` scores and orders each user's list (docs/scoring.md)."""
+
     k: int = 10
+    """List length."""
     variant: Literal["popular", "cf", "content", "fused", "fused_rerank"] = "fused_rerank"
+    """Which ordering `recommend` writes."""
     candidates: int = 100  # CF top-N and content top-N per user
+    """CF top-N and content top-N per user (their union is ranked)."""
     centre: bool = True  # subtract the catalogue's mean vector before cosine
+    """Subtract the catalogue's mean text vector before cosine (hubness remedy)."""
     half_life_days: float | None = 180.0  # recency decay of the user profile; None: no decay
+    """Recency decay of content profiles, in days; null: no decay."""
     profile_weights: Literal["weight", "uniform"] = "weight"  # interaction weights in the profile mean
+    """Content profiles weigh each interaction by its `weight`, or 1 each (`uniform`)."""
     head_prior: float = 0.0  # CF factors (n*als + c*head)/(n + c); 0: the head only where ALS has none
+    """CF factors (n*als + c*head)/(n + c); 0: the head only for items ALS has none for."""
     fusion_k: float = 50.0  # evidence weight w_i = n_i / (n_i + fusion_k)
+    """Evidence weight of CF, w_i = n_i / (n_i + fusion_k)."""
     normalise: Literal["zscore", "rank"] = "zscore"
+    """Score normalisation: `zscore` per user over the unseen catalogue, or `rank` (percentile among
+    candidates)."""
     popularity_penalty: float = 0.0  # subtracted: popularity_penalty * log(1 + n_i)
+    """Subtracted from the fused score: popularity_penalty * log(1 + n_i)."""
     rerank_rounds: int = 3
+    """`fused_rerank`: rounds of exposure counting."""
     rerank_strength: float = 0.2  # subtracted: rerank_strength * log(1 + exposure)
+    """`fused_rerank`: subtracted, rerank_strength * log(1 + exposure)."""
     min_tail_share: float = 0.0
+    """`fused_rerank`: share of each list reserved for long-tail items."""
     min_cold_share: float = 0.0  # fused_rerank: share of each list reserved for items with no interactions
-    head_rule: Literal["mass", "items"] = "mass"  # how the head is cut (ml/segments.py)
-    head_share: float = 0.8  # mass rule: head = top items holding at most this share of interactions
-    head_fraction: float = 0.2  # items rule: head = at most this share of the interacted items
+    """`fused_rerank`: share of each list reserved for cold items (no interactions)."""
+    head_rule: Literal["mass", "items"] = "mass"
+    """How the head is cut from the training counts (ml/segments.py): `mass` (the items holding
+    `head_share` of the interactions) or `items` (`head_fraction` of the interacted items); cold items are
+    never head, tied items never split."""
+    head_share: float = 0.8
+    """`mass` rule: the head = the most popular items holding at most this share of training interactions."""
+    head_fraction: float = 0.2
+    """`items` rule: the head = at most this share of the items that have training interactions."""
     block_users: int = 8192
+    """Blocked top-K: users per block (docs/scaling.md: 8192 x 16384 for 384 dimensions)."""
     block_items: int = 16384
+    """Blocked top-K: items per block."""
+    fusion: Literal["learned", "blend"] = "learned"
+    """`fused`: the learned ranker's order (trained by `train`), or the z-score `blend` (for comparison)."""
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+    """The learned fusion ranker (docs/scoring.md, "Learned fusion")."""
 
     def __post_init__(self) -> None:
         _check(self.k >= 1, "recommend.k", "must be >= 1")
@@ -213,19 +356,33 @@ class RecommendConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    """The time-based hold-out and the report of `evaluate` (docs/evaluation.md)."""
+
     k: tuple[int, ...] = (10, 20)
+    """Cut-offs of every metric; the lists for each k are ranked, re-ranked and reserved at length k."""
     test_fraction: float = 0.2
+    """Per user, this last share of interactions (at least one) goes to test."""
     cutoff: str | None = None  # ISO-8601 time: a global cut-off instead of the per-user fraction
+    """ISO-8601 time: a global cut-off instead (ts >= cutoff goes to test); null: per user."""
     variants: tuple[str, ...] = VARIANTS
+    """Variants to measure."""
     # test: train on the training part, measure on the test part. validation: set the test part
     # aside untouched, split the training part again the same way and measure on that (for tuning).
     holdout: Literal["test", "validation"] = "test"
+    """`test`: measure on the test part; `validation`: set it aside, split the training part again and measure
+    there (for tuning)."""
     sweep: tuple[float, ...] = ()  # fusion_k values: a trade-off curve of `fused`; empty: none
+    """`fusion_k` values: a trade-off curve of `fused` in the report; empty: none."""
     sweep_rerank: tuple[float, ...] = ()  # rerank_strength values: a curve of `fused_rerank`
+    """`rerank_strength` values: a trade-off curve of `fused_rerank`; empty: none."""
     report: bool = True  # write the HTML + Markdown report
+    """Write the HTML and Markdown report."""
     report_dir: str | None = None  # None: <lake.root>/reports
-    bootstrap: int = 1000  # paired bootstrap resamples of users (intervals of differences to cf); 0: none
+    """Where reports go; null: `<lake.root>/reports`."""
+    bootstrap: int = 1000
+    """Paired bootstrap resamples of users for the 95% intervals of each variant's difference to `cf`; 0: none."""
     bootstrap_seed: int = 42
+    """Seed of the bootstrap resampling."""
 
     def __post_init__(self) -> None:
         _check(self.bootstrap >= 0, "evaluate.bootstrap", "must be >= 0 (0: no intervals)")
@@ -247,21 +404,82 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class MaintainConfig:
+    """What `maintain` does to the tables: compaction, log checkpoints, VACUUM (docs/lake.md)."""
+
+    retention_hours: float = (
+        168.0  # VACUUM keeps unreferenced files younger than this (Delta's default: 7 days)
+    )
+    """VACUUM deletes unreferenced files (removed by later versions, or orphans of killed writes) older than this, in hours (Delta's default: 168, 7 days)."""
+    compact: bool = True  # bin-pack small files (daily appends) into files of about target_file_mb
+    """Bin-pack small files (e.g. of daily appends) into files of about `target_file_mb`."""
+    target_file_mb: int = 128
+    """Target size of compacted files, in MiB."""
+    checkpoint: bool = True  # write a log checkpoint at the current version
+    """Write a Delta log checkpoint at the current version."""
+    tables: tuple[str, ...] = ()  # empty: every longtail table that exists under lake.root
+    """Tables to maintain; empty: every longtail table that exists under `lake.root`."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.retention_hours >= 0, "maintain.retention_hours", f"must be >= 0, got {self.retention_hours}"
+        )
+        _check(
+            self.target_file_mb >= 1, "maintain.target_file_mb", f"must be >= 1, got {self.target_file_mb}"
+        )
+
+
+@dataclass(frozen=True)
 class RunConfig:
+    """Run bookkeeping."""
+
     id: str | None = None  # None: generated per invocation
+    """Run id recorded in `runs`; null: generated per invocation (`--run-id` wins)."""
 
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration: one section per stage or concern."""
+
     lake: LakeConfig = field(default_factory=LakeConfig)
+    """Tables."""
     input: InputConfig = field(default_factory=InputConfig)
+    """Raw input."""
     sample: SampleConfig = field(default_factory=SampleConfig)
+    """The generated sample."""
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    """Ingest."""
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    """Text encoder."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Training."""
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    """Scoring."""
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    """Evaluation."""
+    maintain: MaintainConfig = field(default_factory=MaintainConfig)
+    """Table maintenance."""
     run: RunConfig = field(default_factory=RunConfig)
+    """Run bookkeeping."""
+
+    def __post_init__(self) -> None:
+        # The config is recorded in the `runs` table and in reports: no credentials in it. Storage
+        # credentials belong in the Spark/Hadoop configuration or the environment.
+        for key, uri in (
+            ("lake.root", self.lake.root),
+            ("input.items", self.input.items),
+            ("input.interactions", self.input.interactions),
+            ("sample.path", self.sample.path),
+            ("train.checkpoint_dir", self.train.checkpoint_dir),
+            ("evaluate.report_dir", self.evaluate.report_dir),
+        ):
+            _check(
+                not uri or not _has_credentials(uri),
+                key,
+                "holds credentials (user:password@ or a secret query parameter); the config is recorded in "
+                "the runs table: pass credentials through Spark/Hadoop settings (spark.hadoop.fs.s3a.*) "
+                "or the environment instead",
+            )
 
     @property
     def sample_path(self) -> str:

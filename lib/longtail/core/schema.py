@@ -177,7 +177,7 @@ PROJECTION_HEAD_SCHEMA = T.StructType(
     [
         T.StructField(RUN_ID, T.StringType(), False),
         T.StructField(MODEL_ID, T.StringType(), False),
-        T.StructField("spec", T.StringType(), False),  # JSON: longtail.head.HeadSpec
+        T.StructField("spec", T.StringType(), False),  # JSON: longtail.ml.head.HeadSpec
         T.StructField("weights", T.BinaryType(), False),  # safetensors bytes
         T.StructField("trained_at", T.TimestampType(), False),
     ]

@@ -34,6 +34,44 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.python.worker.reuse": "true",
 }
 
+# The Delta connector (delta-spark engine), in one place: build_session(delta_spark=True), the
+# launcher's --delta-spark, .ci/run's pre-fetch and the README all take it from here. The pip
+# package delta-spark 4.4.1 names io.delta:delta-spark_4.2_2.13:4.4.1, which Maven Central does not
+# serve; 4.4.0 is the newest build for Spark 4.2 there, and 4.4.1's Python API works with it.
+DELTA_SPARK_PACKAGE = "io.delta:delta-spark_4.2_2.13:4.4.0"
+DELTA_SPARK_CLASS = "io.delta.tables.DeltaTable"
+# Static SQL confs: they must be set before the session starts.
+DELTA_SPARK_CONF: dict[str, str] = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+# Where Ivy keeps the resolved jars, so that tests, CI and the launcher download them once.
+IVY_DIR_ENV = "LONGTAIL_IVY_DIR"
+
+
+def ivy_dir() -> str:
+    """The Ivy cache for ``spark.jars.packages``: ``$LONGTAIL_IVY_DIR``, else ``~/.ivy2``."""
+    return os.path.abspath(os.path.expanduser(os.environ.get(IVY_DIR_ENV) or "~/.ivy2"))
+
+
+def delta_spark_conf() -> dict[str, str]:
+    """Every Spark setting the delta-spark engine needs: the package, the Ivy cache, extension, catalog.
+
+    Example:
+        >>> delta_spark_conf()["spark.jars.packages"]
+        'io.delta:delta-spark_4.2_2.13:4.4.0'
+    """
+    return {"spark.jars.packages": DELTA_SPARK_PACKAGE, "spark.jars.ivy": ivy_dir(), **DELTA_SPARK_CONF}
+
+
+# Python workers load the text model: no weight-loading progress bars or advisory warnings on the
+# executors' stderr (the console, in local mode). The caller's own environment value wins.
+WORKER_ENV: dict[str, str] = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
 TEST_DEFAULTS: dict[str, str] = {
     "spark.ui.enabled": "false",
     "spark.sql.shuffle.partitions": "2",
@@ -48,6 +86,7 @@ def build_session(
     master: str | None = None,
     extra: Mapping[str, str] | None = None,
     for_tests: bool = False,
+    delta_spark: bool = False,
 ) -> SparkSession:
     """Build (or return the running) SparkSession with longtail's required settings.
 
@@ -56,12 +95,20 @@ def build_session(
         master: only for programmatic use (tests, notebooks); spark-submit sets it otherwise.
         extra: settings that win over the local defaults.
         for_tests: UI off, two shuffle partitions.
+        delta_spark: start the JVM with the Delta connector (:data:`DELTA_SPARK_PACKAGE`, resolved
+            through Ivy into :func:`ivy_dir`) and the Delta extension and catalog. Only a JVM that
+            this call starts can take new jars: under spark-submit pass ``--packages`` (the
+            launcher's ``--delta-spark``); a running JVM without them raises RuntimeError.
 
     Example:
         >>> spark = build_session("longtail-ingest")
     """
     # Start (or join, under spark-submit) the JVM first so that SparkConf() sees what spark-submit,
     # --properties-file and --conf already set; our defaults then fill only the gaps.
+    delta = delta_spark_conf() if delta_spark else {}
+    if delta and SparkContext._gateway is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
+        # spark-submit resolves spark.jars.packages while it launches the JVM, so it must see them now.
+        SparkContext._ensure_initialized(conf=SparkConf(loadDefaults=False).setAll(list(delta.items())))
     SparkContext._ensure_initialized()
     given = SparkConf()
     master = master or given.get("spark.master") or "local[*]"
@@ -73,7 +120,11 @@ def build_session(
         conf = {k: v for k, v in conf.items() if not given.contains(k)}
         # Local Python workers run the driver's interpreter (its venv) unless told otherwise.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    for name, value in WORKER_ENV.items():
+        if not given.contains(f"spark.executorEnv.{name}"):
+            conf[f"spark.executorEnv.{name}"] = os.environ.get(name, value)
     conf.update(REQUIRED_CONF)
+    conf.update(delta)
     conf.update(extra or {})
     builder = SparkSession.builder.appName(app_name).master(master)
     for key, value in conf.items():
@@ -82,8 +133,39 @@ def build_session(
     for key, value in REQUIRED_CONF.items():  # a session that already existed keeps its own otherwise
         spark.conf.set(key, value)
     spark.sparkContext.setLogLevel(os.environ.get("LONGTAIL_SPARK_LOG_LEVEL", "WARN"))
+    if delta_spark and not is_delta_spark_available(spark):
+        raise RuntimeError(
+            f"delta-spark was asked for but {DELTA_SPARK_CLASS} is not on the classpath of the running "
+            f"JVM: pass --packages {DELTA_SPARK_PACKAGE} to spark-submit (./spark-submit.sh --delta-spark)"
+        )
     log.info("Spark %s, master %s", spark.version, spark.sparkContext.master)
     return spark
+
+
+def is_delta_spark_available(spark: SparkSession) -> bool:
+    """True when the delta-spark connector's classes are on the session's JVM classpath.
+
+    Looks ``io.delta.tables.DeltaTable`` up through the thread's context class loader (where
+    ``--packages``/``--jars`` put it) and then the system one. False on Spark Connect (no JVM).
+
+    Example:
+        >>> is_delta_spark_available(spark)
+        False
+    """
+    jvm = getattr(spark, "_jvm", None) or getattr(getattr(spark, "sparkContext", None), "_jvm", None)
+    if jvm is None:
+        return False
+    try:
+        loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
+        jvm.java.lang.Class.forName(DELTA_SPARK_CLASS, False, loader)
+        return True
+    except Exception:
+        pass
+    try:
+        jvm.java.lang.Class.forName(DELTA_SPARK_CLASS)
+        return True
+    except Exception:
+        return False
 
 
 def is_local(spark: SparkSession) -> bool:

@@ -9,6 +9,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from longtail.core.session import is_delta_spark_available as is_delta_spark_available  # re-export
 from longtail.core.uris import rs_uri
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,6 @@ log = logging.getLogger(__name__)
 ENGINES = ("auto", "delta-rs", "delta-spark")
 DELTA_RS = "delta-rs"
 DELTA_SPARK = "delta-spark"
-_DELTA_SPARK_CLASS = "io.delta.tables.DeltaTable"
 _STRING_STATS_MAX = 32  # longer strings get no min/max (as delta-spark truncates; we simply skip)
 _META_WRITE_ID = "longtail.writeId"
 _META_OPERATION = "longtail.operation"
@@ -57,32 +57,6 @@ def is_conflict(exc: BaseException) -> bool:
     return isinstance(exc, DeltaConcurrentModificationException)
 
 
-def is_delta_spark_available(spark: SparkSession) -> bool:
-    """True when the delta-spark connector's classes are on the session's JVM classpath.
-
-    Looks ``io.delta.tables.DeltaTable`` up through the thread's context class loader (where
-    ``--packages``/``--jars`` put it) and then the system one. False on Spark Connect (no JVM).
-
-    Example:
-        >>> is_delta_spark_available(spark)
-        False
-    """
-    jvm = getattr(spark, "_jvm", None) or getattr(getattr(spark, "sparkContext", None), "_jvm", None)
-    if jvm is None:
-        return False
-    try:
-        loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
-        jvm.java.lang.Class.forName(_DELTA_SPARK_CLASS, False, loader)
-        return True
-    except Exception:
-        pass
-    try:
-        jvm.java.lang.Class.forName(_DELTA_SPARK_CLASS)
-        return True
-    except Exception:
-        return False
-
-
 # --- engines -------------------------------------------------------------------------------------
 class _Engine:
     name = "?"
@@ -116,6 +90,15 @@ class _Engine:
         raise NotImplementedError
 
     def txn_version(self, path: str, app_id: str) -> int | None:
+        raise NotImplementedError
+
+    def compact(self, path: str, *, target_bytes: int) -> dict[str, int]:
+        raise NotImplementedError
+
+    def checkpoint(self, path: str) -> None:
+        raise NotImplementedError
+
+    def vacuum(self, path: str, *, retention_hours: float, dry_run: bool) -> list[str]:
         raise NotImplementedError
 
     # shared helpers

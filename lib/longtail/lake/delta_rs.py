@@ -83,6 +83,7 @@ class _DeltaRsEngine(_Engine):
         for entry in self._rs_table(path).history():
             entry = dict(entry)
             entry.setdefault("operation", None)
+            entry.setdefault(_META_OPERATION, entry.get("userMetadata"))  # a delta-spark commit
             out.append(entry)
         return sorted(out, key=lambda e: -int(e["version"]))
 
@@ -91,6 +92,31 @@ class _DeltaRsEngine(_Engine):
             return None
         v = self._rs_table(path).transaction_version(app_id)
         return None if v is None else int(v)
+
+    # -- upkeep (see Lake.compact / checkpoint / vacuum) --
+    def compact(self, path: str, *, target_bytes: int) -> dict[str, int]:
+        # deltalake's bin-packing rewrites small files into ~target_bytes ones in ONE commit whose
+        # removes are dataChange=false: readers of older versions keep their files until VACUUM.
+        metrics = self._rs_table(path).optimize.compact(target_size=target_bytes)
+        return {
+            "files_added": int(metrics["numFilesAdded"]),
+            "files_removed": int(metrics["numFilesRemoved"]),
+        }
+
+    def checkpoint(self, path: str) -> None:
+        self._rs_table(path).create_checkpoint()
+
+    def vacuum(self, path: str, *, retention_hours: float, dry_run: bool) -> list[str]:
+        # full=True: also the files no commit ever referenced (the staged folders of killed or
+        # failed writes), not only those removed by a commit; both only when older than the retention.
+        return list(
+            self._rs_table(path).vacuum(
+                retention_hours=int(retention_hours),
+                dry_run=dry_run,
+                enforce_retention_duration=False,
+                full=True,
+            )
+        )
 
     def _spark_uri(self, table_path: str, file_uri: str) -> str:
         """deltalake's file URI in Spark's scheme (s3:// -> s3a:// when the root is s3a)."""
@@ -319,7 +345,8 @@ class _DeltaRsEngine(_Engine):
         ]
         write_id = uuid.uuid4().hex
         props = CommitProperties(
-            custom_metadata={_META_WRITE_ID: write_id, _META_OPERATION: op},
+            # userMetadata too: the one commitInfo field delta-spark's history shows
+            custom_metadata={_META_WRITE_ID: write_id, _META_OPERATION: op, "userMetadata": op},
             app_transactions=[Transaction(txn[0], int(txn[1]))] if txn else None,
         )
         delta_schema = Schema.from_json(schema.json())

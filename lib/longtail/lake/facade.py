@@ -33,6 +33,7 @@ from pyspark.sql import functions as F
 from longtail.core import schema as S
 from longtail.core.config import Config
 from longtail.core.errors import MissingInputError
+from longtail.core.session import DELTA_SPARK_PACKAGE
 from longtail.core.uris import is_local, join_uri, local_path
 from longtail.lake.base import (
     DELTA_SPARK,
@@ -87,8 +88,8 @@ class Lake:
         if engine == DELTA_SPARK and not available:
             raise LakeError(
                 "lake.engine=delta-spark but the delta-spark connector is not on the classpath: start "
-                "Spark with --packages io.delta:delta-spark_2.13:<version> and the Delta extension/catalog "
-                "confs (docs/lake.md), or use lake.engine=auto"
+                f"Spark with --packages {DELTA_SPARK_PACKAGE} and the Delta extension/catalog confs "
+                "(./spark-submit.sh --delta-spark; build_session(delta_spark=True)), or use lake.engine=auto"
             )
         use_spark = engine == DELTA_SPARK or (engine == "auto" and available)
         self._engine: _Engine = (
@@ -167,6 +168,33 @@ class Lake:
     def txn_version(self, table: str, app_id: str) -> int | None:
         """The latest version of application transaction ``app_id`` committed to ``table``."""
         return self._engine.txn_version(self.path(table), app_id)
+
+    def compact(self, table: str, *, target_bytes: int = 128 << 20) -> dict[str, int]:
+        """Rewrite the table's small files into files of about ``target_bytes`` (one commit).
+
+        The rows do not change (the commit's removes say ``dataChange=false``); readers that hold
+        an older version keep reading its files, which :meth:`vacuum` deletes only after the
+        retention. Returns ``files_added`` and ``files_removed``.
+        """
+        out = self._engine.compact(self.path(table), target_bytes=target_bytes)
+        self.writes[table] = self._engine.version(self.path(table)) or 0
+        return out
+
+    def checkpoint(self, table: str) -> None:
+        """Write a checkpoint of the table's log at its current version (readers replay less JSON)."""
+        self._engine.checkpoint(self.path(table))
+
+    def vacuum(self, table: str, *, retention_hours: float = 168.0, dry_run: bool = False) -> list[str]:
+        """Delete data files that no current version references and that are older than the retention.
+
+        That is the files removed by commits (merge, overwrite, compaction) and the files of writes
+        that never committed (killed or failed runs), once they are ``retention_hours`` old. Readers
+        and writers that started within the retention are safe: keep it above the longest run. The
+        delta-rs engine returns the deleted paths; delta-spark returns them only for ``dry_run``.
+        """
+        if retention_hours < 0:
+            raise ValueError(f"vacuum retention_hours must be >= 0, got {retention_hours}")
+        return self._engine.vacuum(self.path(table), retention_hours=retention_hours, dry_run=dry_run)
 
     def append_new(self, table: str, rows: DataFrame, *, keys: list[str], retries: int = 5) -> int:
         """Append the rows of ``rows`` whose ``keys`` the table does not hold yet, safely under concurrency.

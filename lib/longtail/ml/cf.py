@@ -8,7 +8,7 @@
    the summed weight is the implicit rating, which ALS turns into confidence ``1 + alpha * r``.
    ALS gets a checkpoint directory (``train.checkpoint_dir``): without one its lineage has
    overflowed the JVM stack in local mode. Factors go to ``user_factors`` and ``item_factors``.
-3. **Projection head** (:mod:`longtail.head`): fitted on the warm items (at least
+3. **Projection head** (:mod:`longtail.ml.head`): fitted on the warm items (at least
    ``train.head.min_count`` interactions) from their current text vectors to their ALS factors;
    the training set is collected to the driver up to ``train.head.max_items`` rows (a seeded
    sample beyond). Stored in ``projection_head`` (one row: safetensors bytes, JSON spec) last,

@@ -4,8 +4,8 @@ Why ``mapInPandas`` and not ``pyspark.ml.functions.predict_batch_udf``: predict_
 per-worker model cache by a fresh uuid per UDF object, so every stage run in a long-lived worker
 (notebooks, the pipeline) reloads the model, and its cache holds three models at most; it also
 slices each Arrow batch into fixed-row batches, while the encoder batches by token budget after
-sorting by length. The iterator UDF here keeps one :class:`~longtail.encoder.TextEncoder` per worker
-keyed by its settings (:func:`~longtail.encoder.cached_encoder`), picks the task's GPU from
+sorting by length. The iterator UDF here keeps one :class:`~longtail.ml.encoder.TextEncoder` per worker
+keyed by its settings (:func:`~longtail.ml.encoder.cached_encoder`), picks the task's GPU from
 ``TaskContext.resources()`` and returns per-worker diagnostics (pid, peak RSS) for the summary.
 """
 
@@ -25,9 +25,6 @@ from longtail.core.config import EncoderConfig
 
 log = logging.getLogger(__name__)
 
-# Test hook: a content_hash (or "*") whose encoding raises inside the UDF. Read on the driver when
-# the stage starts and shipped to the workers with the UDF, so it also works on a running session.
-FAIL_ON_ENV = "LONGTAIL_TEST_ENCODE_FAIL_ON"
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 _WORKER = "_worker_pid"
 _RSS = "_worker_peak_rss_mb"
@@ -56,11 +53,17 @@ def _task_device(device: str) -> str:
     return device  # auto: CUDA if this executor sees one, else CPU; cuda: the default GPU
 
 
-def encode_partitions(settings: EncoderConfig, *, num_threads: int | None, fail_on: str | None = None) -> Any:
+def encode_partitions(settings: EncoderConfig, *, num_threads: int | None, done: Any = None) -> Any:
     """Build the ``mapInPandas`` function: (content_hash, title, description) -> vectors.
 
-    The text is :func:`longtail.text.encoder_text` of title and description; its sha256 is checked
+    The text is :func:`longtail.core.text.encoder_text` of title and description; its sha256 is checked
     against ``content_hash`` (``_hash_ok``), since the hash is what decides re-encoding.
+
+    Args:
+        settings: the encoder settings (the model is loaded once per Python worker).
+        num_threads: torch threads per task.
+        done: a Spark accumulator that each batch adds its row count to (the driver's progress
+            line, :class:`longtail.core.progress.CountProgress`); None: no counting.
     """
 
     def encode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -80,10 +83,10 @@ def encode_partitions(settings: EncoderConfig, *, num_threads: int | None, fail_
         pid = os.getpid()
         for pdf in batches:
             hashes = pdf[S.CONTENT_HASH].tolist()
-            if fail_on is not None and (fail_on == "*" or fail_on in hashes):
-                raise RuntimeError(f"{FAIL_ON_ENV}: injected failure on content_hash {fail_on}")
             texts = [encoder_text(t, d) for t, d in zip(pdf[S.TITLE], pdf[S.DESCRIPTION], strict=True)]
             vectors = enc.encode(texts)
+            if done is not None:
+                done.add(len(hashes))
             rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
             yield pd.DataFrame(
                 {

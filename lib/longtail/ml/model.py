@@ -12,6 +12,7 @@ from longtail.core import schema as S
 from longtail.core.config import EncoderConfig
 from longtail.core.errors import MissingInputError
 from longtail.lake import Lake
+from longtail.ml import ranker as L
 from longtail.ml.encoder import inspect_model
 from longtail.ml.head import ProjectionHead
 
@@ -26,6 +27,7 @@ class Model:
         user_factors, item_factors: ``(user_id, user_idx, features)``, ``(item_id, item_idx, features)``.
         head: the text-to-CF projection head.
         rank: the ALS rank (factor size).
+        ranker: the learned fusion (:mod:`longtail.ml.ranker`); None: not fitted.
     """
 
     model_id: str
@@ -35,6 +37,7 @@ class Model:
     item_factors: DataFrame
     head: ProjectionHead
     rank: int
+    ranker: L.Ranker | None = None
 
     def unpersist(self) -> None:
         for df in (self.user_map, self.item_map, self.user_factors, self.item_factors):
@@ -85,6 +88,16 @@ def load_model(lake: Lake, *, model_id: str | None = None) -> Model:
             f"the projection head was trained on vectors of {head.spec.model_id!r}, but encoder.model "
             f"gives {model_id!r}: run train again after encode"
         )
+    ranker = None
+    saved = head.spec.extra.get("ranker")
+    if saved:
+        try:
+            ranker = L.load(saved["path"], saved["features"], saved.get("info"))
+        except Exception as exc:  # any read failure means the same: train again
+            raise MissingInputError(
+                f"the learned ranker recorded by train at {saved['path']!r} cannot be read ({exc}): "
+                "run train again"
+            ) from exc
     return Model(
         model_id=head.spec.model_id,
         user_map=lake.read(S.ID_MAP_USERS),
@@ -93,6 +106,7 @@ def load_model(lake: Lake, *, model_id: str | None = None) -> Model:
         item_factors=lake.read(S.ITEM_FACTORS),
         head=head,
         rank=head.spec.out_dim,
+        ranker=ranker,
     )
 
 
@@ -108,7 +122,7 @@ def current_embeddings(
         source: a :class:`Lake` (``items`` and ``item_embeddings`` are read from it) or an
             ``item_embeddings`` DataFrame (then pass ``items``).
         model_id: the model whose vectors to return (e.g. ``TextEncoder.model_id``,
-            :func:`longtail.encoder.model_id`).
+            :func:`longtail.ml.encoder.model_id`).
         items: the items DataFrame (needs item_id and content_hash); default: the lake's.
 
     Example:

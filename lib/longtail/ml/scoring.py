@@ -37,7 +37,7 @@ import functools
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,8 @@ from pyspark.sql.window import WindowSpec
 
 from longtail.core import schema as S
 from longtail.core.config import VARIANTS, RecommendConfig
+from longtail.core.errors import MissingInputError
+from longtail.ml import ranker as L
 from longtail.ml.cf import new_ids
 from longtail.ml.head import ProjectionHead
 from longtail.ml.model import Model
@@ -69,20 +71,43 @@ class Candidates:
         pairs: one row per (user, candidate item): ``user_idx, item_idx``, the raw scores ``cf``,
             ``content``, ``pop`` with their ``*_rank`` in that signal's top list, the per-user
             moments ``cf_mean, cf_std, content_mean, content_std``, and the item's
-            ``popularity`` (training interactions) and ``is_long_tail``.
+            ``popularity`` (training interactions) and ``is_long_tail``, and the learned fusion's
+            inputs ``user_history`` (the user's interactions) and ``item_age_days`` (days from the
+            item's last interaction to the history's end; null for cold items).
         users: ``(user_id, user_idx)`` of every user recommended for.
         items: ``(item_id, item_idx)`` of the catalogue.
         stats: :func:`item_stats` of the catalogue.
+        ranker: the learned fusion (``model.ranker``); None: only ``recommend.fusion: blend`` works.
     """
 
     pairs: DataFrame
     users: DataFrame
     items: DataFrame
     stats: DataFrame
+    ranker: L.Ranker | None = None
+    _learned: DataFrame | None = field(default=None, repr=False)
+
+    def learned(self) -> DataFrame:
+        """``pairs`` with the ranker's ``ranker_p`` and ``ranker_logit`` (scored once, lineage cut)."""
+        if self._learned is None:
+            if self.ranker is None:
+                raise MissingInputError(
+                    "recommend.fusion is 'learned' but the model has no learned ranker: run train again "
+                    "(it fits one), or set recommend.fusion=blend"
+                )
+            self._learned = L.score(self.pairs, self.ranker).localCheckpoint(eager=True)
+        return self._learned
+
+    def release_learned(self) -> None:
+        """Drop the cached ranker scores only (all a :func:`candidates_at` view owns)."""
+        if self._learned is not None:
+            self._learned.unpersist()
+            self._learned = None
 
     def unpersist(self) -> None:
-        for df in (self.pairs, self.users, self.items, self.stats):
-            df.unpersist()
+        for df in (self.pairs, self.users, self.items, self.stats, self._learned):
+            if df is not None:
+                df.unpersist()
 
 
 # --- item statistics -----------------------------------------------------------------------------
@@ -316,9 +341,31 @@ def candidates(
         pairs.join(item_idx, S.ITEM_IDX)
         .join(stats.select(S.ITEM_ID, S.POPULARITY, S.IS_LONG_TAIL), S.ITEM_ID)
         .drop(S.ITEM_ID)
+        .join(user_history(history, user_idx), S.USER_IDX, "left")
+        .join(item_age(interactions, item_idx), S.ITEM_IDX, "left")
         .localCheckpoint(eager=True)  # see docs/decisions.md: the plans of every variant start here
     )
-    return Candidates(pairs=pairs, users=user_idx, items=item_idx, stats=stats)
+    return Candidates(pairs=pairs, users=user_idx, items=item_idx, stats=stats, ranker=model.ranker)
+
+
+def user_history(history: DataFrame, user_idx: DataFrame) -> DataFrame:
+    """``(user_idx, user_history)``: each user's number of interactions in ``history``."""
+    counts = history.groupBy(S.USER_ID).agg(F.count(F.lit(1)).alias(L.USER_HISTORY))
+    return counts.join(user_idx, S.USER_ID).select(S.USER_IDX, L.USER_HISTORY)
+
+
+def item_age(interactions: DataFrame, item_idx: DataFrame) -> DataFrame:
+    """``(item_idx, item_age_days)``: days from each item's last interaction to the last
+    interaction of the whole history (the cut-off the lists are made at); items without any
+    interaction are absent."""
+    last = interactions.groupBy(S.ITEM_ID).agg(F.max(S.TS).alias("_last"))
+    end = interactions.agg(F.max(S.TS).alias("_end"))  # one row, broadcast
+    age = (F.col("_end").cast("double") - F.col("_last").cast("double")) / 86400.0
+    return (
+        last.crossJoin(F.broadcast(end))
+        .join(item_idx, S.ITEM_ID)
+        .select(S.ITEM_IDX, age.alias(L.ITEM_AGE_DAYS))
+    )
 
 
 def candidates_at(cands: Candidates, *, k: int, n_candidates: int) -> Candidates:
@@ -328,14 +375,16 @@ def candidates_at(cands: Candidates, *, k: int, n_candidates: int) -> Candidates
 
     Exact: each signal's top list is a prefix of the longer one (the order, ties included, is a
     total order: score, then item key), and the per-user moments cover the whole unseen catalogue,
-    not the lists. Rows in no shorter list go; ranks beyond the shorter lists become null.
+    not the lists. Rows in no shorter list go; ranks beyond the shorter lists become null. The
+    ranker's scores are not carried over (its features include the ranks): the view scores its
+    own pairs when asked; free them with :meth:`Candidates.release_learned`.
     """
     ranks = {f"{CF}_rank": n_candidates, f"{CONTENT}_rank": n_candidates, f"{POP}_rank": k}
     keep = functools.reduce(lambda a, b: a | b, [F.col(c) <= n for c, n in ranks.items()])
     pairs = cands.pairs.where(keep)
     for col, n in ranks.items():
         pairs = pairs.withColumn(col, F.when(F.col(col) <= n, F.col(col)))
-    return dataclasses.replace(cands, pairs=pairs)
+    return dataclasses.replace(cands, pairs=pairs, _learned=None)
 
 
 # --- variants ------------------------------------------------------------------------------------
@@ -462,7 +511,12 @@ def rank_variant(
     fusion_k: float | None = None,
     rerank_strength: float | None = None,
 ) -> DataFrame:
-    """Rank ``variant`` from the candidates: ``(user_idx, item_idx, rank, score, ...)`` per user."""
+    """Rank ``variant`` from the candidates: ``(user_idx, item_idx, rank, score, ...)`` per user.
+
+    With ``recommend.fusion: learned`` (the default), ``fused`` orders by the ranker's probability
+    and ``fused_rerank`` re-ranks and reserves on its log-odds (``fusion_k`` is not used); with
+    ``blend`` both work on :func:`fused_score`.
+    """
     pairs = cands.pairs
     if variant == "popular":
         return top_k(pairs, F.col(POP), cfg.k)
@@ -470,6 +524,12 @@ def rank_variant(
         return top_k(pairs, F.when(F.col(f"{CF}_rank").isNotNull(), F.col(CF)), cfg.k)
     if variant == "content":
         return top_k(pairs, F.when(F.col(f"{CONTENT}_rank").isNotNull(), F.col(CONTENT)), cfg.k)
+    if variant in ("fused", "fused_rerank") and cfg.fusion == "learned":
+        learned = cands.learned()
+        if variant == "fused":
+            return top_k(learned, F.col(L.PROBABILITY), cfg.k)
+        pool = rerank(learned, F.col(L.LOGIT), cfg, strength=rerank_strength)
+        return reserve(pool, "_score", k=cfg.k, quotas=reservations(cfg)).drop("_base", "_score")
     fused = fused_score(cfg, fusion_k=fusion_k)
     if variant == "fused":
         return top_k(pairs, fused, cfg.k)

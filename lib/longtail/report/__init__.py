@@ -73,8 +73,8 @@ def write_report(
         out_dir: a local path or a Hadoop URI, e.g. ``<lake.root>/reports/<run_id>``.
         run_id: the run the report belongs to (shown in the title).
         metrics: ``variant``, ``metric``, ``k``, ``segment``, ``value`` (``run_id`` may be present).
-        lorenz: ``variant``, ``share_of_items``, ``share_of_exposure`` (:func:`longtail.metrics.lorenz_curve`).
-        deciles: ``variant``, ``decile``, ``recall``, ``n_test`` (:func:`longtail.metrics.recall_by_decile`).
+        lorenz: ``variant``, ``share_of_items``, ``share_of_exposure`` (:func:`longtail.ml.metrics.lorenz_curve`).
+        deciles: ``variant``, ``decile``, ``recall``, ``n_test`` (:func:`longtail.ml.metrics.recall_by_decile`).
         sweep: ``variant``, ``param``, ``value``, ``ndcg``, ``long_tail_coverage`` (points of a curve
             over the fusion knob), or None / empty for no curves.
         context: JSON-able facts shown in a collapsible section (sources, counts, split, config,
@@ -91,7 +91,7 @@ def write_report(
     Example:
         >>> write_report(out, run_id="r1", metrics=m, lorenz=l, deciles=d, sweep=None, context={}, k=10)["html"]
     """
-    metrics = metrics.dropna(subset=["k"])  # every metric of longtail.metrics has a K
+    metrics = metrics.dropna(subset=["k"])  # every metric of longtail.ml.metrics has a K
     metrics = metrics.assign(k=metrics["k"].astype(int), value=metrics["value"].astype(float))
     main = metric_table(metrics, ACCURACY_COLUMNS)
     beyond = metric_table(metrics, BEYOND_COLUMNS)

@@ -36,6 +36,9 @@ STAGES: dict[str, StageInfo] = {
         StageInfo("train", "train", "ALS factors and the text-to-CF projection head"),
         StageInfo("recommend", "recommend", "fused top-K lists -> recommendations"),
         StageInfo("evaluate", "evaluate", "time-based hold-out, all variants, metrics + HTML report"),
+        StageInfo(
+            "maintain", "maintain", "lake upkeep: compaction, log checkpoints, VACUUM of unreferenced files"
+        ),
         StageInfo("pipeline", "pipeline", "all stages in order under one run id (the default)"),
     )
 }

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import time
 from typing import Any
 
@@ -30,6 +29,7 @@ from pyspark.sql import functions as F
 
 from longtail.core import schema as S
 from longtail.core.config import Config, EncoderConfig
+from longtail.core.progress import CountProgress
 from longtail.core.session import session_conf
 from longtail.lake import Lake
 from longtail.ml.encoding import (
@@ -38,7 +38,6 @@ from longtail.ml.encoding import (
     _WORKER,
     ARROW_BATCH_CONF,
     ENCODED_SCHEMA,
-    FAIL_ON_ENV,
     encode_partitions,
 )
 from longtail.ml.model import encoder_model_id
@@ -78,16 +77,23 @@ def run(
         done = spark.createDataFrame([], S.ITEM_EMBEDDINGS_SCHEMA)
     todo = items.join(done.select(S.ITEM_ID, S.CONTENT_HASH), [S.ITEM_ID, S.CONTENT_HASH], "left_anti")
     known = done.select(S.CONTENT_HASH, S.EMBEDDING).dropDuplicates([S.CONTENT_HASH])
-    texts = (
+    pending = (
         todo.dropDuplicates([S.CONTENT_HASH])
         .join(known.select(S.CONTENT_HASH), [S.CONTENT_HASH], "left_anti")
         .select(S.CONTENT_HASH, S.TITLE, S.DESCRIPTION)
-        .repartition(spark.sparkContext.defaultParallelism, S.CONTENT_HASH)
     )
-    fn = encode_partitions(
-        settings, num_threads=_torch_threads(spark, settings), fail_on=os.environ.get(FAIL_ON_ENV) or None
-    )
-    with session_conf(spark, {ARROW_BATCH_CONF: str(settings.arrow_batch_rows)}):
+    # Counted first (a join of two small key columns, no model) so that progress can show an ETA.
+    n_texts = pending.count()
+    log.info("encode: %d distinct new or changed texts to encode with model %s", n_texts, mid)
+    texts = pending.repartition(spark.sparkContext.defaultParallelism, S.CONTENT_HASH)
+    with (
+        CountProgress(spark, "encode", total=n_texts, unit="texts") as shown,
+        # The Spark profile owns the Arrow batch size unless the config names one for this job.
+        session_conf(
+            spark, {ARROW_BATCH_CONF: str(settings.arrow_batch_rows)} if settings.arrow_batch_rows else {}
+        ),
+    ):
+        fn = encode_partitions(settings, num_threads=_torch_threads(spark, settings), done=shown.accumulator)
         return _encode_and_merge(spark, lake, texts, todo, known, fn, mid, t0)
 
 

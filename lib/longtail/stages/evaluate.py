@@ -41,6 +41,7 @@ from longtail.lake.runs import new_run_id
 from longtail.ml import bootstrap, cf, holdout
 from longtail.ml import metrics as M
 from longtail.ml import scoring as R
+from longtail.ml.fusion import fit_ranker
 from longtail.ml.model import current_embeddings, encoder_model_id
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,12 @@ def evaluate(
     t0 = time.perf_counter()
     model, _, _ = cf.fit(spark, cfg, train_part, items, embeddings, model_id=model_id)
     times["train"] = time.perf_counter() - t0
+    ranker_info = None
+    if cfg.recommend.fusion == "learned":  # the learned fusion, fitted on the training part only
+        t0 = time.perf_counter()
+        model.ranker = fit_ranker(spark, cfg, train_part, items, embeddings, model_id=model_id)
+        ranker_info = model.ranker.info
+        times["ranker"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     test_users = test_part.select(S.USER_ID).distinct()
@@ -190,6 +197,7 @@ def evaluate(
         "deciles": deciles,
         "split": split_counts,
         "users": users,
+        "ranker": ranker_info,
         "seconds": {k: round(v, 2) for k, v in times.items()},
     }
 
@@ -212,6 +220,7 @@ def ranked_lists(
             # materialised one by one with the lineage cut: the metrics join each list several
             # times, and with the ranking plans inlined the driver's plan trees grew past 2 GiB
             out.append(_named(ranked, cands, spec.name, k).localCheckpoint(eager=True))
+        cands_k.release_learned()  # the lists are materialised; the view's ranker scores can go
     return out
 
 
@@ -299,6 +308,7 @@ def run(
         "users": result["users"],
         "metrics_rows": len(metrics_pdf),
         "metrics_version": version,
+        "ranker": result["ranker"],
         "seconds": result["seconds"],
     }
     if cfg.evaluate.report:

@@ -5,8 +5,8 @@ evaluate. ``ingest`` and ``encode`` always run: both are incremental and commit 
 inputs have not changed. ``train``, ``recommend`` and ``evaluate`` are skipped when the `runs` table
 holds a succeeded run of the same stage that read exactly the table versions that are current now
 (and whose outputs are still at the versions it wrote), under the same settings for that stage (see
-:data:`SETTINGS`). Each stage prints a progress line
-with its time; the pipeline ends with the headline metrics table.
+:data:`SETTINGS`). Each stage prints a line when it starts and one with its time when it ends; the
+pipeline ends with the headline metrics table.
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ from pyspark.sql import functions as F
 
 from longtail.core import schema as S
 from longtail.core.config import Config
+from longtail.core.logs import progress
 from longtail.lake import Lake
 from longtail.lake.runs import SUCCEEDED, new_run_id, run_stage
 from longtail.stages import STAGES, load_stage
 
 log = logging.getLogger(__name__)
 
-ORDER = tuple(s for s in STAGES if s != "pipeline")
+# maintain is scheduled on its own (it needs no fresh data and may run beside other stages)
+ORDER = tuple(s for s in STAGES if s not in ("pipeline", "maintain"))
 # The config sections whose values decide whether a stage's earlier output is still current.
 SETTINGS: dict[str, tuple[str, ...]] = {
     "train": ("encoder", "train"),
@@ -90,6 +92,7 @@ def run(
             out["stages"][stage] = {"status": "skipped"}
             continue
         fn: Callable[..., dict[str, Any]] = load_stage(stage).run
+        _progress(f"{prefix} ...")
         record = run_stage(spark, cfg, stage, fn, run_id=run_id, lake=stage_lake)
         _progress(f"{prefix} done in {record.seconds:7.1f} s  {_short(record.summary)}")
         out["stages"][stage] = {
@@ -141,5 +144,4 @@ def _short(summary: dict[str, Any]) -> str:
 
 
 def _progress(line: str) -> None:
-    print(line, flush=True)
-    log.info(line)
+    progress(line, log)

@@ -29,9 +29,12 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from longtail.core import schema as S
-from longtail.core.config import Config
+from longtail.core.config import Config, join_uri
 from longtail.lake import Lake
+from longtail.lake.runs import new_run_id
+from longtail.ml import ranker as L
 from longtail.ml.cf import fit
+from longtail.ml.fusion import fit_ranker
 from longtail.ml.head import ProjectionHead
 from longtail.ml.model import current_embeddings, encoder_model_id, head_row
 
@@ -66,6 +69,20 @@ def run(
         users_existing=users_existing,
         items_existing=items_existing,
     )
+    ranker_summary: dict[str, Any] | None = None
+    ranker_extra: dict[str, Any] = {}
+    if cfg.recommend.fusion == "learned":
+        ranker = fit_ranker(spark, cfg, interactions, items, embeddings, model_id=mid)
+        path = join_uri(lake.root, "models", "ranker", run_id or new_run_id())
+        ranker = L.save(ranker, path)
+        ranker_summary = {"path": path, "features": list(ranker.features), **ranker.info}
+        ranker_extra = {
+            "ranker": {
+                "path": path,
+                "features": list(ranker.features),
+                "info": {k: v for k, v in ranker.info.items() if k != "importances"},
+            }
+        }
     try:
         for table, rows in ((S.ID_MAP_USERS, new_u), (S.ID_MAP_ITEMS, new_i)):
             rows = rows.persist()
@@ -79,7 +96,9 @@ def run(
             S.USER_FACTORS: lake.overwrite(S.USER_FACTORS, model.user_factors),
             S.ITEM_FACTORS: lake.overwrite(S.ITEM_FACTORS, model.item_factors),
         }
-        spec = dataclasses.replace(spec, extra={**spec.extra, "run_id": run_id, "tables": versions})
+        spec = dataclasses.replace(
+            spec, extra={**spec.extra, "run_id": run_id, "tables": versions, **ranker_extra}
+        )
         head = ProjectionHead(spec, model.head.params)
         lake.overwrite(S.PROJECTION_HEAD, head_row(spark, head, run_id or ""))
         counts = {
@@ -94,6 +113,7 @@ def run(
         "als": {"rank": cfg.train.als.rank, "reg": cfg.train.als.reg, "alpha": cfg.train.als.alpha},
         "head": {"trained_items": spec.trained_items, "validation": spec.validation, "hidden": spec.hidden},
         "versions": versions,
+        "ranker": ranker_summary,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     log.info("train: %s", summary)

@@ -55,6 +55,7 @@ from collections.abc import Sequence
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from longtail.core.config import RecommendConfig
 from longtail.ml.topk.common import _I, _MAX_BLOCK_BYTES, _PART, _Q, _QB, Signal, _Plan
 from longtail.ml.topk.plan import (
     _check_args,
@@ -68,6 +69,11 @@ from longtail.ml.topk.plan import (
 )
 from longtail.ml.topk.udfs import _merge_fn, _score_pairs_fn
 
+# The block sizes have one source, the config (recommend.block_users / recommend.block_items, sized in
+# docs/scaling.md): `recommend` passes the configured values, other callers get the same defaults.
+DEFAULT_BLOCK_QUERIES: int = RecommendConfig.block_users
+DEFAULT_BLOCK_ITEMS: int = RecommendConfig.block_items
+
 
 def blocked_top_k(
     queries: DataFrame,
@@ -77,8 +83,8 @@ def blocked_top_k(
     query_key: str = "user_idx",
     item_key: str = "item_idx",
     exclude: DataFrame | None = None,
-    block_queries: int = 1024,
-    block_items: int = 4096,
+    block_queries: int = DEFAULT_BLOCK_QUERIES,
+    block_items: int = DEFAULT_BLOCK_ITEMS,
     query_blocks_per_task: int = 1,
     item_blocks_per_task: int = 16,
     row_chunk: int = 512,
@@ -94,8 +100,9 @@ def blocked_top_k(
         item_key: the key column of ``items`` (and of ``exclude``).
         exclude: ``(query_key, item_key)`` pairs never returned (e.g. items already seen); pairs
             whose keys are in neither input are ignored.
-        block_queries: queries per block (the expected size; blocks are hash buckets).
-        block_items: items per block.
+        block_queries: queries per block (the expected size; blocks are hash buckets); default
+            ``recommend.block_users``'s.
+        block_items: items per block; default ``recommend.block_items``'s.
         query_blocks_per_task: query blocks per partition of the block cross product.
         item_blocks_per_task: item blocks per partition of the block cross product; a task holds
             that many item blocks in memory, and the merge moves ``n_item_partitions`` partial top-k

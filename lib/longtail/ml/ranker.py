@@ -1,0 +1,225 @@
+"""The learned fusion: a second-stage ranker (Spark MLlib) over the candidates of every user.
+
+Hand-set blends do not carry across datasets (``docs/scoring.md``, "Learned fusion"): on one log
+ALS is the stronger signal, on another the text is. So the fusion is learned from the log itself:
+:func:`longtail.ml.fusion.fit_ranker` holds out each user's latest interactions *inside* the
+training data, builds the usual candidates from a model trained on the rest, labels each candidate
+1 when the user interacted with it in the held-out part, and fits a classifier here.
+
+This module holds what does not depend on how the candidates are built:
+
+* :func:`with_features` — the feature columns of a candidate pair (every value filled, no null or
+  NaN reaches MLlib: a missing signal is 0 plus an indicator);
+* :func:`sample_negatives` — all positives, at most ``negatives`` seeded negatives per user;
+* :func:`fit_pipeline` — ``VectorAssembler`` + ``GBTClassifier`` (or ``LogisticRegression``);
+* :func:`score` — the probability of a candidate being chosen, and its log-odds;
+* :func:`save` / :func:`load` — MLlib's own persistence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from longtail.core import schema as S
+from longtail.core.config import RankerConfig
+
+# candidate columns the features read (longtail.ml.scoring.Candidates.pairs)
+CF, CONTENT, POP = "cf", "content", "pop"
+USER_HISTORY = "user_history"  # the user's number of training interactions (0: none)
+ITEM_AGE_DAYS = "item_age_days"  # days from the item's last interaction to the history's end (null: cold)
+
+LABEL = "label"
+FEATURES_VEC = "ranker_features"
+PROBABILITY = "ranker_p"  # P(chosen) from the ranker
+LOGIT = "ranker_logit"  # log(p / (1 - p)): the learned score on an additive scale (re-rank penalties)
+RANK_MISSING = 1000  # the rank given to an item that is not in a signal's top list
+_P_EPS = 1e-6
+
+FEATURES: tuple[str, ...] = (
+    "f_cf",
+    "f_has_cf",
+    "f_content",
+    "f_has_content",
+    "f_cf_z",
+    "f_content_z",
+    "f_cf_rank",
+    "f_content_rank",
+    "f_pop_rank",
+    "f_item_evidence",
+    "f_item_age",
+    "f_is_cold",
+    "f_is_head",
+    "f_user_history",
+    "f_z_gap",
+)
+
+
+@dataclass
+class Ranker:
+    """A fitted learned fusion.
+
+    Attributes:
+        pipeline: the MLlib ``PipelineModel`` (assembler + classifier).
+        features: the feature columns it reads, in order.
+        info: what it was trained on (rows, positives, users, model kind); goes to the run summary.
+        path: where it is saved (None until :func:`save`).
+    """
+
+    pipeline: PipelineModel
+    features: tuple[str, ...] = FEATURES
+    info: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+
+def _z(signal: str) -> Column:
+    """The per-user z-score of ``signal`` over the user's unseen catalogue (0 where undefined)."""
+    std = F.col(f"{signal}_std")
+    z = F.when(std > 0, (F.col(signal) - F.col(f"{signal}_mean")) / std)
+    return F.coalesce(z, F.lit(0.0))
+
+
+def _rank(signal: str) -> Column:
+    """log1p of the item's rank in ``signal``'s top list (log1p(RANK_MISSING) when not in it)."""
+    return F.log1p(F.coalesce(F.col(f"{signal}_rank").cast("double"), F.lit(float(RANK_MISSING))))
+
+
+def feature_columns() -> dict[str, Column]:
+    """``{name: expression}`` of every feature of :data:`FEATURES` (all double, never null)."""
+    n = F.coalesce(F.col(S.POPULARITY).cast("double"), F.lit(0.0))
+    has = {s: F.col(s).isNotNull().cast("double") for s in (CF, CONTENT)}
+    cols = {
+        "f_cf": F.coalesce(F.col(CF).cast("double"), F.lit(0.0)),
+        "f_has_cf": has[CF],
+        "f_content": F.coalesce(F.col(CONTENT).cast("double"), F.lit(0.0)),
+        "f_has_content": has[CONTENT],
+        "f_cf_z": _z(CF),
+        "f_content_z": _z(CONTENT),
+        "f_cf_rank": _rank(CF),
+        "f_content_rank": _rank(CONTENT),
+        "f_pop_rank": _rank(POP),
+        "f_item_evidence": F.log1p(n),
+        "f_item_age": F.log1p(
+            F.greatest(F.coalesce(F.col(ITEM_AGE_DAYS).cast("double"), F.lit(0.0)), F.lit(0.0))
+        ),
+        "f_is_cold": (n == 0).cast("double"),
+        "f_is_head": (~F.coalesce(F.col(S.IS_LONG_TAIL), F.lit(True))).cast("double"),
+        "f_user_history": F.log1p(F.coalesce(F.col(USER_HISTORY).cast("double"), F.lit(0.0))),
+        "f_z_gap": _z(CONTENT) - _z(CF),
+    }
+    assert tuple(cols) == FEATURES
+    return cols
+
+
+def with_features(pairs: DataFrame) -> DataFrame:
+    """``pairs`` plus the :data:`FEATURES` columns.
+
+    ``pairs`` needs the candidate columns (``cf, content, pop`` with ``*_rank``, ``cf_mean,
+    cf_std, content_mean, content_std``, ``popularity, is_long_tail``) and ``user_history``,
+    ``item_age_days``; a missing one raises naming it.
+    """
+    needed = [
+        CF, CONTENT, f"{CF}_rank", f"{CONTENT}_rank", f"{POP}_rank", f"{CF}_mean", f"{CF}_std",
+        f"{CONTENT}_mean", f"{CONTENT}_std", S.POPULARITY, S.IS_LONG_TAIL, USER_HISTORY, ITEM_AGE_DAYS,
+    ]  # fmt: skip
+    S.require_columns(pairs, needed, "ranker candidates")
+    return pairs.withColumns(feature_columns())
+
+
+def sample_negatives(labelled: DataFrame, *, negatives: int, seed: int) -> DataFrame:
+    """Per user, every positive (``label = 1``) and at most ``negatives`` negatives, chosen by a
+    seeded random order; users without a positive are dropped (they say nothing about ordering)."""
+    by_user = Window.partitionBy(S.USER_IDX)
+    order = Window.partitionBy(S.USER_IDX, LABEL).orderBy(F.rand(seed), S.ITEM_IDX)
+    return (
+        labelled.withColumn("_pos", F.max(LABEL).over(by_user))
+        .where(F.col("_pos") > 0)
+        .withColumn("_n", F.row_number().over(order))
+        .where((F.col(LABEL) > 0) | (F.col("_n") <= negatives))
+        .drop("_pos", "_n")
+    )
+
+
+def fit_pipeline(
+    train: DataFrame, cfg: RankerConfig, *, features: tuple[str, ...] = FEATURES
+) -> PipelineModel:
+    """Fit ``VectorAssembler(features) -> classifier`` on ``train`` (``label`` 0/1 + features).
+
+    ``cfg.model``: ``gbt`` (``GBTClassifier``, ``trees`` x ``depth``) or ``logistic``
+    (``LogisticRegression``, L2 ``reg``, standardised features). Raises ``ValueError`` if
+    ``train`` lacks either class.
+    """
+    from pyspark.ml.classification import GBTClassifier, LogisticRegression
+    from pyspark.ml.feature import VectorAssembler
+
+    classes = {r[0] for r in train.select(LABEL).distinct().collect()}  # at most two values
+    if classes != {0.0, 1.0} and classes != {0, 1}:
+        raise ValueError(
+            f"ranker: the training labels hold classes {sorted(classes)}, need both 0 and 1 "
+            "(too few held-out interactions among the candidates; raise recommend.ranker.label_fraction)"
+        )
+    assembler = VectorAssembler(inputCols=list(features), outputCol=FEATURES_VEC, handleInvalid="error")
+    if cfg.model == "gbt":
+        clf: Any = GBTClassifier(
+            featuresCol=FEATURES_VEC,
+            labelCol=LABEL,
+            maxIter=cfg.trees,
+            maxDepth=cfg.depth,
+            stepSize=cfg.step,
+            seed=cfg.seed,
+        )
+    else:
+        clf = LogisticRegression(
+            featuresCol=FEATURES_VEC, labelCol=LABEL, regParam=cfg.reg, maxIter=100, standardization=True
+        )
+    return Pipeline(stages=[assembler, clf]).fit(train.withColumn(LABEL, F.col(LABEL).cast("double")))
+
+
+def score(pairs: DataFrame, ranker: Ranker) -> DataFrame:
+    """``pairs`` (with ``user_history``, ``item_age_days``) plus :data:`PROBABILITY` and
+    :data:`LOGIT`; the feature and MLlib columns are dropped again."""
+    from pyspark.ml.functions import vector_to_array
+
+    featured = with_features(pairs)
+    out = ranker.pipeline.transform(featured)
+    p = F.least(F.greatest(vector_to_array(F.col("probability"))[1], F.lit(_P_EPS)), F.lit(1 - _P_EPS))
+    added = [c for c in out.columns if c not in pairs.columns]
+    return (
+        out.withColumn(PROBABILITY, p)
+        .withColumn(LOGIT, F.log(F.col(PROBABILITY) / (1 - F.col(PROBABILITY))))
+        .drop(*added)
+    )
+
+
+def auc(scored: DataFrame, *, score_col: str = PROBABILITY) -> float:
+    """Area under the ROC curve of ``score_col`` against ``label`` (MLlib's evaluator)."""
+    from pyspark.ml.evaluation import BinaryClassificationEvaluator
+
+    ev = BinaryClassificationEvaluator(rawPredictionCol=score_col, labelCol=LABEL, metricName="areaUnderROC")
+    return float(ev.evaluate(scored.withColumn(LABEL, F.col(LABEL).cast("double"))))
+
+
+def importances(ranker: Ranker) -> dict[str, float]:
+    """Feature importances (gbt) or absolute coefficients (logistic), by feature name."""
+    model = ranker.pipeline.stages[-1]
+    if hasattr(model, "featureImportances"):
+        values = model.featureImportances.toArray()
+    else:
+        values = [abs(v) for v in model.coefficients.toArray()]
+    return {f: round(float(v), 4) for f, v in zip(ranker.features, values, strict=True) if not math.isnan(v)}
+
+
+def save(ranker: Ranker, path: str) -> Ranker:
+    """Write the pipeline with MLlib's persistence to ``path`` (overwriting); returns it with ``path``."""
+    ranker.pipeline.write().overwrite().save(path)
+    return Ranker(ranker.pipeline, ranker.features, ranker.info, path)
+
+
+def load(path: str, features: tuple[str, ...] | list[str], info: dict[str, Any] | None = None) -> Ranker:
+    """Read a pipeline :func:`save` wrote."""
+    return Ranker(PipelineModel.load(path), tuple(features), dict(info or {}), path)

@@ -1,0 +1,70 @@
+"""`maintain`: lake upkeep for scheduled use — compaction, log checkpoints, VACUUM, on every table.
+
+Daily appends leave many small files; merges, overwrites and compaction leave files that no
+current version references; a killed or failed write leaves its staged files (never committed).
+For each table (``maintain.tables``, default every longtail table that exists under the lake):
+
+1. **compact** (``maintain.compact``): bin-pack small files into ~``maintain.target_file_mb`` files,
+   one commit that changes no row (``dataChange=false``);
+2. **checkpoint** (``maintain.checkpoint``): a Parquet checkpoint of the log at the current version;
+3. **vacuum**: delete the unreferenced files older than ``maintain.retention_hours`` (default 168,
+   Delta's own default). Readers of older versions and writers that started within the retention
+   are unaffected, so the stage is safe while other stages run: keep the retention above your
+   longest run and your longest time-travel need.
+
+Run it on a schedule after the nightly pipeline (see README "Scheduling"); it is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from longtail.core import schema as S
+from longtail.core.config import Config
+from longtail.lake import Lake
+
+log = logging.getLogger(__name__)
+
+TABLES = (*S.WRITTEN_BY, S.RUNS)
+
+
+def run(
+    spark: SparkSession, cfg: Config, *, lake: Lake | None = None, run_id: str | None = None
+) -> dict[str, Any]:
+    """Compact, checkpoint and vacuum every table; returns per-table figures.
+
+    Returns:
+        ``tables``: per table ``version_before``, ``version_after``, ``files_added``,
+        ``files_removed`` (compaction) and ``vacuumed`` (files deleted; delta-spark reports None);
+        ``seconds``.
+    """
+    t0 = time.perf_counter()
+    lake = lake or Lake.from_config(spark, cfg)
+    m = cfg.maintain
+    unknown = sorted(set(m.tables or ()) - set(TABLES))
+    if unknown:
+        raise ValueError(f"maintain.tables: unknown table(s) {unknown}; allowed: {sorted(TABLES)}")
+    out: dict[str, Any] = {}
+    for table in m.tables or TABLES:
+        if not lake.exists(table):
+            continue
+        before = lake.version(table)
+        row: dict[str, Any] = {"version_before": before, "files_added": 0, "files_removed": 0}
+        if m.compact:
+            row.update(lake.compact(table, target_bytes=m.target_file_mb << 20))
+        if m.checkpoint:
+            lake.checkpoint(table)
+        deleted = lake.vacuum(table, retention_hours=m.retention_hours)
+        row["vacuumed"] = len(deleted) if lake.engine_name == "delta-rs" else None
+        row["version_after"] = lake.version(table)
+        out[table] = row
+        log.info("maintain %s: %s", table, row)
+    return {
+        "tables": out,
+        "retention_hours": m.retention_hours,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }

@@ -1,0 +1,223 @@
+"""The learned fusion: features, sampling, a planted signal, leakage, persistence, and the lists."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import synthetic
+from pyspark.sql import functions as F
+from test_encoder import make_tiny_bert
+from test_recommend import PAIR_COLUMNS, _candidates, _lists, _toy
+
+from longtail.core import schema as S
+from longtail.core.config import RankerConfig, RecommendConfig
+from longtail.core.errors import MissingInputError
+from longtail.ml import fusion
+from longtail.ml import ranker as L
+from longtail.ml import scoring as R
+from longtail.ml.model import current_embeddings, load_model
+from longtail.stages import recommend, train
+
+pytestmark = pytest.mark.spark
+
+FEATURE_ROW_COLUMNS = f"{PAIR_COLUMNS}, user_history long, item_age_days double"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return str(make_tiny_bert(tmp_path_factory.mktemp("models") / "tiny"))
+
+
+def test_features_fill_missing_signals_with_zero_and_an_indicator(spark):
+    # user 0, item 1: no CF score (cold user for CF), content 2.0 with mean 0.5 / std 0.5 -> z 3,
+    # content rank 4, not in the popular list, cold item (popularity 0), 3 interactions of history
+    rows = [(0, 1, None, None, 2.0, 4, None, None, None, None, 0.5, 0.5, 0, True, 3, None)]
+    got = L.with_features(spark.createDataFrame(rows, FEATURE_ROW_COLUMNS)).first()
+    expected = {
+        "f_cf": 0.0,
+        "f_has_cf": 0.0,
+        "f_content": 2.0,
+        "f_has_content": 1.0,
+        "f_cf_z": 0.0,
+        "f_content_z": 3.0,
+        "f_cf_rank": math.log1p(L.RANK_MISSING),
+        "f_content_rank": math.log1p(4),
+        "f_pop_rank": math.log1p(L.RANK_MISSING),
+        "f_item_evidence": 0.0,
+        "f_item_age": 0.0,
+        "f_is_cold": 1.0,
+        "f_is_head": 0.0,
+        "f_user_history": math.log1p(3),
+        "f_z_gap": 3.0,
+    }
+    assert {f: got[f] for f in L.FEATURES} == pytest.approx(expected)
+    with pytest.raises(ValueError, match="user_history"):
+        L.with_features(spark.createDataFrame(rows, FEATURE_ROW_COLUMNS).drop("user_history"))
+
+
+def test_negative_sampling_keeps_every_positive_and_bounds_negatives(spark):
+    # user 0: 2 positives, 10 negatives; user 1: no positive (dropped); 3 negatives kept per user
+    rows = [(0, i, int(i < 2)) for i in range(12)] + [(1, i, 0) for i in range(5)]
+    df = spark.createDataFrame(rows, "user_idx int, item_idx int, label int")
+    got = L.sample_negatives(df, negatives=3, seed=7).collect()
+    assert {r["user_idx"] for r in got} == {0}
+    assert sorted(r["item_idx"] for r in got if r["label"] == 1) == [0, 1]
+    assert sum(r["label"] == 0 for r in got) == 3
+    again = L.sample_negatives(df, negatives=3, seed=7).collect()
+    assert sorted(r["item_idx"] for r in again) == sorted(r["item_idx"] for r in got)
+
+
+@pytest.mark.parametrize("model", ["gbt", "logistic"])
+def test_ranker_recovers_a_planted_signal(spark, model):
+    # labels depend on f_content_z alone (1 where it exceeds 0.8, with 5% flipped); every other
+    # feature is independent noise: the ranker must rank by it (AUC near 0.95) and weigh it most
+    rng = np.random.default_rng(3)
+    n = 600
+    x = rng.normal(size=(n, len(L.FEATURES)))
+    j = L.FEATURES.index("f_content_z")
+    y = (x[:, j] > 0.8).astype(int)
+    flip = rng.random(n) < 0.05
+    y[flip] = 1 - y[flip]
+    rows = [(i // 20, i, int(y[i]), *map(float, x[i])) for i in range(n)]
+    schema = "user_idx int, item_idx int, label int, " + ", ".join(f"{f} double" for f in L.FEATURES)
+    df = spark.createDataFrame(rows, schema)
+    cfg = RankerConfig(model=model, trees=10, depth=3)
+    ranker = L.Ranker(L.fit_pipeline(df, cfg))
+    from pyspark.ml.functions import vector_to_array
+
+    scored = ranker.pipeline.transform(df).withColumn(L.PROBABILITY, vector_to_array("probability")[1])
+    assert L.auc(scored) > 0.9
+    weights = L.importances(ranker)
+    assert max(weights, key=weights.get) == "f_content_z"
+    assert weights["f_content_z"] > 2 * sorted(weights.values())[-2]
+
+
+def test_fit_pipeline_needs_both_classes(spark):
+    schema = "user_idx int, item_idx int, label int, " + ", ".join(f"{f} double" for f in L.FEATURES)
+    df = spark.createDataFrame([(0, i, 0, *([0.0] * len(L.FEATURES))) for i in range(4)], schema)
+    with pytest.raises(ValueError, match="label_fraction"):
+        L.fit_pipeline(df, RankerConfig())
+
+
+@pytest.fixture(scope="module")
+def lake_cfg(spark, tmp_path_factory, model_dir):
+    root = str(tmp_path_factory.mktemp("ranker") / "lake")
+    lake, mid = synthetic.build_lake(spark, root, model_dir)
+    cfg = synthetic.config(root, model_dir, "recommend.ranker.trees=5", "recommend.ranker.depth=3")
+    return lake, mid, cfg
+
+
+def test_no_inner_test_interaction_reaches_the_features(spark, lake_cfg, monkeypatch):
+    lake, mid, cfg = lake_cfg
+    seen_by_fit = []
+    real_fit = fusion.cf.fit
+
+    def spy(spark_, cfg_, interactions, *args, **kwargs):
+        seen_by_fit.append(interactions)
+        return real_fit(spark_, cfg_, interactions, *args, **kwargs)
+
+    monkeypatch.setattr(fusion.cf, "fit", spy)
+    inter = lake.read(S.INTERACTIONS)
+    items = lake.read(S.ITEMS)
+    rows, info = fusion.labelled_candidates(
+        spark, cfg, inter, items, current_embeddings(lake, mid, items=items), model_id=mid
+    )
+    try:
+        key = [S.USER_ID, S.ITEM_ID, S.TS]
+        inner_test = {tuple(r) for r in info["inner_test"].select(*key).collect()}
+        assert len(seen_by_fit) == 1  # one ALS + head for the features, on the inner training part
+        fitted_on = {tuple(r) for r in seen_by_fit[0].select(*key).collect()}
+        assert inner_test and not inner_test & fitted_on
+        assert inner_test | fitted_on == {tuple(r) for r in inter.select(*key).collect()}
+        # 8 interactions per user, label_fraction 0.2: the latest 2 of each user are labels
+        assert len(inner_test) == 30 * 2
+        # the features' item evidence counts the inner training part only
+        counts: dict[str, int] = {}
+        for _, item, _ in fitted_on:
+            counts[item] = counts.get(item, 0) + 1
+        evidence = rows.select(S.ITEM_IDX, "f_item_evidence").distinct().collect()
+        allowed = {round(math.log1p(c), 6) for c in counts.values()} | {0.0}
+        assert {round(r["f_item_evidence"], 6) for r in evidence} <= allowed
+        # every label is an inner-test pair; the sample keeps all positives among the candidates
+        assert info["positives"] >= 1 and info["rows"] > info["positives"]
+        assert rows.where(F.col(L.LABEL) == 1).count() == info["positives"]
+    finally:
+        rows.unpersist()
+        info["inner_train"].unpersist()
+        info["inner_test"].unpersist()
+
+
+def test_train_saves_the_ranker_in_the_lake_and_recommend_uses_it(spark, lake_cfg):
+    lake, mid, cfg = lake_cfg
+    summary = train.run(spark, cfg, lake=lake, run_id="t-rank")
+    path = summary["ranker"]["path"]
+    assert path.endswith("models/ranker/t-rank") and summary["ranker"]["features"] == list(L.FEATURES)
+    model = load_model(lake, model_id=mid)
+    assert model.ranker is not None and model.ranker.path == path
+    assert model.ranker.features == L.FEATURES
+    # the loaded pipeline scores exactly like a fresh load of the same files
+    rows = [(0, 1, 0.5, 2, 0.1, 5, None, None, 0.0, 1.0, 0.0, 0.5, 3, True, 4, 10.0)]
+    pairs = spark.createDataFrame(rows, FEATURE_ROW_COLUMNS)
+    p1 = L.score(pairs, model.ranker).first()[L.PROBABILITY]
+    p2 = L.score(pairs, L.load(path, L.FEATURES)).first()[L.PROBABILITY]
+    assert 0 < p1 < 1 and p1 == pytest.approx(p2, abs=1e-12)
+    out = recommend.run(spark, cfg, lake=lake, run_id="r-rank")
+    assert out["users"] == 30 and out["rows"] == 30 * cfg.recommend.k
+    model.unpersist()
+
+
+def test_learned_lists_reach_cold_users_and_items_without_vectors(spark, lake_cfg):
+    lake, mid, cfg = lake_cfg
+    if not lake.exists(S.PROJECTION_HEAD):
+        train.run(spark, cfg, lake=lake, run_id="t-rank")
+    model = load_model(lake, model_id=mid)
+    assert model.ranker is not None
+    users = spark.createDataFrame([("u00",), ("u01",), ("newcomer",)], "user_id string")
+    # a05 loses its text vector: it has ALS factors but no content score
+    embeddings = lake.read(S.ITEM_EMBEDDINGS).where(F.col(S.ITEM_ID) != "a05")
+    rec_cfg = dataclasses.replace(cfg.recommend, k=12, candidates=20, min_cold_share=0.1)
+    lists, cands = R.recommend(
+        spark,
+        rec_cfg,
+        model=model,
+        interactions=lake.read(S.INTERACTIONS),
+        embeddings=embeddings,
+        variants=["fused", "fused_rerank"],
+        users=users,
+        catalogue=lake.read(S.ITEMS),
+    )
+    try:
+        for variant, df in lists.items():
+            rows = df.collect()
+            per_user: dict[str, list] = {}
+            for r in rows:
+                per_user.setdefault(r[S.USER_ID], []).append(r)
+            assert {u: len(v) for u, v in per_user.items()} == {"u00": 12, "u01": 12, "newcomer": 12}, variant
+            assert all(r[S.SCORE] is not None for r in rows), variant
+        learned = cands.learned().join(cands.items, S.ITEM_IDX)
+        no_vector = learned.where(F.col(S.ITEM_ID) == "a05").collect()
+        assert no_vector and all(r[R.CONTENT] is None and 0 < r[L.PROBABILITY] < 1 for r in no_vector)
+        cold = learned.where(F.col(S.ITEM_ID).isin(*synthetic.COLD)).collect()
+        assert cold and all(0 < r[L.PROBABILITY] < 1 for r in cold)
+        # the cold-item reservation works on the learned score: each user's rerank list holds one
+        rerank_rows = lists["fused_rerank"].where(F.col(S.POPULARITY) == 0).collect()
+        assert {r[S.USER_ID] for r in rerank_rows} >= {"u00", "u01"}
+    finally:
+        cands.unpersist()
+        model.unpersist()
+
+
+def test_blend_keeps_the_hand_computed_lists_and_learned_needs_a_ranker(spark):
+    # the hand-computed case of test_recommend: the tail item wins for the user whose content
+    # evidence exceeds 1.089109 (user 1 with 1.2), not for user 0 (1.0)
+    cands = _candidates(spark, _toy(1.0, 1.2))
+    blend = RecommendConfig(k=1, candidates=3, fusion_k=10.0, rerank_rounds=0, fusion="blend")
+    assert _lists(R.rank_variant(cands, "fused", blend)) == {0: [0], 1: [1]}
+    assert _lists(R.rank_variant(cands, "fused_rerank", blend)) == {0: [0], 1: [1]}
+    learned = dataclasses.replace(blend, fusion="learned")
+    assert _lists(R.rank_variant(cands, "cf", learned)) == {0: [0], 1: [0]}  # single signals unaffected
+    with pytest.raises(MissingInputError, match=r"recommend\.fusion"):
+        R.rank_variant(cands, "fused", learned)
