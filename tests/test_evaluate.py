@@ -100,6 +100,15 @@ def test_evaluate_writes_every_variant_and_metric_and_a_report(spark, tmp_path: 
         ("rerank_strength", 0.5),
     }
     assert all(p["ndcg"] is not None for p in summary["sweep"])
+    # every variant's difference to cf, with its interval, at each k (default 1000 resamples)
+    intervals = {(p["variant"], p["metric"], p["k"]): p for p in summary["intervals"]}
+    want = {M.NDCG, M.RECALL, M.LONG_TAIL_COVERAGE, M.LONG_TAIL_COVERAGE_INTERACTED}
+    assert set(intervals) == {(v, m, k) for v in VARIANTS if v != "cf" for m in want for k in (3, 5)}
+    for (v, m, k), p in intervals.items():
+        assert p["lo"] <= p["hi"] and p["n_boot"] == 1000, (v, m, k)
+        if m in (M.NDCG, M.RECALL):  # the point difference is the difference of the table's values
+            assert p["diff"] == pytest.approx(value[(v, m, k, M.ALL)] - value[("cf", m, k, M.ALL)])
+            assert p["lo"] <= p["diff"] <= p["hi"]
     html = Path(summary["report"]["html"])
     assert html.exists() and html.parent.name == "eval-1"
     assert "fused_rerank" in html.read_text()
@@ -124,3 +133,62 @@ def test_validation_holdout_never_sees_the_test_part(spark, tmp_path: Path, mode
     assert valid.join(test, keys).count() == 0
     assert train_v.join(valid, keys).count() == 0
     assert train_v.count() + valid.count() + test.count() == interactions.count()
+
+
+def test_lists_at_each_k_are_what_recommend_writes_at_that_k(spark, tmp_path: Path, model_dir):
+    """Measure what ships: the evaluation's k-lists equal ``recommend`` run with recommend.k = k
+    (same training part, users and catalogue), re-ranking and reserved places included."""
+    import dataclasses
+
+    from longtail.ml import cf
+    from longtail.ml import scoring as R
+    from longtail.ml.model import current_embeddings
+
+    root = str(tmp_path / "lake")
+    lake, mid = synthetic.build_lake(spark, root, model_dir)
+    cfg = synthetic.config(
+        root, model_dir, "evaluate.k=[3, 5]", "recommend.min_tail_share=0.2", "recommend.min_cold_share=0.2"
+    )
+    items = lake.read(S.ITEMS)
+    embeddings = current_embeddings(lake, mid, items=items)
+    train_part, test_part = E.split(lake.read(S.INTERACTIONS), cfg)
+    model, _, _ = cf.fit(spark, cfg, train_part, items, embeddings, model_id=mid)
+    if cfg.recommend.fusion == "learned":  # as evaluate does: the ranker from the training part
+        from longtail.ml.fusion import fit_ranker
+
+        model.ranker = fit_ranker(spark, cfg, train_part, items, embeddings, model_id=mid)
+    users = test_part.select(S.USER_ID).distinct()
+    k_max_cfg = dataclasses.replace(cfg.recommend, k=5, candidates=max(cfg.recommend.candidates, 5))
+    cands = R.candidates(
+        spark,
+        k_max_cfg,
+        model=model,
+        interactions=train_part,
+        embeddings=embeddings,
+        users=users,
+        catalogue=items,
+    )
+    variants = ["popular", "cf", "fused", "fused_rerank"]
+    lists = E.ranked_lists(cands, [E.ListSpec(v, v) for v in variants], cfg, ks=[3, 5])
+    got = {
+        (r[S.K], r[S.VARIANT], r[S.USER_ID], r[S.RANK]): r[S.ITEM_ID] for df in lists for r in df.collect()
+    }
+    differs = 0
+    for k in (3, 5):
+        rec_cfg = dataclasses.replace(cfg.recommend, k=k)
+        shipped, shipped_cands = R.recommend(
+            spark, rec_cfg, model=model, interactions=train_part, embeddings=embeddings,
+            variants=variants, users=users, catalogue=items,
+        )  # fmt: skip
+        for v, df in shipped.items():
+            want = {(k, v, r[S.USER_ID], r[S.RANK]): r[S.ITEM_ID] for r in df.collect()}
+            assert want, v
+            assert {key: got.get(key) for key in want} == want, (k, v)
+            assert sum(1 for key in got if key[:2] == (k, v)) == len(want), (k, v)
+        shipped_cands.unpersist()
+    for v in variants:  # the 3-lists are not just the top 3 of the 5-lists (re-rank, reservations)
+        differs += sum(
+            got.get((3, v, u, r)) != got.get((5, v, u, r)) for (k, vv, u, r) in got if k == 3 and vv == v
+        )
+    assert differs > 0
+    cands.unpersist()

@@ -19,7 +19,7 @@ RECS = "variant string, user_id string, item_id string, rank int"
 TEST = "user_id string, item_id string"
 STATS = "item_id string, popularity long, n_users long, is_long_tail boolean"
 
-# The catalogue: 10 items, head = the top 20% by training count (h1, h2); c1, c2 are cold.
+# The catalogue: 10 items, head h1, h2 (is_long_tail false); tail t1..t6 (interacted); c1, c2 cold.
 CATALOGUE = [
     ("h1", 10, 8, False),
     ("h2", 8, 6, False),
@@ -43,13 +43,12 @@ LISTS = {
     "B": {"u1": ["c1", "h2"], "u5": ["h1"]},  # u2, u3 have no B list: they count with zeros
 }
 TEST_ROWS = [("u1", "t1"), ("u1", "t1"), ("u1", "c1"), ("u1", "h2"), ("u2", "h1"), ("u3", "c2"), ("u5", "h1")]
-# relevant sets: u1 all {t1, c1, h2}, head {h2}, tail {t1, c1}, cold {c1}; u2 {h1} (head);
-# u3 {c2} (tail, cold); u5 {h1} (head). Evaluated: all 4 users, head 3 (u1, u2, u5),
-# tail 2 (u1, u3), cold 2 (u1, u3).
+# relevant sets (segments are disjoint): u1 all {t1, c1, h2}, head {h2}, tail {t1}, cold {c1};
+# u2 {h1} (head); u3 {c2} (cold); u5 {h1} (head). Evaluated: all 4 users, head 3 (u1, u2, u5),
+# tail 1 (u1), cold 2 (u1, u3).
 
 L2, L3, L4 = log2(2), log2(3), log2(4)
 NDCG_A_U1_ALL = (1 / L3 + 1 / L4) / (1 / L2 + 1 / L3 + 1 / L4)  # hits at ranks 2, 3 of |rel| = 3
-NDCG_A_U1_TAIL = (1 / L3 + 1 / L4) / (1 / L2 + 1 / L3)  # the same hits, IDCG over min(2, 3)
 EXPECTED = {
     # --- variant A, K = 3 -------------------------------------------------------------------
     # u1: hits t1 (rank 2), c1 (rank 3); u2: h1 at rank 1; u3, u5: nothing
@@ -63,11 +62,12 @@ EXPECTED = {
     ("A", "hit_rate", 3, "head"): 1 / 3,
     ("A", "ndcg", 3, "head"): 1 / 3,
     ("A", "map", 3, "head"): 1 / 3,
-    ("A", "recall", 3, "tail"): (1 + 0) / 2,
-    ("A", "precision", 3, "tail"): (2 / 3) / 2,
-    ("A", "hit_rate", 3, "tail"): 1 / 2,
-    ("A", "ndcg", 3, "tail"): NDCG_A_U1_TAIL / 2,
-    ("A", "map", 3, "tail"): ((1 / 2 + 2 / 3) / 2) / 2,
+    # tail: only u1 ({t1}), hit at rank 2
+    ("A", "recall", 3, "tail"): 1.0,
+    ("A", "precision", 3, "tail"): 1 / 3,
+    ("A", "hit_rate", 3, "tail"): 1.0,
+    ("A", "ndcg", 3, "tail"): 1 / L3,
+    ("A", "map", 3, "tail"): 1 / 2,  # P@2 = 1/2 (one tail hit in two places), / min(1, 3)
     ("A", "recall", 3, "cold"): 1 / 2,  # u1 hits c1 at rank 3, u3 misses c2
     ("A", "precision", 3, "cold"): (1 / 3) / 2,
     ("A", "hit_rate", 3, "cold"): 1 / 2,
@@ -89,11 +89,7 @@ EXPECTED = {
     ("B", "hit_rate", 3, "head"): 2 / 3,
     ("B", "ndcg", 3, "head"): (1 / L3 + 1) / 3,  # u1's h2 at rank 2, u5's h1 at rank 1
     ("B", "map", 3, "head"): (1 / 2 + 1) / 3,
-    ("B", "recall", 3, "tail"): (1 / 2) / 2,
-    ("B", "precision", 3, "tail"): (1 / 3) / 2,
-    ("B", "hit_rate", 3, "tail"): 1 / 2,
-    ("B", "ndcg", 3, "tail"): (1 / (1 / L2 + 1 / L3)) / 2,
-    ("B", "map", 3, "tail"): ((1 / 1) / 2) / 2,
+    **{("B", m, 3, "tail"): 0.0 for m in M.ACCURACY_METRICS},  # u1's [c1, h2] misses t1
     **{
         ("B", m, 3, "cold"): v
         for m, v in zip(M.ACCURACY_METRICS, (1 / 2, 1 / 2, 1 / 2, 1 / 2, (1 / 3) / 2), strict=True)
@@ -105,14 +101,28 @@ EXPECTED = {
     ("B", "ndcg", 1, "all"): (1 + 1) / 4,
     ("B", "map", 1, "all"): (1 + 1) / 4,
     **{("B", m, 1, "head"): 1 / 3 for m in M.ACCURACY_METRICS},
-    **{("B", m, 1, "tail"): 1 / 2 for m in M.ACCURACY_METRICS},
-    ("B", "recall", 1, "tail"): (1 / 2) / 2,  # u1's c1 is one of its two tail test items
+    **{("B", m, 1, "tail"): 0.0 for m in M.ACCURACY_METRICS},
     **{("B", m, 1, "cold"): 1 / 2 for m in M.ACCURACY_METRICS},
+    # --- a segment's recall over ALL 4 evaluated users (0 for users without a test item in it) ---
+    ("A", "recall_all_users", 3, "head"): 1 / 4,  # u2
+    ("A", "recall_all_users", 3, "tail"): 1 / 4,  # u1's t1
+    ("A", "recall_all_users", 3, "cold"): 1 / 4,  # u1's c1 (= cold recall 1/2 x 2 users / 4)
+    ("A", "recall_all_users", 1, "head"): 1 / 4,
+    ("A", "recall_all_users", 1, "tail"): 0.0,
+    ("A", "recall_all_users", 1, "cold"): 0.0,
+    ("B", "recall_all_users", 3, "head"): 2 / 4,  # u1's h2, u5's h1
+    ("B", "recall_all_users", 3, "tail"): 0.0,
+    ("B", "recall_all_users", 3, "cold"): 1 / 4,
+    ("B", "recall_all_users", 1, "head"): 1 / 4,
+    ("B", "recall_all_users", 1, "tail"): 0.0,
+    ("B", "recall_all_users", 1, "cold"): 1 / 4,
     # --- beyond accuracy, A, K = 3: every list of A (u4 too) -----------------------------------
     # exposure h1 4, h2 2, t1 2, c1 1, t2 1, t3 1, the other four 0; total 11
     ("A", "catalog_coverage", 3, "all"): 6 / 10,
     ("A", "long_tail_coverage", 3, "all"): 4 / 8,  # t1, c1, t2, t3 of 8 tail items
+    ("A", "long_tail_coverage_interacted", 3, "all"): 3 / 6,  # t1, t2, t3 of t1..t6
     ("A", "aplt", 3, "all"): (2 / 3 + 0 / 2 + 2 / 3 + 1 / 3) / 4,
+    ("A", "aplt_interacted", 3, "all"): (1 / 3 + 0 / 2 + 2 / 3 + 1 / 3) / 4,  # u1's c1 no longer counts
     ("A", "arp", 3, "all"): ((10 + 2 + 0) / 3 + (10 + 8) / 2 + (1 + 1 + 10) / 3 + (10 + 8 + 2) / 3) / 4,
     ("A", "novelty", 3, "all"): (
         4 * log2(10 / 9) + 2 * log2(10 / 7) + 2 * log2(10 / 3) + log2(10 / 1) + 2 * log2(10 / 2)
@@ -126,7 +136,9 @@ EXPECTED = {
     # --- A, K = 1: h1, h1, t2, h1 ------------------------------------------------------------------
     ("A", "catalog_coverage", 1, "all"): 2 / 10,
     ("A", "long_tail_coverage", 1, "all"): 1 / 8,
+    ("A", "long_tail_coverage_interacted", 1, "all"): 1 / 6,
     ("A", "aplt", 1, "all"): (0 + 0 + 1 + 0) / 4,
+    ("A", "aplt_interacted", 1, "all"): (0 + 0 + 1 + 0) / 4,
     ("A", "arp", 1, "all"): (10 + 10 + 1 + 10) / 4,
     ("A", "novelty", 1, "all"): (3 * log2(10 / 9) + log2(10 / 2)) / 4,
     ("A", "entropy", 1, "all"): -(3 / 4 * log2(3 / 4) + 1 / 4 * log2(1 / 4)),
@@ -134,7 +146,9 @@ EXPECTED = {
     # --- B, K = 3: c1, h2 | h1 ------------------------------------------------------------------
     ("B", "catalog_coverage", 3, "all"): 3 / 10,
     ("B", "long_tail_coverage", 3, "all"): 1 / 8,
+    ("B", "long_tail_coverage_interacted", 3, "all"): 0.0,  # c1 is cold
     ("B", "aplt", 3, "all"): (1 / 2 + 0 / 1) / 2,
+    ("B", "aplt_interacted", 3, "all"): 0.0,
     ("B", "arp", 3, "all"): ((0 + 8) / 2 + 10 / 1) / 2,
     ("B", "novelty", 3, "all"): (log2(10 / 1) + log2(10 / 7) + log2(10 / 9)) / 3,
     ("B", "entropy", 3, "all"): log2(3),
@@ -142,7 +156,9 @@ EXPECTED = {
     # --- B, K = 1: c1 | h1 ---------------------------------------------------------------------------
     ("B", "catalog_coverage", 1, "all"): 2 / 10,
     ("B", "long_tail_coverage", 1, "all"): 1 / 8,
+    ("B", "long_tail_coverage_interacted", 1, "all"): 0.0,
     ("B", "aplt", 1, "all"): (1 + 0) / 2,
+    ("B", "aplt_interacted", 1, "all"): 0.0,
     ("B", "arp", 1, "all"): (0 + 10) / 2,
     ("B", "novelty", 1, "all"): (log2(10 / 1) + log2(10 / 9)) / 2,
     ("B", "entropy", 1, "all"): 1.0,
@@ -207,8 +223,11 @@ def test_one_function_per_metric_gives_the_same_values(hand):
         M.ndcg_at_k(recs, test, stats, ks=ks),
         M.map_at_k(recs, test, stats, ks=ks),
         M.catalog_coverage(recs, stats, ks=ks),
+        M.recall_all_users_at_k(recs, test, stats, ks=ks),
         M.long_tail_coverage(recs, stats, ks=ks),
+        M.long_tail_coverage_interacted(recs, stats, ks=ks),
         M.aplt(recs, stats, ks=ks),
+        M.aplt_interacted(recs, stats, ks=ks),
         M.arp(recs, stats, ks=ks),
         M.gini(recs, stats, ks=ks),
         M.entropy(recs, stats, ks=ks),
@@ -225,22 +244,22 @@ def test_evaluated_users_are_counted(hand):
             # A lists u1..u4; u5 has test items but no A list; u4 has an A list but no test item
             ("A", "all", 4, 1, 1),
             ("A", "head", 3, 1, 2),  # head users u1, u2, u5; u3, u4 have A lists but no head item
-            ("A", "tail", 2, 0, 2),  # tail users u1, u3; excluded u2, u4
+            ("A", "tail", 1, 0, 3),  # tail user u1 (u3's c2 is cold); excluded u2, u3, u4
             ("A", "cold", 2, 0, 2),
             ("B", "all", 4, 2, 0),  # B lists u1, u5: u2, u3 count with zeros
             ("B", "head", 3, 1, 0),
-            ("B", "tail", 2, 1, 1),  # u3 has no B list; u5 has one but no tail test item
+            ("B", "tail", 1, 0, 1),  # u1; u5 has a B list but no tail test item
             ("B", "cold", 2, 1, 1),
         ],
         columns=["variant", "segment", "evaluated_users", "evaluated_without_list", "excluded_users"],
     )
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)
     summary = M.evaluated_users(recs, test, stats)
-    assert summary["evaluated_users"] == {"all": 4, "head": 3, "tail": 2, "cold": 2}
+    assert summary["evaluated_users"] == {"all": 4, "head": 3, "tail": 1, "cold": 2}
     assert summary["variants"]["A"] == {
         "users_with_list": 4,
         "evaluated_without_list": {"all": 1, "head": 1, "tail": 0, "cold": 0},
-        "excluded_users": {"all": 1, "head": 2, "tail": 2, "cold": 2},
+        "excluded_users": {"all": 1, "head": 2, "tail": 3, "cold": 2},
     }
     assert summary["variants"]["B"]["users_with_list"] == 2
 
@@ -322,8 +341,7 @@ def test_recall_by_decile(spark):
 # --- the Spark implementation against a pure-Python reference on random lists ------------------
 def _segments(item: str, stats: dict) -> set[str]:
     pop, _, lt = stats[item]
-    tail = lt or pop == 0
-    return {"all", "tail" if tail else "head"} | ({"cold"} if pop == 0 else set())
+    return {"all", "cold" if pop == 0 else "tail" if lt else "head"}
 
 
 def _reference(lists, test_pairs, stats, ks, n_train_users) -> dict:
@@ -333,7 +351,9 @@ def _reference(lists, test_pairs, stats, ks, n_train_users) -> dict:
         rel.setdefault(u, set()).add(i)
     out = {}
     catalogue = sorted(stats)
-    tail_items = {i for i in catalogue if "tail" in _segments(i, stats)}
+    tail_items = {i for i in catalogue if not _segments(i, stats) & {"head"}}  # tail and cold
+    warm_tail = {i for i in catalogue if "tail" in _segments(i, stats)}
+    all_users = {u for u, r in rel.items() if r}
     for v, by_user in lists.items():
         for k in ks:
             for seg in ("all", "head", "tail", "cold"):
@@ -356,6 +376,8 @@ def _reference(lists, test_pairs, stats, ks, n_train_users) -> dict:
                     vals["map"].append(ap / depth)
                 for m, xs in vals.items():
                     out[(v, m, k, seg)] = float(np.mean(xs))
+                if seg != "all":
+                    out[(v, "recall_all_users", k, seg)] = float(np.sum(vals["recall"])) / len(all_users)
             tops = {u: items[:k] for u, items in by_user.items() if items}
             pairs = [i for top in tops.values() for i in top]
             x = np.array([sum(i == j for j in pairs) for i in catalogue], dtype=float)
@@ -364,6 +386,10 @@ def _reference(lists, test_pairs, stats, ks, n_train_users) -> dict:
             n = len(xs)
             out[(v, "catalog_coverage", k, "all")] = len(set(pairs)) / len(catalogue)
             out[(v, "long_tail_coverage", k, "all")] = len(set(pairs) & tail_items) / len(tail_items)
+            out[(v, "long_tail_coverage_interacted", k, "all")] = len(set(pairs) & warm_tail) / len(warm_tail)
+            out[(v, "aplt_interacted", k, "all")] = float(
+                np.mean([sum(i in warm_tail for i in t) / len(t) for t in tops.values()])
+            )
             out[(v, "aplt", k, "all")] = float(
                 np.mean([sum(i in tail_items for i in t) / len(t) for t in tops.values()])
             )

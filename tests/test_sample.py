@@ -42,3 +42,39 @@ def test_users_stay_on_their_topics():
     # Each user draws 90% from 1-3 preferred topics among 12: the top 3 topics hold most of a user's items.
     top3_share = per_user.apply(lambda t: t.value_counts().iloc[:3].sum() / len(t)).mean()
     assert top3_share > 0.8
+
+
+def _good(inter):
+    return inter[inter["item_id"].str.match(r"^i\d{6}$") & inter["timestamp"].str.isdigit()]
+
+
+def test_dense_preset_is_the_default_and_unchanged():
+    items, inter = generate_frames(_cfg(n_items=200, n_users=50, seed=3))
+    items_d, inter_d = generate_frames(_cfg(n_items=200, n_users=50, seed=3, preset="dense"))
+    assert items.equals(items_d) and inter.equals(inter_d)
+
+
+def test_sparse_preset_many_light_users_over_days_most_items_never_bought():
+    import time
+
+    cfg = _cfg(preset="sparse", n_items=2000, n_users=20000, sparse_days=3, seed=5)
+    t0 = time.perf_counter()
+    items, inter = generate_frames(cfg)
+    assert time.perf_counter() - t0 < 30  # seconds, not minutes (about 2 s on a 2-core VM)
+    again = generate_frames(cfg)
+    assert items.equals(again[0]) and inter.equals(again[1])  # deterministic
+    good = _good(inter)
+    per_user = good.groupby("user_id").size()
+    assert per_user.min() >= 1 and per_user.max() <= 3
+    assert good["user_id"].nunique() > 19000  # nearly every user has an interaction
+    ts = good["timestamp"].astype(int)
+    assert ts.max() - ts.min() <= 3 * 86400
+    bought = good["item_id"].nunique()
+    assert bought <= 0.25 * 2000 + 1 and bought / 2000 < 0.3  # most of the catalogue never sells
+    # descriptions carry the topic: a user's items share their main topic far more than chance (1/12)
+    topic = dict(zip(items["item_id"], items["category"].fillna("").str.split("|").str[0], strict=True))
+    multi = good.assign(topic=good["item_id"].map(topic)).groupby("user_id")["topic"]
+    same = multi.agg(lambda t: t.value_counts().iloc[0] / len(t))[per_user > 1]
+    assert same.mean() > 0.8
+    space = items[items["category"].fillna("").str.startswith("space|")]["description"]
+    assert space.str.contains("astronaut|starship|colony|nebula|android|orbit station").all()

@@ -111,11 +111,19 @@ class SampleConfig:
     """Power-law exponent of item popularity (larger: a longer, thinner tail)."""
     seed: int = 42
     """Random seed; the sample is deterministic."""
+    preset: Literal["dense", "sparse"] = "dense"
+    """`dense`: about `interactions_per_user` per user over `months` months; `sparse`: 1-3 interactions per user within `sparse_days`, most
+    items never bought (conf/sample-sparse.yaml: 30,000 users x 5,000 items)."""
+    sparse_days: int = 4
+    """Sparse preset: the days the whole log spans."""
+    sparse_active_share: float = 0.25
+    """Sparse preset: the share of the catalogue that is ever bought."""
 
     def __post_init__(self) -> None:
-        for name in ("n_items", "n_users", "n_topics", "interactions_per_user", "months"):
+        for name in ("n_items", "n_users", "n_topics", "interactions_per_user", "months", "sparse_days"):
             _check(getattr(self, name) >= 1, f"sample.{name}", "must be >= 1")
         _check(self.popularity_exponent > 0, "sample.popularity_exponent", "must be > 0")
+        _check(0 < self.sparse_active_share <= 1, "sample.sparse_active_share", "must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -303,8 +311,14 @@ class RecommendConfig:
     """`fused_rerank`: share of each list reserved for long-tail items."""
     min_cold_share: float = 0.0  # fused_rerank: share of each list reserved for items with no interactions
     """`fused_rerank`: share of each list reserved for cold items (no interactions)."""
-    head_fraction: float = 0.2  # head = the top share of items by interaction count; tail = the rest
-    """Head = this top share of items by interaction count; the tail is the rest."""
+    head_rule: Literal["mass", "items"] = "mass"
+    """How the head is cut from the training counts (ml/segments.py): `mass` (the items holding
+    `head_share` of the interactions) or `items` (`head_fraction` of the interacted items); cold items are
+    never head, tied items never split."""
+    head_share: float = 0.8
+    """`mass` rule: the head = the most popular items holding at most this share of training interactions."""
+    head_fraction: float = 0.2
+    """`items` rule: the head = at most this share of the items that have training interactions."""
     block_users: int = 8192
     """Blocked top-K: users per block (docs/scaling.md: 8192 x 16384 for 384 dimensions)."""
     block_items: int = 16384
@@ -335,6 +349,7 @@ class RecommendConfig:
             "must be <= 1 - recommend.min_tail_share (the reserved places cannot exceed the list)",
         )
         _check(0 < self.head_fraction < 1, "recommend.head_fraction", "must be in (0, 1)")
+        _check(0 < self.head_share < 1, "recommend.head_share", "must be in (0, 1)")
         _check(self.block_users >= 1, "recommend.block_users", "must be >= 1")
         _check(self.block_items >= 1, "recommend.block_items", "must be >= 1")
 
@@ -344,7 +359,7 @@ class EvaluateConfig:
     """The time-based hold-out and the report of `evaluate` (docs/evaluation.md)."""
 
     k: tuple[int, ...] = (10, 20)
-    """Cut-offs of every metric; lists are max(k) long."""
+    """Cut-offs of every metric; the lists for each k are ranked, re-ranked and reserved at length k."""
     test_fraction: float = 0.2
     """Per user, this last share of interactions (at least one) goes to test."""
     cutoff: str | None = None  # ISO-8601 time: a global cut-off instead of the per-user fraction
@@ -364,8 +379,13 @@ class EvaluateConfig:
     """Write the HTML and Markdown report."""
     report_dir: str | None = None  # None: <lake.root>/reports
     """Where reports go; null: `<lake.root>/reports`."""
+    bootstrap: int = 1000
+    """Paired bootstrap resamples of users for the 95% intervals of each variant's difference to `cf`; 0: none."""
+    bootstrap_seed: int = 42
+    """Seed of the bootstrap resampling."""
 
     def __post_init__(self) -> None:
+        _check(self.bootstrap >= 0, "evaluate.bootstrap", "must be >= 0 (0: no intervals)")
         _check(
             len(self.k) >= 1 and all(k >= 1 for k in self.k), "evaluate.k", "must be a list of integers >= 1"
         )

@@ -32,6 +32,7 @@ For every user (see ``docs/scoring.md`` for the reasons and the measurements beh
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -51,8 +52,8 @@ from longtail.core.errors import MissingInputError
 from longtail.ml import ranker as L
 from longtail.ml.cf import new_ids
 from longtail.ml.head import ProjectionHead
-from longtail.ml.metrics import N_USERS
 from longtail.ml.model import Model
+from longtail.ml.segments import item_segments
 from longtail.ml.topk import Signal, blocked_top_k
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,12 @@ class Candidates:
             self._learned = L.score(self.pairs, self.ranker).localCheckpoint(eager=True)
         return self._learned
 
+    def release_learned(self) -> None:
+        """Drop the cached ranker scores only (all a :func:`candidates_at` view owns)."""
+        if self._learned is not None:
+            self._learned.unpersist()
+            self._learned = None
+
     def unpersist(self) -> None:
         for df in (self.pairs, self.users, self.items, self.stats, self._learned):
             if df is not None:
@@ -104,40 +111,27 @@ class Candidates:
 
 
 # --- item statistics -----------------------------------------------------------------------------
-def item_stats(interactions: DataFrame, catalogue: DataFrame, *, head_fraction: float) -> DataFrame:
-    """``(item_id, popularity, n_users, is_long_tail)`` for every item of ``catalogue``.
+def item_stats(
+    interactions: DataFrame,
+    catalogue: DataFrame,
+    *,
+    head_rule: str = "mass",
+    head_share: float = 0.8,
+    head_fraction: float = 0.2,
+) -> DataFrame:
+    """``(item_id, popularity, n_users, is_long_tail, item_segment)`` for every item of ``catalogue``.
 
     ``popularity`` is the item's number of interactions in ``interactions`` (0 for cold items),
-    ``n_users`` its distinct users. The head is the top ``ceil(head_fraction * catalogue size)``
-    items by popularity (ties by item_id); every other item is long tail (cold items included).
-    The rank comes from a distributed sort and ``zipWithIndex``, not a single-partition window.
+    ``n_users`` its distinct users; head / tail / cold as :func:`longtail.ml.segments.item_segments`
+    decides (``recommend.head_rule``: the items holding ``head_share`` of the interactions, or the
+    top ``head_fraction`` of the interacted items; ties never split, cold items never head).
+    ``is_long_tail`` = not head.
 
     Example:
-        >>> item_stats(interactions, items.select("item_id"), head_fraction=0.2)
+        >>> item_stats(interactions, items.select("item_id"), head_rule="mass", head_share=0.8)
     """
-    spark = interactions.sparkSession
-    counts = interactions.groupBy(S.ITEM_ID).agg(
-        F.count(F.lit(1)).alias(S.POPULARITY), F.countDistinct(S.USER_ID).alias(N_USERS)
-    )
-    stats = (
-        catalogue.select(S.ITEM_ID)
-        .distinct()
-        .join(counts, S.ITEM_ID, "left")
-        .select(
-            S.ITEM_ID,
-            F.coalesce(S.POPULARITY, F.lit(0)).cast("long").alias(S.POPULARITY),
-            F.coalesce(N_USERS, F.lit(0)).cast("long").alias(N_USERS),
-        )
-    )
-    ranked = stats.orderBy(F.col(S.POPULARITY).desc(), S.ITEM_ID).rdd.zipWithIndex()
-    schema = T.StructType([*stats.schema.fields, T.StructField("_pos", T.LongType(), False)])
-    with_pos = spark.createDataFrame(ranked.map(lambda p: (*p[0], p[1])), schema)
-    total = stats.agg(F.count(F.lit(1)).alias("_n"))  # the catalogue size: one row, broadcast
-    return with_pos.crossJoin(F.broadcast(total)).select(
-        S.ITEM_ID,
-        S.POPULARITY,
-        N_USERS,
-        (F.col("_pos") >= F.ceil(F.lit(head_fraction) * F.col("_n"))).alias(S.IS_LONG_TAIL),
+    return item_segments(
+        interactions, catalogue, rule=head_rule, head_share=head_share, head_fraction=head_fraction
     )
 
 
@@ -284,7 +278,13 @@ def candidates(
     user_idx = users.join(model.user_map.unionByName(extra), S.USER_ID).persist()
     catalogue = (catalogue if catalogue is not None else embeddings).select(S.ITEM_ID).distinct()
     item_idx = model.item_map.join(catalogue, S.ITEM_ID, "left_semi").persist()
-    stats = item_stats(interactions, item_idx, head_fraction=cfg.head_fraction).persist()
+    stats = item_stats(
+        interactions,
+        item_idx,
+        head_rule=cfg.head_rule,
+        head_share=cfg.head_share,
+        head_fraction=cfg.head_fraction,
+    ).persist()
 
     mean = mean_vector(embeddings, S.EMBEDDING) if cfg.centre else None
     content_vecs = centred(embeddings, mean)
@@ -366,6 +366,25 @@ def item_age(interactions: DataFrame, item_idx: DataFrame) -> DataFrame:
         .join(item_idx, S.ITEM_ID)
         .select(S.ITEM_IDX, age.alias(L.ITEM_AGE_DAYS))
     )
+
+
+def candidates_at(cands: Candidates, *, k: int, n_candidates: int) -> Candidates:
+    """The candidate set that :func:`candidates` builds with ``recommend.k = k`` and
+    ``recommend.candidates = n_candidates``, cut from one built with a larger k and at least as
+    many candidates (``evaluate`` ranks every cut-off from one pass).
+
+    Exact: each signal's top list is a prefix of the longer one (the order, ties included, is a
+    total order: score, then item key), and the per-user moments cover the whole unseen catalogue,
+    not the lists. Rows in no shorter list go; ranks beyond the shorter lists become null. The
+    ranker's scores are not carried over (its features include the ranks): the view scores its
+    own pairs when asked; free them with :meth:`Candidates.release_learned`.
+    """
+    ranks = {f"{CF}_rank": n_candidates, f"{CONTENT}_rank": n_candidates, f"{POP}_rank": k}
+    keep = functools.reduce(lambda a, b: a | b, [F.col(c) <= n for c, n in ranks.items()])
+    pairs = cands.pairs.where(keep)
+    for col, n in ranks.items():
+        pairs = pairs.withColumn(col, F.when(F.col(col) <= n, F.col(col)))
+    return dataclasses.replace(cands, pairs=pairs, _learned=None)
 
 
 # --- variants ------------------------------------------------------------------------------------

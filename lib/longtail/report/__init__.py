@@ -65,6 +65,7 @@ def write_report(
     context: Mapping[str, Any],
     k: int,
     spark: SparkSession | None = None,
+    intervals: pd.DataFrame | None = None,
 ) -> dict[str, str]:
     """Write ``report.html`` (self-contained) and ``report.md`` with its PNGs into ``out_dir``.
 
@@ -80,6 +81,8 @@ def write_report(
             timings); top-level keys become sub-headings.
         k: the cut-off of the plots.
         spark: needed only when ``out_dir`` is not local.
+        intervals: each variant's difference to ``cf`` with its bootstrap interval
+            (:func:`longtail.ml.bootstrap.intervals`), or None for none.
 
     Returns:
         ``{"html": ..., "md": ..., "tradeoff_png": ..., "lorenz_png": ..., "deciles_png": ...}``:
@@ -100,7 +103,7 @@ def write_report(
     }
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     common = {"run_id": run_id, "k": k, "main": main, "beyond": beyond, "segments": segments, "context": context,
-              "generated": generated}  # fmt: skip
+              "generated": generated, "intervals": intervals}  # fmt: skip
     md = render_markdown(png_names=pngs, **common)
     page = render_html(pngs=pngs, **common)
     # the HTML last: once it exists, the report is complete

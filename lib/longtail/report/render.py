@@ -27,7 +27,18 @@ LORENZ_PNG = "lorenz.png"
 DECILES_PNG = "deciles.png"
 
 ACCURACY_COLUMNS = ("recall", "ndcg", "hit_rate", "map", "precision")
-BEYOND_COLUMNS = ("catalog_coverage", "long_tail_coverage", "aplt", "arp", "gini", "entropy", "novelty")
+BEYOND_COLUMNS = (
+    "catalog_coverage",
+    "long_tail_coverage",
+    "long_tail_coverage_interacted",
+    "aplt",
+    "aplt_interacted",
+    "arp",
+    "gini",
+    "entropy",
+    "novelty",
+)
+SEGMENT_COLUMNS = (*ACCURACY_COLUMNS, "recall_all_users")
 SEGMENT_ORDER = ("all", "head", "tail", "cold")
 LABELS = {
     "recall": "Recall",
@@ -37,7 +48,10 @@ LABELS = {
     "precision": "Precision",
     "catalog_coverage": "Catalog cov.",
     "long_tail_coverage": "LT cov.",
+    "long_tail_coverage_interacted": "LT cov. (interacted)",
     "aplt": "APLT",
+    "aplt_interacted": "APLT (interacted)",
+    "recall_all_users": "Recall (all users)",
     "arp": "ARP",
     "gini": "Gini",
     "entropy": "Entropy",
@@ -47,7 +61,10 @@ LABELS = {
 HIGHER_IS_BETTER = set(ACCURACY_COLUMNS) | {
     "catalog_coverage",
     "long_tail_coverage",
+    "long_tail_coverage_interacted",
     "aplt",
+    "aplt_interacted",
+    "recall_all_users",
     "entropy",
     "novelty",
 }
@@ -90,15 +107,15 @@ def metric_table(metrics: pd.DataFrame, columns: Sequence[str], *, segment: str 
 
 
 def segment_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    """(variant, segment) as rows, (accuracy metric, k) as columns."""
-    sub = metrics[metrics["metric"].isin(ACCURACY_COLUMNS)]
+    """(variant, segment) as rows, (accuracy metric, k) as columns (with ``recall_all_users``)."""
+    sub = metrics[metrics["metric"].isin(SEGMENT_COLUMNS)]
     if sub.empty:
         return pd.DataFrame()
     wide = sub.pivot_table(
         index=["variant", "segment"], columns=["metric", "k"], values="value", aggfunc="first"
     )
     ks = sorted({int(k) for k in sub["k"]})
-    ordered = [(m, k) for k in ks for m in ACCURACY_COLUMNS if (m, k) in wide.columns]
+    ordered = [(m, k) for k in ks for m in SEGMENT_COLUMNS if (m, k) in wide.columns]
     rows = [
         (v, s)
         for v in variant_order(sub["variant"])
@@ -106,6 +123,55 @@ def segment_table(metrics: pd.DataFrame) -> pd.DataFrame:
         if (v, s) in wide.index
     ]
     return wide.reindex(index=pd.MultiIndex.from_tuples(rows), columns=pd.MultiIndex.from_tuples(ordered))
+
+
+def interval_table(intervals: pd.DataFrame | None) -> pd.DataFrame:
+    """(variant, metric@k) rows: the difference to the baseline and its bootstrap interval, as text.
+
+    Example:
+        >>> interval_table(result["intervals"]).iloc[0]["difference [95% interval]"]
+        '+0.0123 [+0.0040, +0.0210]'
+    """
+    columns = ["variant", "metric", "difference [95% interval]", "users", "resamples"]
+    if intervals is None or intervals.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    order = {v: i for i, v in enumerate(variant_order(intervals["variant"]))}
+    for r in intervals.sort_values(["k", "metric"]).itertuples():
+        rows.append(
+            (
+                r.variant,
+                f"{LABELS.get(r.metric, r.metric)}@{int(r.k)}",
+                f"{r.diff:+.4f} [{r.lo:+.4f}, {r.hi:+.4f}]",
+                int(r.n_users),
+                int(r.n_boot),
+            )
+        )
+    out = pd.DataFrame(rows, columns=columns)
+    return out.sort_values("variant", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
+
+
+def _plain_html(table: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+        for row in table.itertuples(index=False)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _plain_md(table: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+_INTERVAL_NOTE = (
+    "Each variant minus cf on the same users, with a paired bootstrap 95% percentile interval over users "
+    "(NDCG and Recall: means of per-user values; long-tail coverage: recomputed on each resample, which "
+    "holds about 63% distinct users, and shifted by the bootstrap's bias estimate). An interval that "
+    "excludes 0 marks a difference larger than the choice of evaluated users explains."
+)
 
 
 def _best(table: pd.DataFrame) -> dict[tuple[str, int], float]:
@@ -419,10 +485,18 @@ pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:12px;max-height:480p
 _GLOSSARY = (
     "Recall, NDCG, HitRate, MAP (truncated at K) and Precision (hits / K) are averaged over users with at "
     "least one test item; catalog cov. = share of the whole catalogue recommended; LT cov. = share of "
-    "long-tail items recommended; APLT = mean share of tail items per list; ARP = mean training "
+    "long-tail items (tail and cold) recommended, (interacted): of tail items with training interactions; APLT = mean share of long-tail items per list; ARP = mean training "
     "popularity of recommended items; Gini and entropy (bits) of exposure over the catalogue; novelty = "
     "mean self-information log2((N+1)/(users(i)+1)) in bits. Best per column in bold (ARP: none). "
     "Definitions: docs/evaluation.md."
+)
+
+
+_SEGMENT_NOTE = (
+    "head = the most popular items by training count (recommend.head_rule); tail = items with training "
+    "interactions outside the head; cold = items with no training interaction (never head). A segment's "
+    "metrics use only its test items as the relevant set, over the users that have one; Recall (all users) "
+    "averages the same per-user recall over every evaluated user, 0 for users without such a test item."
 )
 
 
@@ -433,6 +507,7 @@ def _data_uri(png: bytes) -> str:
 def render_html(
     *, run_id: str, k: int, main: pd.DataFrame, beyond: pd.DataFrame, segments: pd.DataFrame,
     pngs: Mapping[str, bytes], context: Mapping[str, Any], generated: str,
+    intervals: pd.DataFrame | None = None,
 ) -> str:  # fmt: skip
     """The report as one self-contained HTML page."""
     title = f"longtail evaluation — {run_id}"
@@ -470,11 +545,12 @@ def render_html(
 <h2>Long tail and exposure</h2>
 <div class="wrap">{_html_table(beyond, index_names=["variant"])}</div>
 <p class="note">{html.escape(_GLOSSARY)}</p>
+<h2>Differences to cf (paired bootstrap)</h2>
+<div class="wrap">{_plain_html(interval_table(intervals))}</div>
+<p class="note">{html.escape(_INTERVAL_NOTE)}</p>
 <h2>Accuracy by segment of the test item</h2>
 <div class="wrap">{_html_table(segments, index_names=["variant", "segment"], group_best_by_level=1)}</div>
-<p class="note">head = the most popular items by training count; tail = the rest, cold items included; cold = items
-with no training interaction. A segment's metrics use only its test items as the relevant set, over the users
-that have one.</p>
+<p class="note">{html.escape(_SEGMENT_NOTE)}</p>
 {figures}
 <details><summary>Data and configuration</summary>{_context_html(context)}</details>
 </main></body></html>
@@ -484,6 +560,7 @@ that have one.</p>
 def render_markdown(
     *, run_id: str, k: int, main: pd.DataFrame, beyond: pd.DataFrame, segments: pd.DataFrame,
     png_names: Iterable[str], context: Mapping[str, Any], generated: str,
+    intervals: pd.DataFrame | None = None,
 ) -> str:  # fmt: skip
     """The report as Markdown, the plots referenced by relative path."""
     names = set(png_names)
@@ -500,8 +577,12 @@ def render_markdown(
         "## Long tail and exposure\n",
         _md_table(beyond, index_names=["variant"]),
         _GLOSSARY + "\n",
+        "## Differences to cf (paired bootstrap)\n",
+        _plain_md(interval_table(intervals)),
+        _INTERVAL_NOTE + "\n",
         "## Accuracy by segment of the test item\n",
         _md_table(segments, index_names=["variant", "segment"]),
+        _SEGMENT_NOTE + "\n",
     ]
     for name, title in figs:
         if name in names:

@@ -7,12 +7,18 @@
 2. **Training on the training part only**: ALS, the projection head, item popularity, head/tail
    segments and user profiles all come from the training part (:func:`longtail.train.fit`); only
    the text vectors (which need no interactions) are shared with production.
-3. **Lists**: every variant in ``evaluate.variants`` is ranked by :mod:`longtail.recommend` from
-   ONE candidate set, for every user with a test interaction (users without history get the
-   popular list), ``max(evaluate.k)`` items long. ``evaluate.sweep`` (fusion_k values) and
-   ``evaluate.sweep_rerank`` (rerank_strength values) add points for the report's trade-off curve.
-4. **Metrics** (:mod:`longtail.metrics`), computed in Spark and appended to ``metrics`` under the
-   run id (merged on run_id, variant, metric, k, segment: re-running a run id replaces its rows).
+3. **Lists, at each cut-off as they ship**: for every k of ``evaluate.k`` every variant in
+   ``evaluate.variants`` is ranked, re-ranked and given its reserved places at length k by
+   :mod:`longtail.ml.scoring`, exactly as ``recommend`` with ``recommend.k = k`` would (one
+   candidate pass at the largest k, cut down per k by :func:`~longtail.ml.scoring.candidates_at`),
+   for every user with a test interaction (users without history get the popular list). Metrics
+   @k are measured on the k-lists, never cut from longer ones. ``evaluate.sweep`` (fusion_k values)
+   and ``evaluate.sweep_rerank`` (rerank_strength values) add points for the report's curve.
+4. **Metrics** (:mod:`longtail.ml.metrics`), computed in Spark and appended to ``metrics`` under
+   the run id (merged on run_id, variant, metric, k, segment: re-running a run id replaces its
+   rows). **Intervals** (:mod:`longtail.ml.bootstrap`): paired bootstrap 95% intervals over users
+   of each variant's difference to ``cf`` (``evaluate.bootstrap`` resamples), returned and shown
+   in the report (not a lake table).
 5. **Report** (:mod:`longtail.report`): ``<evaluate.report_dir>/<run_id>/report.{html,md}``.
 """
 
@@ -32,7 +38,7 @@ from longtail.core import schema as S
 from longtail.core.config import Config, EvaluateConfig, join_uri
 from longtail.lake import Lake
 from longtail.lake.runs import new_run_id
-from longtail.ml import cf, holdout
+from longtail.ml import bootstrap, cf, holdout
 from longtail.ml import metrics as M
 from longtail.ml import scoring as R
 from longtail.ml.fusion import fit_ranker
@@ -43,6 +49,7 @@ log = logging.getLogger(__name__)
 METRIC_KEYS = [S.RUN_ID, S.VARIANT, S.METRIC, S.K, S.SEGMENT]
 SWEEP_FUSION = "fusion_k"
 SWEEP_RERANK = "rerank_strength"
+BASELINE = "cf"  # the variant every interval's difference is taken to
 
 
 def split(interactions: DataFrame, cfg: Config) -> tuple[DataFrame, DataFrame]:
@@ -102,8 +109,10 @@ def evaluate(
     Returns:
         ``metrics`` (a DataFrame in the ``metrics`` table's schema, persisted), ``sweep`` (pandas,
         one row per sweep point, may be empty), ``all_metrics`` (pandas: every list's metrics,
-        sweep points included), ``lorenz`` and ``deciles`` (pandas), ``split``
-        (counts), ``users`` (evaluated and excluded users), ``seconds`` per step.
+        sweep points included), ``intervals`` (pandas, :data:`longtail.ml.bootstrap.INTERVAL_COLUMNS`:
+        each variant's difference to ``cf`` with its bootstrap interval), ``lorenz`` and
+        ``deciles`` (pandas), ``split`` (counts), ``users`` (evaluated and excluded users),
+        ``seconds`` per step.
     """
     ev = cfg.evaluate
     ks = sorted(set(ev.k))
@@ -141,14 +150,7 @@ def evaluate(
     names = [p.name for p in specs]
     if len(set(names)) != len(names) or all(p.sweep is not None for p in specs):
         raise ValueError(f"evaluate: list names must be unique and one at least no sweep point: {names}")
-    lists = []
-    for spec in specs:
-        ranked = R.rank_variant(
-            cands, spec.variant, rec_cfg, fusion_k=spec.fusion_k, rerank_strength=spec.rerank_strength
-        )
-        # materialised one by one with the lineage cut: the metrics join each list several times,
-        # and with the ranking plans inlined the driver's plan trees grew past 2 GiB of heap
-        lists.append(_named(ranked, cands, spec.name).localCheckpoint(eager=True))
+    lists = ranked_lists(cands, specs, cfg, ks=ks)
     recs = lists[0]
     for more in lists[1:]:
         recs = recs.unionByName(more)
@@ -158,7 +160,11 @@ def evaluate(
     stats = cands.stats
     n_train_users = train_part.select(S.USER_ID).distinct().count()
     test_pairs = test_part.select(S.USER_ID, S.ITEM_ID)
-    all_metrics = M.evaluate_all(recs, test_pairs, stats, ks=ks, n_train_users=n_train_users).persist()
+    per_k = [M.evaluate_all(_at(recs, k), test_pairs, stats, ks=[k], n_train_users=n_train_users) for k in ks]
+    all_metrics = per_k[0]
+    for more in per_k[1:]:
+        all_metrics = all_metrics.unionByName(more)
+    all_metrics = all_metrics.persist()
     main = [p.name for p in specs if p.sweep is None]
     table = all_metrics.where(F.col(S.VARIANT).isin(main)).select(
         F.lit(run_id).alias(S.RUN_ID), *[c for c in S.METRICS_SCHEMA.fieldNames() if c != S.RUN_ID]
@@ -167,10 +173,16 @@ def evaluate(
     sweep = _sweep_table(all_metrics, [p for p in specs if p.sweep is not None], k=ks[0])
     points = all_metrics.toPandas()  # specs x metrics x ks x segments: small
     main_recs = recs.where(F.col(S.VARIANT).isin(main))
-    lorenz = M.lorenz_curve(main_recs, stats, k=ks[0])
-    deciles = M.recall_by_decile(main_recs, test_pairs, stats, k=ks[0])
-    users = M.evaluated_users(main_recs, test_pairs, stats)
+    first = _at(main_recs, ks[0])
+    lorenz = M.lorenz_curve(first, stats, k=ks[0])
+    deciles = M.recall_by_decile(first, test_pairs, stats, k=ks[0])
+    users = M.evaluated_users(first, test_pairs, stats)
     times["metrics"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    intervals = bootstrap.intervals(
+        main_recs, test_pairs, stats, ks=ks, baseline=BASELINE, n_boot=ev.bootstrap, seed=ev.bootstrap_seed
+    )
+    times["intervals"] = time.perf_counter() - t0
     table.count()  # materialise before the inputs go
     for df in (*lists, all_metrics, train_part, test_part):
         df.unpersist()
@@ -180,6 +192,7 @@ def evaluate(
         "metrics": table,
         "sweep": sweep,
         "all_metrics": points,
+        "intervals": intervals,
         "lorenz": lorenz,
         "deciles": deciles,
         "split": split_counts,
@@ -189,13 +202,44 @@ def evaluate(
     }
 
 
-def _named(ranked: DataFrame, cands: R.Candidates, variant: str) -> DataFrame:
-    """A ranked variant as ``(variant, user_id, item_id, rank)`` rows for the metrics."""
+def ranked_lists(
+    cands: R.Candidates, specs: Sequence[ListSpec], cfg: Config, *, ks: Sequence[int]
+) -> list[DataFrame]:
+    """Every list of ``specs`` at every cut-off k of ``ks``, ranked at length k as ``recommend``
+    with ``recommend.k = k`` ranks it: ``(k, variant, user_id, item_id, rank)`` DataFrames, one
+    per (k, spec), each materialised (``cands`` built at ``max(ks)`` with at least
+    ``max(recommend.candidates, max(ks))`` candidates)."""
+    out = []
+    for k in sorted(set(ks)):
+        rec_k = dataclasses.replace(cfg.recommend, k=k, candidates=max(cfg.recommend.candidates, k))
+        cands_k = R.candidates_at(cands, k=k, n_candidates=rec_k.candidates)
+        for spec in specs:
+            ranked = R.rank_variant(
+                cands_k, spec.variant, rec_k, fusion_k=spec.fusion_k, rerank_strength=spec.rerank_strength
+            )
+            # materialised one by one with the lineage cut: the metrics join each list several
+            # times, and with the ranking plans inlined the driver's plan trees grew past 2 GiB
+            out.append(_named(ranked, cands, spec.name, k).localCheckpoint(eager=True))
+        cands_k.release_learned()  # the lists are materialised; the view's ranker scores can go
+    return out
+
+
+def _at(recs: DataFrame, k: int) -> DataFrame:
+    """The lists ranked at length ``k`` (without the ``k`` column)."""
+    return recs.where(F.col(S.K) == k).drop(S.K)
+
+
+def _named(ranked: DataFrame, cands: R.Candidates, variant: str, k: int) -> DataFrame:
+    """A ranked variant as ``(k, variant, user_id, item_id, rank)`` rows for the metrics."""
     return (
         ranked.join(cands.users, S.USER_IDX)
         .join(cands.items, S.ITEM_IDX)
         .select(
-            F.lit(variant).alias(S.VARIANT), S.USER_ID, S.ITEM_ID, F.col(S.RANK).cast("int").alias(S.RANK)
+            F.lit(k).cast("int").alias(S.K),
+            F.lit(variant).alias(S.VARIANT),
+            S.USER_ID,
+            S.ITEM_ID,
+            F.col(S.RANK).cast("int").alias(S.RANK),
         )
     )
 
@@ -272,6 +316,7 @@ def run(
             spark, cfg, lake=lake, result=result, metrics=metrics_pdf, run_id=run_id, model_id=mid
         )
     summary["sweep"] = result["sweep"].to_dict(orient="records")
+    summary["intervals"] = result["intervals"].to_dict(orient="records")
     summary["seconds"]["total"] = round(time.perf_counter() - t0, 2)
     log.info("evaluate: %s", summary)
     return summary
@@ -319,4 +364,5 @@ def write_run_report(
         context=context,
         k=sorted(cfg.evaluate.k)[0],
         spark=spark,
+        intervals=result.get("intervals"),
     )

@@ -7,6 +7,12 @@ law, so the log has a head and a long tail; user activity is skewed too; timesta
 ``sample.months`` months. A handful of deliberately bad rows (empty description, unknown item,
 unparseable timestamp, non-positive weight) let the quickstart show the quarantine at work.
 
+``sample.preset: sparse`` draws a different log over the same kind of catalogue: many users
+(``sample.n_users``, e.g. 30,000) with 1-3 interactions each within ``sample.sparse_days`` days, all
+on the ``sample.sparse_active_share`` of the catalogue that sells (a power law within it); the rest
+of the catalogue is never bought, so most items are cold and content is the only evidence for
+them. Each user has one topic (90% of their picks), so a description still predicts taste.
+
 The sample is a demo input, bounded by config (``sample.n_items`` x ``sample.n_users``): it is
 generated with numpy on the driver and written with Spark as CSV, so it works for any lake URI.
 The same seed and sizes always give byte-identical files.
@@ -22,7 +28,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from longtail.core.config import Config
+from longtail.core.config import Config, SampleConfig
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +207,17 @@ def generate_frames(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(s.seed)
     topics = [TOPICS[i % len(TOPICS)] for i in range(s.n_topics)]
     n_topics = len(topics)
+    items, item_topic = _items(s, rng, topics)
+    if s.preset == "sparse":
+        interactions = _sparse_interactions(s, rng, item_topic, n_topics)
+    else:
+        interactions = _dense_interactions(s, rng, item_topic, n_topics)
+    return _with_bad_rows(items, interactions)
+
+
+def _items(s: SampleConfig, rng: np.random.Generator, topics: list[Topic]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The catalogue: ``(items, item_topic)``."""
+    n_topics = len(topics)
 
     # Items: a main topic each, 2-4 sentences, sometimes a sentence from a second topic.
     item_topic = rng.integers(n_topics, size=s.n_items)
@@ -223,8 +240,13 @@ def generate_frames(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "category": f"{topic.name}|{topics[rng.integers(n_topics)].name}",
             }
         )
-    items = pd.DataFrame(rows)
+    return pd.DataFrame(rows), item_topic
 
+
+def _dense_interactions(
+    s: SampleConfig, rng: np.random.Generator, item_topic: np.ndarray, n_topics: int
+) -> pd.DataFrame:
+    """The dense log: skewed activity around ``interactions_per_user``, over ``months`` months."""
     # Popularity: a power law over a random permutation of ranks, normalised within each topic.
     ranks = rng.permutation(s.n_items) + 1
     pop = ranks.astype(np.float64) ** -s.popularity_exponent
@@ -257,7 +279,48 @@ def generate_frames(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     interactions = pd.DataFrame(inter_rows, columns=["user_id", "item_id", "timestamp", "rating"])
     interactions["timestamp"] = interactions["timestamp"].astype(str)
     interactions["rating"] = interactions["rating"].map(lambda r: f"{r:g}")
+    return interactions
 
+
+def _sparse_interactions(
+    s: SampleConfig, rng: np.random.Generator, item_topic: np.ndarray, n_topics: int
+) -> pd.DataFrame:
+    """The sparse log, vectorised (30,000 users in well under a second): 1-3 distinct items per
+    user within ``sparse_days`` days, drawn from the active share of the catalogue only."""
+    n_active = max(1, round(s.sparse_active_share * s.n_items))
+    active = np.sort(rng.choice(s.n_items, size=n_active, replace=False))
+    weight = (rng.permutation(n_active) + 1.0) ** -s.popularity_exponent
+    by_topic = [active[item_topic[active] == t] for t in range(n_topics)]
+    w_topic = [weight[item_topic[active] == t] for t in range(n_topics)]
+    cum = [np.cumsum(w) / w.sum() if len(w) else w for w in w_topic]
+
+    n = rng.integers(1, 4, size=s.n_users)  # 1-3 interactions
+    user = np.repeat(np.arange(s.n_users), n)
+    home = rng.integers(n_topics, size=s.n_users)[user]  # one topic per user
+    topic = np.where(rng.random(len(user)) < 0.9, home, rng.integers(n_topics, size=len(user)))
+    item = np.full(len(user), -1)
+    u01 = rng.random(len(user))
+    for t in range(n_topics):
+        rows = np.flatnonzero(topic == t)
+        if len(by_topic[t]) and len(rows):
+            item[rows] = by_topic[t][np.minimum(np.searchsorted(cum[t], u01[rows]), len(cum[t]) - 1)]
+    span = s.sparse_days * 86_400
+    ts = rng.integers(0, span, size=len(user))
+    rating = np.clip(np.round(rng.normal(3.8, 0.9, size=len(user)) * 2) / 2, 0.5, 5.0)
+    frame = pd.DataFrame({"u": user, "i": item, "t": ts, "r": rating})
+    frame = frame[frame["i"] >= 0].drop_duplicates(["u", "i"]).sort_values(["u", "t", "i"], kind="stable")
+    return pd.DataFrame(
+        {
+            "user_id": [f"u{u:05d}" for u in frame["u"]],
+            "item_id": [f"i{i:06d}" for i in frame["i"]],
+            "timestamp": (frame["t"] + _T0).astype(str).to_numpy(),
+            "rating": [f"{r:g}" for r in frame["r"]],
+        }
+    )
+
+
+def _with_bad_rows(items: pd.DataFrame, interactions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The catalogue and log with a few bad rows appended."""
     # A few bad rows, as real feeds have; ingest quarantines each with its reason.
     items = pd.concat(
         [
