@@ -44,17 +44,10 @@ class CommitConflictError(LakeError):
 def is_conflict(exc: BaseException) -> bool:
     """True when ``exc`` says another writer committed first: ours was not committed and may be retried.
 
-    :class:`CommitConflictError` (delta-rs, raised by this package) or one of delta-spark's
-    ``DeltaConcurrentModificationException`` subclasses (``ConcurrentTransactionException``,
-    ``ConcurrentAppendException``, ...).
+    Both engines raise :class:`CommitConflictError` for that (the delta-spark engine maps delta-spark's
+    ``Concurrent*Exception`` classes to it).
     """
-    if isinstance(exc, CommitConflictError):
-        return True
-    try:
-        from delta.exceptions import DeltaConcurrentModificationException
-    except ImportError:  # the delta-spark Python package is optional
-        return False
-    return isinstance(exc, DeltaConcurrentModificationException)
+    return isinstance(exc, CommitConflictError)
 
 
 # --- engines -------------------------------------------------------------------------------------

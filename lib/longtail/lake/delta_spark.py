@@ -43,6 +43,18 @@ log = logging.getLogger(__name__)
 # --- delta-spark ---------------------------------------------------------------------------------
 
 
+_CONFLICTS = (
+    "ConcurrentAppendException",
+    "ConcurrentDeleteDeleteException",
+    "ConcurrentDeleteReadException",
+    "ConcurrentTransactionException",
+    "ConcurrentWriteException",
+    "DeltaConcurrentModificationException",
+    "MetadataChangedException",
+    "ProtocolChangedException",
+)
+
+
 class _DeltaSparkEngine(_Engine):
     """``format("delta")`` and ``delta.tables.DeltaTable`` (needs the connector's jars)."""
 
@@ -134,16 +146,10 @@ class _DeltaSparkEngine(_Engine):
     def _committing(self, path: str, op: str, txn: Txn | None = None) -> Iterator[None]:
         """Session confs for one write (no deletion vectors, the operation, ``txn`` for MERGE and
         DELETE, which take no writer options), and delta-spark's conflicts as CommitConflictError."""
-        from delta.exceptions import (
-            ConcurrentAppendException,
-            ConcurrentDeleteDeleteException,
-            ConcurrentDeleteReadException,
-            ConcurrentTransactionException,
-            ConcurrentWriteException,
-            DeltaConcurrentModificationException,
-            MetadataChangedException,
-            ProtocolChangedException,
-        )
+        from delta import exceptions as dx
+
+        # delta-spark's conflict classes (in Python they do not share a base class)
+        conflicts = tuple(getattr(dx, n) for n in _CONFLICTS)
 
         # micro-second timestamps as on delta-rs: INT96 is legacy, and DuckDB and pyarrow read it as ns
         confs = {self._NO_DV: "false", self._USER_METADATA: op, _TS_TYPE_CONF: "TIMESTAMP_MICROS"}
@@ -152,16 +158,7 @@ class _DeltaSparkEngine(_Engine):
         try:
             with session_conf(self.spark, confs):
                 yield
-        except (
-            ConcurrentAppendException,
-            ConcurrentDeleteDeleteException,
-            ConcurrentDeleteReadException,
-            ConcurrentTransactionException,
-            ConcurrentWriteException,
-            DeltaConcurrentModificationException,
-            MetadataChangedException,
-            ProtocolChangedException,
-        ) as exc:
+        except conflicts as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CommitConflictError(
                 f"{op} on {path} was not committed: another writer changed the table ({first}); retry the stage"

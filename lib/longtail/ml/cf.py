@@ -16,7 +16,7 @@
    ``train`` run from one that failed half-way (:func:`load_model` checks it).
 
 :func:`fit` does steps 1-3 on DataFrames without writing anything (``evaluate`` trains on the
-training part of a hold-out this way); :func:`run` is the stage: it reads the lake, fits, writes.
+training part of a hold-out this way); the `train` stage (:mod:`longtail.stages.train`) reads the lake, fits, writes.
 """
 
 from __future__ import annotations

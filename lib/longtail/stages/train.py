@@ -1,22 +1,11 @@
-"""`train`: implicit-feedback ALS on `interactions`, stable id maps, and the text-to-CF head.
+"""`train`: ALS factors, stable id maps, the text-to-CF projection head and the learned fusion ranker.
 
-1. **Id maps.** ALS needs dense integer ids. ``user_ids`` and ``item_ids`` map each string id to an
-   int once and forever: a run only appends ids it has not seen, numbered after the largest one
-   in the table (sorted by id, numbered with ``zipWithIndex``: no single-partition window). The
-   item map covers the whole catalogue (``items``), so cold items have an index too.
-2. **ALS** (Spark MLlib, ``implicitPrefs=True``) on the interactions summed per (user, item):
-   the summed weight is the implicit rating, which ALS turns into confidence ``1 + alpha * r``.
-   ALS gets a checkpoint directory (``train.checkpoint_dir``): without one its lineage has
-   overflowed the JVM stack in local mode. Factors go to ``user_factors`` and ``item_factors``.
-3. **Projection head** (:mod:`longtail.head`): fitted on the warm items (at least
-   ``train.head.min_count`` interactions) from their current text vectors to their ALS factors;
-   the training set is collected to the driver up to ``train.head.max_items`` rows (a seeded
-   sample beyond). Stored in ``projection_head`` (one row: safetensors bytes, JSON spec) last,
-   with the versions of the factor tables it belongs to, so ``recommend`` can tell a complete
-   ``train`` run from one that failed half-way (:func:`load_model` checks it).
-
-:func:`fit` does steps 1-3 on DataFrames without writing anything (``evaluate`` trains on the
-training part of a hold-out this way); :func:`run` is the stage: it reads the lake, fits, writes.
+Reads `interactions`, `items` and the current `item_embeddings`; fits with
+:func:`longtail.ml.cf.fit` (id maps, implicit ALS, projection head: the module doc there explains
+each step) and, with ``recommend.fusion: learned``, :func:`longtail.ml.fusion.fit_ranker`; writes
+`user_ids`, `item_ids`, `user_factors`, `item_factors`, the ranker (MLlib persistence under
+``<lake.root>/models/ranker/<run_id>``) and `projection_head` last, so that a run that failed half-way
+is recognised by :func:`longtail.ml.model.load_model`.
 """
 
 from __future__ import annotations
