@@ -51,7 +51,9 @@ def spark(request: pytest.FixtureRequest):
 
 
 @pytest.fixture(autouse=True)
-def _auto_engine_is_delta_rs_unless_asked(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+def _auto_engine_is_delta_rs_unless_asked(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``lake.engine: auto`` means delta-rs in tests not marked ``delta_spark``.
 
     The session carries the connector (for the tests that use delta-spark), which would turn every
