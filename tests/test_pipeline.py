@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,24 @@ VARIANTS = {"popular", "cf", "content", "fused", "fused_rerank"}
 # delta-rs is what a machine without the connector runs (the README's quickstart); the same pipeline on
 # delta-spark is the cluster path. Both slow: three whole pipelines (every stage, ALS, report).
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["delta-rs", pytest.param("delta-spark", marks=pytest.mark.delta_spark)])
+@pytest.mark.parametrize(
+    "engine",
+    [
+        "delta-rs",
+        pytest.param(
+            "delta-spark",
+            marks=[
+                pytest.mark.delta_spark,
+                # Three whole pipelines on delta-spark take 15-20 minutes on a 2-core machine, which
+                # would push the default run far past its budget; opt in until the suite is split.
+                pytest.mark.skipif(
+                    not os.environ.get("LONGTAIL_E2E_DELTA_SPARK"),
+                    reason="the pipeline on delta-spark runs with LONGTAIL_E2E_DELTA_SPARK=1",
+                ),
+            ],
+        ),
+    ],
+)
 def test_pipeline_runs_every_stage_then_skips_the_current_ones(spark, tmp_path, capsys, engine):
     if engine == "delta-spark" and not is_delta_spark_available(spark):
         pytest.skip("delta-spark connector not on the classpath (--no-delta-spark)")
