@@ -8,7 +8,6 @@ do). Needs the delta-spark connector on the test session (the default; not with 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 
@@ -16,22 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet
 import pytest
 from deltalake import DeltaTable
-from pyspark.sql import types as T
+from test_lake import MAR1, ROWS, _df, _rows  # the lake suite's table and helpers
 
 from longtail.lake import Lake, LakeError, is_delta_spark_available
 
 pytestmark = pytest.mark.spark
 
-SCHEMA = T.StructType(
-    [
-        T.StructField("id", T.StringType(), False),
-        T.StructField("ts", T.TimestampType(), True),
-        T.StructField("w", T.DoubleType(), True),
-        T.StructField("vec", T.ArrayType(T.FloatType(), False), True),
-    ]
-)
-JAN1, FEB1, MAR1 = dt.datetime(2024, 1, 1), dt.datetime(2024, 2, 1), dt.datetime(2024, 3, 1)
-ROWS = [("a", JAN1, 1.0, [0.5, 0.25]), ("b", None, 2.0, None), ("c", FEB1, 3.0, [1.0])]
 PAIRS = [("delta-rs", "delta-spark"), ("delta-spark", "delta-rs")]
 
 
@@ -39,14 +28,6 @@ PAIRS = [("delta-rs", "delta-spark"), ("delta-spark", "delta-rs")]
 def _needs_delta_spark(spark):
     if not is_delta_spark_available(spark):
         pytest.skip("delta-spark connector not on the classpath (--no-delta-spark)")
-
-
-def _df(spark, rows, partitions: int = 1):
-    return spark.createDataFrame(spark.sparkContext.parallelize(rows, partitions), SCHEMA)
-
-
-def _rows(df) -> list[tuple]:
-    return sorted(tuple(r) for r in df.collect())
 
 
 def _duckdb_rows(path: str) -> list[tuple]:
