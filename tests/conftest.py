@@ -50,20 +50,19 @@ def spark(request: pytest.FixtureRequest):
     session.stop()
 
 
-@pytest.fixture(autouse=True)
-def _auto_engine_is_delta_rs_unless_asked(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture(scope="session", autouse=True)
+def _auto_engine_is_delta_rs() -> Iterator[None]:
     """``lake.engine: auto`` means delta-rs in tests not marked ``delta_spark``.
 
     The session carries the connector (for the tests that use delta-spark), which would turn every
     stage test's ``auto`` into delta-spark. The stage tests pin the quickstart's engine instead
     (delta-rs, what a machine without the connector runs); the delta-spark path is covered where it
     is asked for: tests marked ``delta_spark`` (the lake suite's second half, the pipeline on
-    delta-spark) and tests that pass ``engine="delta-spark"`` explicitly (the interop tests).
+    delta-spark; ``_auto_engine_for_delta_spark_tests`` below) and tests that pass
+    ``engine="delta-spark"`` explicitly (the interop tests). Session-scoped so that module- and
+    session-scoped fixtures (a trained lake shared by a module) see it too: a function-scoped
+    patch is applied only after the wider fixtures of the first test have run.
     """
-    if request.node.get_closest_marker("delta_spark") is not None:
-        return
     from longtail.lake import facade
 
     real = facade.Lake.__init__
@@ -71,7 +70,22 @@ def _auto_engine_is_delta_rs_unless_asked(
     def init(self, spark, root, engine="auto", **kwargs):  # type: ignore[no-untyped-def]
         real(self, spark, root, "delta-rs" if engine == "auto" else engine, **kwargs)
 
-    monkeypatch.setattr(facade.Lake, "__init__", init)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(facade.Lake, "__init__", init)
+        patch.setattr(facade.Lake, "_real_init", real, raising=False)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _auto_engine_for_delta_spark_tests(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests marked ``delta_spark`` get the real ``auto`` (delta-spark when its classes load)."""
+    if request.node.get_closest_marker("delta_spark") is None:
+        return
+    from longtail.lake import facade
+
+    monkeypatch.setattr(facade.Lake, "__init__", facade.Lake._real_init)
 
 
 @pytest.fixture(params=["delta-rs", pytest.param("delta-spark", marks=pytest.mark.delta_spark)])

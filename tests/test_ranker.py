@@ -102,11 +102,89 @@ def test_fit_pipeline_needs_both_classes(spark):
         L.fit_pipeline(df, RankerConfig())
 
 
+def _feature_rows(spark, rows):
+    schema = "user_idx int, item_idx int, label int, " + ", ".join(f"{f} double" for f in L.FEATURES)
+    return spark.createDataFrame(rows, schema)
+
+
+def test_ndcg_by_hand(spark):
+    # user 0: positives at ranks 1 and 3 of 3 -> (1 + 1/log2(4)) / (1 + 1/log2(3)) = 1.5 / 1.63093
+    # user 1: its positive ranked 2nd, k=1 -> 0; user 2: no positive -> 0 (counted)
+    rows = [(0, 0, 1, 0.9), (0, 1, 0, 0.5), (0, 2, 1, 0.1), (1, 0, 0, 0.7), (1, 1, 1, 0.2), (2, 0, 0, 0.3)]
+    df = spark.createDataFrame(rows, f"user_idx int, item_idx int, label int, {L.PROBABILITY} double")
+    want0 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+    assert L.ndcg(df.where("user_idx = 0"), k=3) == pytest.approx(want0, abs=1e-12)
+    assert L.ndcg(df, k=3) == pytest.approx((want0 + 1 / math.log2(3)) / 3, abs=1e-12)
+    assert L.ndcg(df, k=1) == pytest.approx(1 / 3, abs=1e-12)
+
+
+def test_auto_chooses_on_held_out_users_and_can_choose_a_single_signal(spark):
+    # On every user, the label follows f_cf_z (the top-2 of 10 candidates by f_cf_z are positives),
+    # except that on the users the fit part gets, a noise feature (f_item_age) says the same more
+    # sharply: the models learn the noise, which does not carry to the held-out users, so CF
+    # alone ranks them best and ships as a single-signal ranker.
+    rng = np.random.default_rng(5)
+    rk = RankerConfig(model="auto", trees=5, depth=2, validation_fraction=0.3)
+    held = {
+        r[0]
+        for r in spark.range(200)
+        .select(F.col("id").cast("int").alias("u"))
+        .where(F.abs(F.xxhash64(F.col("u"), F.lit(rk.seed))) % 1000 < 300)
+        .collect()
+    }
+    i_cf, i_has, i_age = (L.FEATURES.index(f) for f in ("f_cf_z", "f_has_cf", "f_item_age"))
+    rows = []
+    for u in range(200):
+        x = rng.normal(size=(10, len(L.FEATURES)))
+        x[:, i_has] = 1.0
+        order = np.argsort(-x[:, i_cf])
+        label = np.zeros(10, dtype=int)
+        if u in held:
+            label[order[:2]] = 1
+        else:  # the fit users' labels follow f_item_age; f_cf_z is noise there
+            label[np.argsort(-x[:, i_age])[:2]] = 1
+        rows += [(u, i, int(label[i]), *map(float, x[i])) for i in range(10)]
+    ranker, choice = fusion._choose(_feature_rows(spark, rows), rk, k=2)
+    scores = choice["validation"]["ndcg@2"]
+    assert choice["chosen"] == "cf" and ranker.signal == "cf" and ranker.pipeline is None, scores
+    assert scores["cf"] == pytest.approx(1.0) and max(scores["gbt"], scores["logistic"]) < 0.7
+    assert choice["validation"]["users"] == len(held)
+    # the single-signal ranker scores by the z-score; an item CF did not score goes last
+    pairs = [(0, 1, 0.5, 2, 0.1, 5, None, None, 0.0, 1.0, 0.0, 0.5, 3, True, 4, 10.0)]
+    got = L.score(spark.createDataFrame(pairs, FEATURE_ROW_COLUMNS), ranker).first()
+    assert got[L.LOGIT] == pytest.approx(0.5) and got[L.PROBABILITY] == pytest.approx(
+        1 / (1 + math.exp(-0.5))
+    )
+    assert L.load(None, L.FEATURES, signal="cf").signal == "cf"
+    with pytest.raises(ValueError, match="exactly one"):
+        L.Ranker(None, L.FEATURES)
+
+
+def test_auto_keeps_a_fitted_model_when_it_beats_both_signals(spark):
+    # labels need both signals (positive where f_cf_z + f_content_z is highest): a fitted model
+    # ranks held-out users better than either signal alone
+    rng = np.random.default_rng(6)
+    i_cf, i_ct = L.FEATURES.index("f_cf_z"), L.FEATURES.index("f_content_z")
+    rows = []
+    for u in range(200):
+        x = rng.normal(size=(10, len(L.FEATURES)))
+        x[:, L.FEATURES.index("f_has_cf")] = x[:, L.FEATURES.index("f_has_content")] = 1.0
+        label = np.zeros(10, dtype=int)
+        label[np.argsort(-(x[:, i_cf] + x[:, i_ct]))[:2]] = 1
+        rows += [(u, i, int(label[i]), *map(float, x[i])) for i in range(10)]
+    ranker, choice = fusion._choose(_feature_rows(spark, rows), RankerConfig(trees=10, depth=3), k=2)
+    scores = choice["validation"]["ndcg@2"]
+    assert choice["chosen"] in ("gbt", "logistic") and ranker.pipeline is not None, scores
+    assert scores[choice["chosen"]] > max(scores["cf"], scores["content"]) + 0.1
+
+
 @pytest.fixture(scope="module")
 def lake_cfg(spark, tmp_path_factory, model_dir):
     root = str(tmp_path_factory.mktemp("ranker") / "lake")
     lake, mid = synthetic.build_lake(spark, root, model_dir)
-    cfg = synthetic.config(root, model_dir, "recommend.ranker.trees=5", "recommend.ranker.depth=3")
+    cfg = synthetic.config(
+        root, model_dir, "recommend.ranker.model=gbt", "recommend.ranker.trees=5", "recommend.ranker.depth=3"
+    )
     return lake, mid, cfg
 
 

@@ -92,7 +92,7 @@ def load_model(lake: Lake, *, model_id: str | None = None) -> Model:
     saved = head.spec.extra.get("ranker")
     if saved:
         try:
-            ranker = L.load(saved["path"], saved["features"], saved.get("info"))
+            ranker = L.load(saved["path"], saved["features"], saved.get("info"), signal=saved.get("signal"))
         except Exception as exc:  # any read failure means the same: train again
             raise MissingInputError(
                 f"the learned ranker recorded by train at {saved['path']!r} cannot be read ({exc}): "

@@ -12,7 +12,9 @@ This module holds what does not depend on how the candidates are built:
   NaN reaches MLlib: a missing signal is 0 plus an indicator);
 * :func:`sample_negatives` — all positives, at most ``negatives`` seeded negatives per user;
 * :func:`fit_pipeline` — ``VectorAssembler`` + ``GBTClassifier`` (or ``LogisticRegression``);
-* :func:`score` — the probability of a candidate being chosen, and its log-odds;
+* :func:`ndcg` — how well a score orders held-out users' candidates (the ``auto`` model choice);
+* :func:`score` — the probability of a candidate being chosen, and its log-odds (or, when a single
+  signal won the choice, that signal's per-user z-score as the log-odds);
 * :func:`save` / :func:`load` — MLlib's own persistence.
 """
 
@@ -65,16 +67,36 @@ class Ranker:
     """A fitted learned fusion.
 
     Attributes:
-        pipeline: the MLlib ``PipelineModel`` (assembler + classifier).
+        pipeline: the MLlib ``PipelineModel`` (assembler + classifier); None when a single signal
+            won the model choice (``signal``).
         features: the feature columns it reads, in order.
         info: what it was trained on (rows, positives, users, model kind); goes to the run summary.
-        path: where it is saved (None until :func:`save`).
+        path: where it is saved (None until :func:`save`, and for a single signal).
+        signal: ``cf`` or ``content`` when that signal alone ranked the validation users best: the
+            fusion is then that signal's order (its z-score is the log-odds).
     """
 
-    pipeline: PipelineModel
+    pipeline: PipelineModel | None
     features: tuple[str, ...] = FEATURES
     info: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    signal: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.pipeline is None) == (self.signal is None):
+            raise ValueError("a Ranker is either an MLlib pipeline or a single signal, exactly one")
+        if self.signal is not None and self.signal not in SIGNALS:
+            raise ValueError(f"ranker signal must be one of {SIGNALS}, got {self.signal!r}")
+
+
+SIGNALS = (CF, CONTENT)
+MISSING_SIGNAL_SCORE = -1e3  # a single-signal ranker's score of an item the signal did not score
+
+
+def signal_score(signal: str) -> Column:
+    """The single-signal ranker's score: the signal's per-user z-score, far below every scored item
+    where the signal has no score (so its order is that signal's list, then the rest)."""
+    return F.when(F.col(f"f_has_{signal}") > 0, F.col(f"f_{signal}_z")).otherwise(F.lit(MISSING_SIGNAL_SCORE))
 
 
 def _z(signal: str) -> Column:
@@ -146,14 +168,15 @@ def sample_negatives(labelled: DataFrame, *, negatives: int, seed: int) -> DataF
 
 
 def fit_pipeline(
-    train: DataFrame, cfg: RankerConfig, *, features: tuple[str, ...] = FEATURES
+    train: DataFrame, cfg: RankerConfig, *, features: tuple[str, ...] = FEATURES, kind: str | None = None
 ) -> PipelineModel:
     """Fit ``VectorAssembler(features) -> classifier`` on ``train`` (``label`` 0/1 + features).
 
-    ``cfg.model``: ``gbt`` (``GBTClassifier``, ``trees`` x ``depth``) or ``logistic``
-    (``LogisticRegression``, L2 ``reg``, standardised features). Raises ``ValueError`` if
-    ``train`` lacks either class.
+    ``kind`` (default ``cfg.model``): ``gbt`` (``GBTClassifier``, ``trees`` x ``depth``) or
+    ``logistic`` (``LogisticRegression``, L2 ``reg``, standardised features). Raises ``ValueError``
+    if ``train`` lacks either class.
     """
+
     from pyspark.ml.classification import GBTClassifier, LogisticRegression
     from pyspark.ml.feature import VectorAssembler
 
@@ -163,8 +186,11 @@ def fit_pipeline(
             f"ranker: the training labels hold classes {sorted(classes)}, need both 0 and 1 "
             "(too few held-out interactions among the candidates; raise recommend.ranker.label_fraction)"
         )
+    kind = kind or cfg.model
+    if kind not in ("gbt", "logistic"):
+        raise ValueError(f"ranker: cannot fit model kind {kind!r} (gbt or logistic)")
     assembler = VectorAssembler(inputCols=list(features), outputCol=FEATURES_VEC, handleInvalid="error")
-    if cfg.model == "gbt":
+    if kind == "gbt":
         clf: Any = GBTClassifier(
             featuresCol=FEATURES_VEC,
             labelCol=LABEL,
@@ -186,6 +212,12 @@ def score(pairs: DataFrame, ranker: Ranker) -> DataFrame:
     from pyspark.ml.functions import vector_to_array
 
     featured = with_features(pairs)
+    if ranker.signal is not None:
+        logit = signal_score(ranker.signal)
+        out = featured.withColumn(LOGIT, logit).withColumn(PROBABILITY, 1 / (1 + F.exp(-F.col(LOGIT))))
+        added = [c for c in out.columns if c not in pairs.columns and c not in (LOGIT, PROBABILITY)]
+        return out.drop(*added)
+    assert ranker.pipeline is not None
     out = ranker.pipeline.transform(featured)
     p = F.least(F.greatest(vector_to_array(F.col("probability"))[1], F.lit(_P_EPS)), F.lit(1 - _P_EPS))
     added = [c for c in out.columns if c not in pairs.columns]
@@ -194,6 +226,47 @@ def score(pairs: DataFrame, ranker: Ranker) -> DataFrame:
         .withColumn(LOGIT, F.log(F.col(PROBABILITY) / (1 - F.col(PROBABILITY))))
         .drop(*added)
     )
+
+
+def probability(pipeline: PipelineModel, rows: DataFrame) -> DataFrame:
+    """``rows`` (features + label) plus the fitted pipeline's :data:`PROBABILITY` (for AUC, NDCG)."""
+    from pyspark.ml.functions import vector_to_array
+
+    out = pipeline.transform(rows).withColumn(PROBABILITY, vector_to_array(F.col("probability"))[1])
+    return out.drop(*[c for c in out.columns if c not in rows.columns and c != PROBABILITY])
+
+
+def ndcg(scored: DataFrame, *, k: int, score_col: str = PROBABILITY) -> float:
+    """Mean NDCG@k over the users of ``scored`` (``user_idx, item_idx, label`` and ``score_col``).
+
+    Each user's rows are ranked by ``score_col`` descending (ties by ``item_idx``); gain 1 per
+    positive; the ideal list holds ``min(positives, k)`` positives. Users without a positive count
+    0 (they cannot be ordered better or worse). Computed on the executors; one row comes back.
+    """
+    order = Window.partitionBy(S.USER_IDX).orderBy(F.col(score_col).desc(), F.col(S.ITEM_IDX))
+    per_user = (
+        scored.withColumn("_r", F.row_number().over(order))
+        .groupBy(S.USER_IDX)
+        .agg(
+            F.sum(F.when((F.col("_r") <= k) & (F.col(LABEL) > 0), 1.0 / F.log2(F.col("_r") + 1.0))).alias(
+                "_dcg"
+            ),
+            F.sum(F.when(F.col(LABEL) > 0, 1)).alias("_pos"),
+        )
+        .withColumn(
+            "_idcg",
+            F.aggregate(
+                F.sequence(
+                    F.lit(1), F.greatest(F.least(F.coalesce(F.col("_pos"), F.lit(0)), F.lit(k)), F.lit(1))
+                ),
+                F.lit(0.0),
+                lambda acc, i: acc + 1.0 / F.log2(i + 1.0),
+            ),
+        )
+        .select(F.coalesce(F.col("_dcg") / F.col("_idcg"), F.lit(0.0)).alias("_ndcg"))
+    )
+    got = per_user.agg(F.avg("_ndcg")).first()
+    return float(got[0]) if got is not None and got[0] is not None else 0.0
 
 
 def auc(scored: DataFrame, *, score_col: str = PROBABILITY) -> float:
@@ -205,7 +278,10 @@ def auc(scored: DataFrame, *, score_col: str = PROBABILITY) -> float:
 
 
 def importances(ranker: Ranker) -> dict[str, float]:
-    """Feature importances (gbt) or absolute coefficients (logistic), by feature name."""
+    """Feature importances (gbt) or absolute coefficients (logistic), by feature name; a single
+    signal: 1 for its z-score."""
+    if ranker.pipeline is None:
+        return {f"f_{ranker.signal}_z": 1.0}
     model = ranker.pipeline.stages[-1]
     if hasattr(model, "featureImportances"):
         values = model.featureImportances.toArray()
@@ -215,11 +291,24 @@ def importances(ranker: Ranker) -> dict[str, float]:
 
 
 def save(ranker: Ranker, path: str) -> Ranker:
-    """Write the pipeline with MLlib's persistence to ``path`` (overwriting); returns it with ``path``."""
+    """Write the pipeline with MLlib's persistence to ``path`` (overwriting); returns it with
+    ``path``. A single-signal ranker has nothing to write (its ``signal`` is the whole model)."""
+    if ranker.pipeline is None:
+        return ranker
     ranker.pipeline.write().overwrite().save(path)
     return Ranker(ranker.pipeline, ranker.features, ranker.info, path)
 
 
-def load(path: str, features: tuple[str, ...] | list[str], info: dict[str, Any] | None = None) -> Ranker:
-    """Read a pipeline :func:`save` wrote."""
+def load(
+    path: str | None,
+    features: tuple[str, ...] | list[str],
+    info: dict[str, Any] | None = None,
+    *,
+    signal: str | None = None,
+) -> Ranker:
+    """Read a pipeline :func:`save` wrote, or rebuild a single-signal ranker (``signal``)."""
+    if signal is not None:
+        return Ranker(None, tuple(features), dict(info or {}), None, signal)
+    if path is None:
+        raise ValueError("a saved ranker needs its path (or its signal)")
     return Ranker(PipelineModel.load(path), tuple(features), dict(info or {}), path)

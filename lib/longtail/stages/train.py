@@ -64,10 +64,11 @@ def run(
         ranker = fit_ranker(spark, cfg, interactions, items, embeddings, model_id=mid)
         path = join_uri(lake.root, "models", "ranker", run_id or new_run_id())
         ranker = L.save(ranker, path)
-        ranker_summary = {"path": path, "features": list(ranker.features), **ranker.info}
+        ranker_summary = {"path": ranker.path, "features": list(ranker.features), **ranker.info}
         ranker_extra = {
             "ranker": {
-                "path": path,
+                "path": ranker.path,
+                "signal": ranker.signal,
                 "features": list(ranker.features),
                 "info": {k: v for k, v in ranker.info.items() if k != "importances"},
             }
