@@ -235,7 +235,9 @@ def encoder_rows(args, path: str, texts: list[str]) -> tuple[list[Row], dict[str
         load_s[enc.linear_backend] = time.perf_counter() - t0
         enc.encode(texts[:256])  # warm-up
         label = f"TextEncoder (bare, linear {enc.linear_backend})"
-        dtype = str(enc.dtype).removeprefix("torch.").replace("float", "fp")
+        dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(
+            str(enc.dtype).removeprefix("torch."), str(enc.dtype)
+        )
         rows.append(Row(label, dtype, f"{enc.batch_tokens} tokens", lambda enc=enc: enc.encode(texts)))
     return rows, load_s
 
@@ -433,6 +435,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--rss-calls", type=int, default=0, help="texts for the per-call RSS series of one encoder"
     )
+    p.add_argument("--texts", default=str(DATA), help="CSV with title and description columns")
+    p.add_argument(
+        "--parity",
+        action="store_true",
+        help="also encode every text with TextEncoder in float32 on the same device and print the "
+        "cosine of the timed encoder's vectors to it (bf16/fp16 parity)",
+    )
     p.add_argument("--json", help="also write the results as JSON to this file")
     p.add_argument("--child-stage", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--child-calls", type=int, default=0, help=argparse.SUPPRESS)
@@ -446,12 +455,12 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(tmp_dir)
         path = model_dir(args.model, args.arch_from_config, tmp)
         if args.child_stage or args.child_calls:
-            texts = load_texts(DATA, args.child_stage or args.child_calls)
+            texts = load_texts(Path(args.texts), args.child_stage or args.child_calls)
             fn = rss_child_stage if args.child_stage else rss_child_calls
             print(json.dumps(fn(args, path, texts), default=str))
             return
         load_start = os.getloadavg()
-        texts = load_texts(DATA, args.n)
+        texts = load_texts(Path(args.texts), args.n)
         from longtail.ml.encoder import TextEncoder
 
         tokens = TextEncoder(path, device="cpu", cpu_linear="aten").tokenize(texts)[1]
@@ -488,7 +497,7 @@ def main(argv: list[str] | None = None) -> None:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else "none"
     print(
         f"\nmodel {args.arch_from_config or args.model} ({'random weights' if args.arch_from_config else path}); "
-        f"{len(texts)} texts from {DATA.name}, mean {tokens.mean():.1f} tokens/item (max_length 256); "
+        f"{len(texts)} texts from {Path(args.texts).name}, mean {tokens.mean():.1f} tokens/item (max_length 256); "
         f"device {args.device}, {args.threads} CPU threads ({cpu}, torch CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}), GPU {gpu}; torch {torch.__version__}; "
         f"{args.rounds} interleaved rounds"
@@ -529,6 +538,21 @@ def main(argv: list[str] | None = None) -> None:
         cos = np.sum(np.asarray(bare.result) * np.asarray(ref), axis=1)
         cosine = float(cos.mean())
         print(f"cosine TextEncoder vs sentence-transformers defaults: mean {cosine:.6f}, min {cos.min():.6f}")
+    parity = None
+    if args.parity and bare is not None and bare.result is not None:
+        import numpy as np
+
+        from longtail.ml.encoder import TextEncoder
+
+        ref32 = TextEncoder(path, device=args.device, dtype="float32", batch_tokens=args.batch_tokens).encode(
+            texts
+        )
+        cos = np.sum(np.asarray(bare.result) * ref32, axis=1)
+        parity = {"dtype": bare.dtype, "mean": float(cos.mean()), "min": float(cos.min())}
+        print(
+            f"parity: TextEncoder {bare.dtype} vs TextEncoder fp32 on {args.device}, {len(texts)} texts: "
+            f"cosine mean {cos.mean():.7f}, min {cos.min():.7f}"
+        )
     for size, summary in rss_stage.items():
         print(
             f"Spark stage, catalogue of {size} items: Python worker peak RSS {summary['worker_peak_rss_mb']:.0f} MiB "
@@ -545,6 +569,7 @@ def main(argv: list[str] | None = None) -> None:
                 {
                     "rows": table,
                     "cosine": cosine,
+                    "parity_vs_fp32": parity,
                     "load_start": load_start,
                     "load_end": load_end,
                     "encoder_load_s": load_s,

@@ -73,6 +73,10 @@ class ListSpec:
     fusion_k: float | None = None
     rerank_strength: float | None = None
     sweep: tuple[str, float] | None = None
+    overrides: tuple[tuple[str, float], ...] = ()
+    """Further ``recommend`` settings for this list only, e.g. ``(("min_tail_share", 0.2),)``
+    (validated as the config validates them): how ``benchmarks/tune.py`` ranks a grid of
+    re-ranking settings from one candidate set."""
 
 
 def list_specs(ev: EvaluateConfig) -> list[ListSpec]:
@@ -214,8 +218,9 @@ def ranked_lists(
         rec_k = dataclasses.replace(cfg.recommend, k=k, candidates=max(cfg.recommend.candidates, k))
         cands_k = R.candidates_at(cands, k=k, n_candidates=rec_k.candidates)
         for spec in specs:
+            rec_spec = dataclasses.replace(rec_k, **dict(spec.overrides)) if spec.overrides else rec_k
             ranked = R.rank_variant(
-                cands_k, spec.variant, rec_k, fusion_k=spec.fusion_k, rerank_strength=spec.rerank_strength
+                cands_k, spec.variant, rec_spec, fusion_k=spec.fusion_k, rerank_strength=spec.rerank_strength
             )
             # materialised one by one with the lineage cut: the metrics join each list several
             # times, and with the ranking plans inlined the driver's plan trees grew past 2 GiB
