@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     spark.sparkContext.setLogLevel("WARN")
     points = grid_points()
     names = [point_name(pt) for pt in points]
-    specs = [E.ListSpec(v, v) for v in ("popular", "cf", "content", "fused", "fused_rerank")]
+    specs = [E.ListSpec(v, v) for v in ("cf", "content", "fused")]
     specs += [
         E.ListSpec(n, "fused_rerank", overrides=tuple(pt.items()), sweep=("grid", float(i)))
         for i, (n, pt) in enumerate(zip(names, points, strict=True))

@@ -169,10 +169,22 @@ def test_lists_at_each_k_are_what_recommend_writes_at_that_k(spark, tmp_path: Pa
         catalogue=items,
     )
     variants = ["popular", "cf", "fused", "fused_rerank"]
-    lists = E.ranked_lists(cands, [E.ListSpec(v, v) for v in variants], cfg, ks=[3, 5])
+    no_quota = E.ListSpec(
+        "rerank_no_quota", "fused_rerank", overrides=(("min_tail_share", 0.0), ("min_cold_share", 0.0))
+    )
+    lists = E.ranked_lists(cands, [*(E.ListSpec(v, v) for v in variants), no_quota], cfg, ks=[3, 5])
     got = {
         (r[S.K], r[S.VARIANT], r[S.USER_ID], r[S.RANK]): r[S.ITEM_ID] for df in lists for r in df.collect()
     }
+    # a list's overrides apply to it alone: without the quotas, fewer lists hold a cold item (one
+    # without a training interaction)
+    cold = set(synthetic.item_ids()) - {r[0] for r in train_part.select(S.ITEM_ID).distinct().collect()}
+    cold_lists = {
+        v: {u for (k, vv, u, _), i in got.items() if k == 5 and vv == v and i in cold}
+        for v in ("fused_rerank", "rerank_no_quota")
+    }
+    assert len(cold_lists["fused_rerank"]) > len(cold_lists["rerank_no_quota"]), cold_lists
+    got = {key: item for key, item in got.items() if key[1] != "rerank_no_quota"}
     differs = 0
     for k in (3, 5):
         rec_cfg = dataclasses.replace(cfg.recommend, k=k)

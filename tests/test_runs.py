@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from longtail.core import schema as S
 from longtail.core.config import load_config
 from longtail.lake import Lake
-from longtail.lake.runs import FAILED, SUCCEEDED, run_stage
+from longtail.lake.runs import ABANDONED, FAILED, RUNNING, SUCCEEDED, mark_abandoned, run_stage
 from longtail.stages.pipeline import headline_table, is_current
 
 pytestmark = pytest.mark.spark
@@ -38,8 +42,17 @@ def test_runs_rows_record_status_versions_and_config(spark, lake_root):
     with pytest.raises(ValueError, match="boom"):
         run_stage(spark, cfg, "recommend", _failing_stage, run_id="run-1")
 
-    rows = {r["stage"]: r for r in Lake(spark, lake_root).read(S.RUNS).collect()}
+    all_rows = Lake(spark, lake_root).read(S.RUNS).collect()
+    # each attempt: a `running` row at its start (host and pid), then its final row
+    assert sorted((r["stage"], r["status"]) for r in all_rows) == [
+        ("recommend", FAILED), ("recommend", RUNNING), ("train", RUNNING), ("train", SUCCEEDED),
+    ]  # fmt: skip
+    started = {r["stage"]: r for r in all_rows if r["status"] == RUNNING}
+    assert json.loads(started["train"]["message"])["pid"] == os.getpid()
+    assert started["train"]["finished_at"] is None
+    rows = {r["stage"]: r for r in all_rows if r["status"] != RUNNING}
     ok, bad = rows["train"], rows["recommend"]
+    assert ok["started_at"] == started["train"]["started_at"]
     assert (ok["run_id"], ok["status"], ok["message"]) == ("run-1", SUCCEEDED, None)
     assert json.loads(ok["tables_read"]) == {S.INTERACTIONS: 1}
     assert json.loads(ok["tables_written"]) == {S.ITEMS: 0}
@@ -47,6 +60,46 @@ def test_runs_rows_record_status_versions_and_config(spark, lake_root):
     assert ok["finished_at"] >= ok["started_at"]
     assert (bad["status"], bad["message"]) == (FAILED, "ValueError: boom")
     assert json.loads(bad["tables_written"]) == {}
+
+
+def _running_row(run_id: str, host: str, pid: int, hours_ago: float):
+    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(hours=hours_ago)
+    msg = json.dumps({"host": host, "pid": pid})
+    return (run_id, "encode", RUNNING, started, None, "{}", None, None, msg)
+
+
+def test_killed_and_lost_runs_are_marked_abandoned_once(spark, lake_root):
+    import socket
+
+    lake = Lake(spark, lake_root)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a real process that has ended: its pid is free
+    here = socket.gethostname()
+    rows = [
+        _running_row("killed", here, gone.pid, 0.1),  # same host, process gone: abandoned now
+        _running_row("alive", here, os.getpid(), 0.1),  # same host, process alive: still running
+        _running_row("elsewhere", "another-host", 1, 2.0),  # cannot check, younger than the limit
+        _running_row("lost", "another-host", 1, 30.0),  # older than lake.stale_run_hours
+        _running_row("done", "another-host", 1, 30.0),  # ... but it finished
+    ]
+    lake.append(S.RUNS, spark.createDataFrame(rows, S.RUNS_SCHEMA))
+    done = (*rows[-1][:2], SUCCEEDED, rows[-1][3], rows[-1][3], "{}", None, None, None)
+    lake.append(S.RUNS, spark.createDataFrame([done], S.RUNS_SCHEMA))
+    reads_before = dict(lake.reads)
+    marked = mark_abandoned(spark, lake, stale_after_hours=24.0)
+    assert sorted(marked) == [("killed", "encode"), ("lost", "encode")]
+    assert lake.reads == reads_before  # bookkeeping is not an input
+    assert mark_abandoned(spark, lake, stale_after_hours=24.0) == []  # once
+    got = {r["run_id"]: r for r in lake.read(S.RUNS).where(f"status = '{ABANDONED}'").collect()}
+    assert set(got) == {"killed", "lost"}
+    assert f"process {gone.pid}" in got["killed"]["message"] and "30.0 h" in got["lost"]["message"]
+    assert got["killed"]["started_at"] == rows[0][3] and got["killed"]["finished_at"] is not None
+    # the next stage run marks them too (here: the 2-hour-old one, with a 1-hour limit)
+    cfg = load_config(overrides=[f"lake.root={lake_root}", "lake.stale_run_hours=1"])
+    lake.overwrite(S.INTERACTIONS, spark.createDataFrame([("u", "i")], "user_id string, item_id string"))
+    run_stage(spark, cfg, "train", _copy_stage, run_id="next", lake=Lake(spark, lake_root))
+    abandoned = Lake(spark, lake_root).read(S.RUNS).where(f"status = '{ABANDONED}'").collect()
+    assert sorted(r["run_id"] for r in abandoned) == ["elsewhere", "killed", "lost"]
 
 
 def test_is_current_follows_table_versions_and_settings(spark, lake_root):

@@ -66,9 +66,13 @@ class LakeConfig:
     """Where every table lives: a local path or an `s3a://`, `abfss://`, `hdfs://` URI."""
     engine: Literal["auto", "delta-rs", "delta-spark"] = "auto"
     """Delta engine; `auto`: delta-spark when its jars are on the classpath, else delta-rs."""
+    stale_run_hours: float = 24.0  # a `running` row older than this, never finished, is abandoned
+    """A `runs` row still `running` after this many hours, with no final row, is marked
+    `abandoned` by the next stage run (sooner when its process, on the same host, is gone)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.root), "lake.root", "must be a non-empty path or URI")
+        _check(self.stale_run_hours > 0, "lake.stale_run_hours", "must be > 0")
 
 
 @dataclass(frozen=True)

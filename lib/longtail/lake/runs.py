@@ -1,9 +1,15 @@
-"""The `runs` table: one row per stage run, with the Delta versions it read and wrote.
+"""The `runs` table: the stage runs, with the Delta versions each read and wrote.
 
-A row is appended when the stage ends, succeeded or failed (a run killed outright leaves no row:
-its tables are at their last commit, and the next run starts over). The row carries the whole
-validated config as JSON; the config holds paths and knobs only, never credentials (storage
-credentials belong in Spark/Hadoop settings, which are not recorded).
+Append-only, keyed by ``(run_id, stage, started_at, status)``: a stage run appends a ``running`` row when it
+starts (its host and process id in ``message``) and a ``succeeded`` or ``failed`` row when it ends.
+A run killed outright (SIGKILL, a lost driver) leaves only its ``running`` row, and its tables at
+their last commit. The next stage run on the lake then appends an ``abandoned`` row for it when
+its process is gone (same host) or it started more than ``lake.stale_run_hours`` ago: the
+latest row of a ``(run_id, stage, started_at)`` (one attempt) is its status. Rows are written with
+:meth:`~longtail.lake.Lake.append_new` on that key, so two runs marking the same stale run add one
+row. The final row carries the whole validated config as JSON; the config holds paths and knobs
+only, never credentials (storage credentials belong in Spark/Hadoop settings, which are not
+recorded).
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +36,10 @@ log = logging.getLogger(__name__)
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
+RUNNING = "running"
+ABANDONED = "abandoned"
+FINAL = (SUCCEEDED, FAILED, ABANDONED)
+KEYS = [S.RUN_ID, "stage", "started_at", "status"]  # started_at: one attempt of a reused run id
 
 
 def new_run_id() -> str:
@@ -47,9 +59,15 @@ class StageRecord:
 
 @contextmanager
 def recorded(spark: SparkSession, cfg: Config, lake: Lake, stage: str, run_id: str) -> Iterator[StageRecord]:
-    """Record the stage run in `runs` when the block ends, whether it succeeds or raises."""
+    """Record the stage run in `runs`: a ``running`` row now (after marking stale runs
+    abandoned), the final row when the block ends, whether it succeeds or raises."""
     record = StageRecord(stage, run_id, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
     t0 = time.perf_counter()
+    try:  # bookkeeping never stops a stage
+        mark_abandoned(spark, lake, stale_after_hours=cfg.lake.stale_run_hours)
+        _append(spark, cfg, lake, record, json.dumps(_process()), finished=False)
+    except Exception:
+        log.exception("could not record the start of %s in `runs`", stage)
     message: str | None = None
     try:
         yield record
@@ -66,19 +84,112 @@ def recorded(spark: SparkSession, cfg: Config, lake: Lake, stage: str, run_id: s
             log.exception("could not record the run of %s in `runs`", stage)
 
 
-def _append(spark: SparkSession, cfg: Config, lake: Lake, record: StageRecord, message: str | None) -> None:
+def _process() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def mark_abandoned(spark: SparkSession, lake: Lake, *, stale_after_hours: float) -> list[tuple[str, str]]:
+    """Append an ``abandoned`` row for every attempt ``(run_id, stage, started_at)`` whose only row is ``running``
+    and whose process is gone (same host) or which started more than ``stale_after_hours`` ago.
+
+    Returns the ``(run_id, stage)`` pairs marked. Reads `runs` without recording the read in
+    ``lake.reads`` (bookkeeping is not an input of the stage).
+    """
+    if not lake.exists(S.RUNS):
+        return []
+    with _unrecorded(lake):
+        rows = lake.read(S.RUNS).select(S.RUN_ID, "stage", "status", "started_at", "message").collect()
+    final = {(r[S.RUN_ID], r["stage"], r["started_at"]) for r in rows if r["status"] in FINAL}
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    here = socket.gethostname()
+    stale: list[tuple[Any, str]] = []
+    for r in rows:
+        if r["status"] != RUNNING or (r[S.RUN_ID], r["stage"], r["started_at"]) in final:
+            continue
+        try:
+            proc = json.loads(r["message"] or "{}")
+        except ValueError:
+            proc = {}
+        hours = (now - r["started_at"]).total_seconds() / 3600
+        if proc.get("host") == here and isinstance(proc.get("pid"), int) and not _alive(proc["pid"]):
+            why = f"abandoned: its process {proc['pid']} on {here} is gone"
+        elif hours > stale_after_hours:
+            why = f"abandoned: running for {hours:.1f} h (> lake.stale_run_hours {stale_after_hours:g}) without finishing"
+        else:
+            continue
+        stale.append((r, why))
+    if not stale:
+        return []
+    out = spark.createDataFrame(
+        [
+            Row(
+                run_id=r[S.RUN_ID],
+                stage=r["stage"],
+                status=ABANDONED,
+                started_at=r["started_at"],
+                finished_at=now,
+                config="{}",
+                tables_read=None,
+                tables_written=None,
+                message=why,
+            )
+            for r, why in stale
+        ],
+        S.RUNS_SCHEMA,
+    )
+    with _unrecorded(lake):
+        lake.append_new(S.RUNS, out, keys=KEYS)
+    marked = [(r[S.RUN_ID], r["stage"]) for r, _ in stale]
+    log.warning("runs: marked %d killed or lost run(s) abandoned: %s", len(marked), marked)
+    return marked
+
+
+def _append(
+    spark: SparkSession,
+    cfg: Config,
+    lake: Lake,
+    record: StageRecord,
+    message: str | None,
+    *,
+    finished: bool = True,
+) -> None:
     row = Row(
         run_id=record.run_id,
         stage=record.stage,
         status=record.status,
         started_at=record.started_at,
-        finished_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+        finished_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) if finished else None,
         config=cfg.to_json(),
         tables_read=json.dumps(dict(lake.reads), sort_keys=True),
         tables_written=json.dumps({t: v for t, v in lake.writes.items() if t != S.RUNS}, sort_keys=True),
         message=message,
     )
-    lake.append(S.RUNS, spark.createDataFrame([row], S.RUNS_SCHEMA))
+    with _unrecorded(lake):
+        lake.append_new(S.RUNS, spark.createDataFrame([row], S.RUNS_SCHEMA), keys=KEYS)
+
+
+@contextmanager
+def _unrecorded(lake: Lake) -> Iterator[None]:
+    """Keep the bookkeeping's own reads and writes of `runs` out of ``lake.reads``/``writes``
+    (the versions a stage run read and wrote are its inputs and outputs, not `runs`)."""
+    reads, writes = dict(lake.reads), dict(lake.writes)
+    try:
+        yield
+    finally:
+        lake.reads.clear()
+        lake.reads.update(reads)
+        lake.writes.clear()
+        lake.writes.update(writes)
 
 
 def run_stage(
