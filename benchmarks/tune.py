@@ -33,7 +33,7 @@ import quality  # sets sys.path and the Spark environment for lib/
 GRID = {
     "min_tail_share": (0.1, 0.2, 0.3),
     "min_cold_share": (0.0, 0.1),
-    "rerank_strength": (0.2, 1.0),
+    "rerank_strength": (0.0, 0.2),
 }
 TARGET_NDCG_RATIO = 0.95
 TARGET_COV = 0.20

@@ -28,7 +28,10 @@ import yaml
 from longtail.core.uris import join_uri
 
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # lib/longtail/core/config.py -> <repo>/conf
+# conf/base.yaml is rendered from the dataclasses below (longtail.core.configdoc; a test checks they
+# agree), so an installed wheel, which has no conf/, starts from the same defaults without it.
 BASE_CONF = CONF_DIR / "base.yaml"
+IN_CHECKOUT = (CONF_DIR.parent / "lib" / "longtail").is_dir()
 
 VARIANTS = ("popular", "cf", "content", "fused", "fused_rerank")
 
@@ -528,7 +531,7 @@ def load_config(
         base: start from ``conf/base.yaml`` (off: start from the dataclass defaults).
     """
     tree: dict[str, Any] = {}
-    paths = ([BASE_CONF] if base and BASE_CONF.exists() else []) + [Path(f) for f in files]
+    paths = ([BASE_CONF] if base and IN_CHECKOUT and BASE_CONF.exists() else []) + [Path(f) for f in files]
     for path in paths:
         if not path.exists():
             raise ConfigError("--conf", f"file not found: {path}")
