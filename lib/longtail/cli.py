@@ -98,6 +98,11 @@ def run_job(
     logs.setup(path, verbose=args.verbose)
     log.info("longtail %s, run %s: %s", stage, run_id, describe(cfg))
     where = f"log: {path}" + ("" if in_lake else f" (a local file: lake.root {cfg.lake.root} is not local)")
+    from pyspark import SparkContext
+
+    # a session that was running before (a Databricks job task, a notebook) belongs to its host:
+    # only the one this call starts is stopped at the end
+    owned = SparkContext._active_spark_context is None
     spark = build_session(f"longtail-{stage}", delta_spark=cfg.lake.engine == "delta-spark")
     try:
         try:
@@ -124,7 +129,8 @@ def run_job(
         print(where)
         return 0
     finally:
-        spark.stop()
+        if owned:
+            spark.stop()
 
 
 def _brief(exc: BaseException, max_lines: int = 10) -> str:
