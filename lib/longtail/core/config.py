@@ -318,12 +318,15 @@ class RecommendConfig:
     """Subtracted from the fused score: popularity_penalty * log(1 + n_i)."""
     rerank_rounds: int = 3
     """`fused_rerank`: rounds of exposure counting."""
-    rerank_strength: float = 0.2  # subtracted: rerank_strength * log(1 + exposure)
-    """`fused_rerank`: subtracted, rerank_strength * log(1 + exposure)."""
-    min_tail_share: float = 0.0
-    """`fused_rerank`: share of each list reserved for long-tail items."""
-    min_cold_share: float = 0.0  # fused_rerank: share of each list reserved for items with no interactions
-    """`fused_rerank`: share of each list reserved for cold items (no interactions)."""
+    rerank_strength: float = 0.0  # subtracted: rerank_strength * log(1 + exposure)
+    """`fused_rerank`: subtracted, rerank_strength * log(1 + exposure); 0 (no exposure rounds) was
+    chosen on validation splits (`benchmarks/tune.py`, docs/evaluation.md)."""
+    min_tail_share: float = 0.1
+    """`fused_rerank`: share of each list reserved for long-tail items (0.1: chosen on validation
+    splits by `benchmarks/tune.py`)."""
+    min_cold_share: float = 0.1  # fused_rerank: share of each list reserved for items with no interactions
+    """`fused_rerank`: share of each list reserved for cold items (no interactions; 0.1: chosen on
+    validation splits by `benchmarks/tune.py`)."""
     head_rule: Literal["mass", "items"] = "mass"
     """How the head is cut from the training counts (ml/segments.py): `mass` (the items holding
     `head_share` of the interactions) or `items` (`head_fraction` of the interacted items); cold items are

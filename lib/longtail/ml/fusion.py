@@ -132,6 +132,21 @@ def fit_ranker(
     """
     t0 = time.perf_counter()
     rk = cfg.recommend.ranker
+    inner_train, _ = holdout.time_split(interactions, test_fraction=rk.label_fraction, cutoff=None)
+    if inner_train.isEmpty():
+        # e.g. a log of 1-3 interactions per user, split again by evaluate's validation hold-out:
+        # every interaction is somebody's latest, nothing is left to fit the feature model on
+        log.warning(
+            "ranker: the inner split leaves no interaction to fit the feature model on "
+            "(every user's history is within recommend.ranker.label_fraction); fused ranks by cf"
+        )
+        ranker = L.Ranker(None, L.FEATURES, signal=L.CF)
+        ranker.info = {
+            "model": L.CF,
+            "fallback": "no inner training interactions",
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        return ranker
     rows, info = labelled_candidates(spark, cfg, interactions, items, embeddings, model_id=model_id)
     inner_train, inner_test = info.pop("inner_train"), info.pop("inner_test")
     choice: dict[str, Any] = {}
