@@ -197,12 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"\n## {name}: {cfg.input.interactions}")
         print(f"split: {result['split']}")
-        print(f"seconds: {seconds} {result['seconds']}; report: {paths['html']}\n")
+        print(f"seconds: {seconds} {result['seconds']}; report: {paths['html']}")
+        ranker = result["ranker"] or {}
+        print(f"ranker: {ranker.get('model')}; inner validation: {ranker.get('validation')}\n")
         print(table(rows, diffs, variants), flush=True)
         report[name] = {
             "metrics": rows,
             "differences_to_cf": diffs,
             "split": result["split"],
+            "ranker": {k: v for k, v in (result["ranker"] or {}).items() if k != "importances"},
             "seconds": {**seconds, **result["seconds"]},
             "report": paths,
         }

@@ -292,7 +292,15 @@ def test_blend_keeps_the_hand_computed_lists_and_learned_needs_a_ranker(spark):
     # the hand-computed case of test_recommend: the tail item wins for the user whose content
     # evidence exceeds 1.089109 (user 1 with 1.2), not for user 0 (1.0)
     cands = _candidates(spark, _toy(1.0, 1.2))
-    blend = RecommendConfig(k=1, candidates=3, fusion_k=10.0, rerank_rounds=0, fusion="blend")
+    blend = RecommendConfig(
+        k=1,
+        candidates=3,
+        min_tail_share=0.0,
+        min_cold_share=0.0,
+        fusion_k=10.0,
+        rerank_rounds=0,
+        fusion="blend",
+    )
     assert _lists(R.rank_variant(cands, "fused", blend)) == {0: [0], 1: [1]}
     assert _lists(R.rank_variant(cands, "fused_rerank", blend)) == {0: [0], 1: [1]}
     learned = dataclasses.replace(blend, fusion="learned")
