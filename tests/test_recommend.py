@@ -11,6 +11,7 @@ import synthetic
 from deltalake import DeltaTable
 from helpers import make_tiny_bert
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from longtail.core import schema as S
 from longtail.core.config import RecommendConfig
@@ -308,3 +309,15 @@ def test_cold_items_are_recommendable_and_new_users_get_the_popular_list(spark, 
     finally:
         cands.unpersist()
         model.unpersist()
+
+
+def test_conform_strict_gives_the_contract_nullability_both_ways(spark):
+    # `b` is proven non-null by Spark (a literal) but nullable in the contract; `a` the reverse
+    schema = T.StructType([T.StructField("a", T.LongType(), False), T.StructField("b", T.DoubleType(), True)])
+    df = spark.createDataFrame([(1, None)], "a long, b double").select("a", F.lit(2.0).alias("b"))
+    assert [f.nullable for f in df.schema] == [True, False]
+    out = S.conform_strict(df, schema, what="t")
+    assert [(f.name, f.nullable) for f in out.schema] == [("a", False), ("b", True)]
+    assert out.collect() == [(1, 2.0)]
+    with pytest.raises(Exception, match="t: null in NOT NULL column a"):
+        S.conform_strict(spark.createDataFrame([(None, 1.0)], "a long, b double"), schema, what="t").collect()

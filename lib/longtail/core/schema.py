@@ -249,5 +249,11 @@ def conform_strict(df: DataFrame, schema: T.StructType, *, what: str) -> DataFra
         if not f.nullable:
             guarded = F.when(col.isNull(), F.raise_error(F.lit(f"{what}: null in NOT NULL column {f.name}")))
             col = F.coalesce(guarded.otherwise(col), F.lit(_zero(f.dataType)).cast(f.dataType))
+        else:
+            # and the nullable ones nullable, whatever Spark proved about this plan (a score that
+            # happens to be filled everywhere is still a nullable column of the table): a CASE
+            # without ELSE is nullable in the schema writers read (an identity; `when(lit(True))`
+            # is folded and keeps the proof)
+            col = F.when(col.isNotNull(), col)
         cols.append(col.alias(f.name))
     return df.select(cols)
