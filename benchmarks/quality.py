@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     from longtail.core.session import build_session
     from longtail.lake import Lake
     from longtail.lake.runs import new_run_id
-    from longtail.ml.model import current_embeddings, encoder_model_id
+    from longtail.ml.model import encoder_model_id
     from longtail.stages import encode, ingest
     from longtail.stages import evaluate as E
 
@@ -170,18 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             stage.run(spark, cfg, lake=lake, run_id=new_run_id())
             seconds[stage_name] = round(time.perf_counter() - t0, 1)
         mid = encoder_model_id(cfg.encoder)
-        items = lake.read(S.ITEMS)
         run_id = f"quality-{name}-{stamp}"
         t0 = time.perf_counter()
-        result = E.evaluate(
-            spark,
-            cfg,
-            interactions=lake.read(S.INTERACTIONS),
-            items=items,
-            embeddings=current_embeddings(lake, mid, items=items),
-            model_id=mid,
-            run_id=run_id,
-        )
+        result = E.evaluate_lake(spark, cfg, lake, run_id=run_id)
         seconds["evaluate"] = round(time.perf_counter() - t0, 1)
         rows = headline(result["all_metrics"])
         diffs = differences(result["intervals"])

@@ -86,12 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.conf = []
 
-    from longtail.core import schema as S
     from longtail.core.config import load_config
     from longtail.core.session import build_session
     from longtail.lake import Lake
     from longtail.lake.runs import new_run_id
-    from longtail.ml.model import current_embeddings, encoder_model_id
     from longtail.stages import encode, ingest
     from longtail.stages import evaluate as E
 
@@ -123,19 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         lake = Lake.from_config(spark, cfg)
         for stage in (ingest, encode):
             stage.run(spark, cfg, lake=lake, run_id=new_run_id())
-        mid = encoder_model_id(cfg.encoder)
-        items = lake.read(S.ITEMS)
         t0 = time.perf_counter()
-        result = E.evaluate(
-            spark,
-            cfg,
-            interactions=lake.read(S.INTERACTIONS),
-            items=items,
-            embeddings=current_embeddings(lake, mid, items=items),
-            model_id=mid,
-            run_id=f"tune-{name}",
-            specs=specs,
-        )
+        result = E.evaluate_lake(spark, cfg, lake, run_id=f"tune-{name}", specs=specs)
         rows = quality.headline(result["all_metrics"])
         per_dataset[name] = rows
         print(f"\n## {name} (validation split; {time.perf_counter() - t0:.0f} s; ranker {result['ranker']})")

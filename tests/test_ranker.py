@@ -10,10 +10,10 @@ import pytest
 import synthetic
 from pyspark.sql import functions as F
 from test_encoder import make_tiny_bert
-from test_recommend import PAIR_COLUMNS, _candidates, _lists, _toy
+from test_recommend import PAIR_COLUMNS, _candidates, _lists, _toy, toy_config
 
 from longtail.core import schema as S
-from longtail.core.config import RankerConfig, RecommendConfig
+from longtail.core.config import RankerConfig
 from longtail.core.errors import MissingInputError
 from longtail.ml import fusion
 from longtail.ml import ranker as L
@@ -292,15 +292,7 @@ def test_blend_keeps_the_hand_computed_lists_and_learned_needs_a_ranker(spark):
     # the hand-computed case of test_recommend: the tail item wins for the user whose content
     # evidence exceeds 1.089109 (user 1 with 1.2), not for user 0 (1.0)
     cands = _candidates(spark, _toy(1.0, 1.2))
-    blend = RecommendConfig(
-        k=1,
-        candidates=3,
-        min_tail_share=0.0,
-        min_cold_share=0.0,
-        fusion_k=10.0,
-        rerank_rounds=0,
-        fusion="blend",
-    )
+    blend = toy_config()
     assert _lists(R.rank_variant(cands, "fused", blend)) == {0: [0], 1: [1]}
     assert _lists(R.rank_variant(cands, "fused_rerank", blend)) == {0: [0], 1: [1]}
     learned = dataclasses.replace(blend, fusion="learned")

@@ -68,16 +68,15 @@ def _toy(tail_content_u0: float, tail_content_u1: float):
     return rows
 
 
+def toy_config(**overrides) -> RecommendConfig:
+    """The hand-computed cases' config: the blend at fusion_k 10, no exposure rounds, no reserved
+    places (each test adds what it checks)."""
+    base = {"k": 1, "candidates": 3, "fusion_k": 10.0, "rerank_rounds": 0, "fusion": "blend"}
+    return RecommendConfig(**{**base, "min_tail_share": 0.0, "min_cold_share": 0.0, **overrides})
+
+
 def test_fusion_lets_the_tail_item_win_exactly_when_its_content_evidence_outweighs(spark):
-    cfg = RecommendConfig(
-        k=1,
-        candidates=3,
-        min_tail_share=0.0,
-        min_cold_share=0.0,
-        fusion_k=10.0,
-        rerank_rounds=0,
-        fusion="blend",
-    )
+    cfg = toy_config()
     # user 0: c = 1.10 -> 0.909091 * 1.10 = 1.000 > 0.990099: the tail item wins
     # user 1: c = 1.08 -> 0.909091 * 1.08 = 0.982 < 0.990099: the head item wins
     cands = _candidates(spark, _toy(1.10, 1.08))
@@ -102,23 +101,13 @@ def test_zscores_put_signals_of_different_scales_on_one_footing(spark):
         (0, 0, 300.0, 1, 0.0, 2, 5.0, 1, 200.0, 100.0, 1.0, 1.0, 10, False),
         (0, 1, 100.0, 2, 3.0, 1, 5.0, 2, 200.0, 100.0, 1.0, 1.0, 10, True),
     ]
-    cfg = RecommendConfig(
-        k=1, candidates=2, min_tail_share=0.0, min_cold_share=0.0, fusion_k=10.0, fusion="blend"
-    )
+    cfg = toy_config(candidates=2)  # (fused only: no re-ranking)
     assert _lists(R.rank_variant(_candidates(spark, rows), "fused", cfg)) == {0: [1]}
 
 
 def test_popularity_penalty_and_tail_reservation(spark):
     cands = _candidates(spark, _toy(1.0, 1.0))  # the head item wins both users without help
-    base = RecommendConfig(
-        k=1,
-        candidates=3,
-        min_tail_share=0.0,
-        min_cold_share=0.0,
-        fusion_k=10.0,
-        rerank_rounds=0,
-        fusion="blend",
-    )
+    base = toy_config()
     assert _lists(R.rank_variant(cands, "fused", base)) == {0: [0], 1: [0]}
     # penalty 0.1: fused_0 = 0.990099 - 0.1 * log(1001) = 0.299; fused_1 = 0.909091 - 0.1 * log(2) = 0.840
     penalised = dataclasses.replace(base, popularity_penalty=0.1)
@@ -135,15 +124,7 @@ def test_cold_slots_reserve_places_for_items_without_interactions(spark):
     # fused: item 0 0.990099, item 1 0.909091 * 1.0, item 3 0.2, item 2 -1
     cold = [(u, 3, 0.0, 4, 0.2, 3, 0.0, 4, 0.0, 1.0, 0.0, 1.0, 0, True) for u in (0, 1)]
     cands = _candidates(spark, _toy(1.0, 1.0) + cold)
-    base = RecommendConfig(
-        k=2,
-        candidates=4,
-        min_tail_share=0.0,
-        min_cold_share=0.0,
-        fusion_k=10.0,
-        rerank_rounds=0,
-        fusion="blend",
-    )
+    base = toy_config(k=2, candidates=4)
     assert _lists(R.rank_variant(cands, "fused_rerank", base)) == {0: [0, 1], 1: [0, 1]}
     # one cold place (ceil(0.5 * 2) = 1): item 3 takes the place of the lowest unreserved item (1)
     one_cold = dataclasses.replace(base, min_cold_share=0.5)
@@ -162,16 +143,7 @@ def test_rerank_spreads_exposure_and_is_fused_at_strength_zero(spark):
         for i, s in enumerate((1.0, 0.9, 0.8)):
             rows.append((u, i, s, i + 1, s, i + 1, 1.0, i + 1, 0.0, 1.0, 0.0, 1.0, 5, i > 0))
     cands = _candidates(spark, rows)
-    cfg = RecommendConfig(
-        k=1,
-        candidates=3,
-        fusion_k=10.0,
-        rerank_rounds=1,
-        rerank_strength=0.0,
-        fusion="blend",
-        min_tail_share=0.0,
-        min_cold_share=0.0,
-    )
+    cfg = toy_config(rerank_rounds=1, rerank_strength=0.0)
     assert _lists(R.rank_variant(cands, "fused_rerank", cfg)) == _lists(R.rank_variant(cands, "fused", cfg))
     # one round at strength 0.2: item 0 was shown 3 times: 1.0 - 0.2 * log(4) = 0.723 < 0.9 and 0.8
     strong = dataclasses.replace(cfg, rerank_strength=0.2)

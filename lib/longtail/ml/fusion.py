@@ -45,6 +45,12 @@ from longtail.ml import scoring as R
 log = logging.getLogger(__name__)
 
 
+def inner_split(interactions: DataFrame, rk: Any) -> tuple[DataFrame, DataFrame]:
+    """Step 1 of the module doc: per user, the latest ``label_fraction`` of ``interactions`` are
+    the labels, the rest the feature model's training part."""
+    return holdout.time_split(interactions, test_fraction=rk.label_fraction, cutoff=None)
+
+
 def labelled_candidates(
     spark: SparkSession,
     cfg: Config,
@@ -53,14 +59,16 @@ def labelled_candidates(
     embeddings: DataFrame,
     *,
     model_id: str,
+    split: tuple[DataFrame, DataFrame] | None = None,
 ) -> tuple[DataFrame, dict[str, Any]]:
     """Steps 1-3 of the module doc: ``(rows, info)``, rows being the sampled candidate pairs with
     the :data:`~longtail.ml.ranker.FEATURES` and ``label`` (persisted; the caller unpersists).
 
     ``info`` also carries ``inner_train`` (the DataFrame the feature model saw), for tests.
+    ``split``: the inner ``(train, test)`` split of ``interactions`` when the caller made it already.
     """
     rk = cfg.recommend.ranker
-    inner_train, inner_test = holdout.time_split(interactions, test_fraction=rk.label_fraction, cutoff=None)
+    inner_train, inner_test = split or inner_split(interactions, rk)
     inner_train, inner_test = inner_train.persist(), inner_test.persist()
     model, _, _ = cf.fit(spark, cfg, inner_train, items, embeddings, model_id=model_id)
     users = inner_test.select(
@@ -132,8 +140,8 @@ def fit_ranker(
     """
     t0 = time.perf_counter()
     rk = cfg.recommend.ranker
-    inner_train, _ = holdout.time_split(interactions, test_fraction=rk.label_fraction, cutoff=None)
-    if inner_train.isEmpty():
+    split = inner_split(interactions, rk)
+    if split[0].isEmpty():
         # e.g. a log of 1-3 interactions per user, split again by evaluate's validation hold-out:
         # every interaction is somebody's latest, nothing is left to fit the feature model on
         log.warning(
@@ -147,7 +155,9 @@ def fit_ranker(
             "seconds": round(time.perf_counter() - t0, 2),
         }
         return ranker
-    rows, info = labelled_candidates(spark, cfg, interactions, items, embeddings, model_id=model_id)
+    rows, info = labelled_candidates(
+        spark, cfg, interactions, items, embeddings, model_id=model_id, split=split
+    )
     inner_train, inner_test = info.pop("inner_train"), info.pop("inner_test")
     choice: dict[str, Any] = {}
     try:

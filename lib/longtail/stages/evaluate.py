@@ -206,6 +206,25 @@ def evaluate(
     }
 
 
+def evaluate_lake(
+    spark: SparkSession, cfg: Config, lake: Lake, *, run_id: str, specs: Sequence[ListSpec] | None = None
+) -> dict[str, Any]:
+    """:func:`evaluate` on the lake's current ``interactions``, ``items`` and the current encoder's
+    vectors (what the stage and the quality benchmarks measure); nothing is written."""
+    mid = encoder_model_id(cfg.encoder)
+    items = lake.read(S.ITEMS)
+    return evaluate(
+        spark,
+        cfg,
+        interactions=lake.read(S.INTERACTIONS),
+        items=items,
+        embeddings=current_embeddings(lake, mid, items=items),
+        model_id=mid,
+        run_id=run_id,
+        specs=specs,
+    )
+
+
 def ranked_lists(
     cands: R.Candidates, specs: Sequence[ListSpec], cfg: Config, *, ks: Sequence[int]
 ) -> list[DataFrame]:
@@ -293,16 +312,7 @@ def run(
     lake.require("evaluate", S.INTERACTIONS, S.ITEMS, S.ITEM_EMBEDDINGS)
     run_id = run_id or new_run_id()
     mid = encoder_model_id(cfg.encoder)
-    items = lake.read(S.ITEMS)
-    result = evaluate(
-        spark,
-        cfg,
-        interactions=lake.read(S.INTERACTIONS),
-        items=items,
-        embeddings=current_embeddings(lake, mid, items=items),
-        model_id=mid,
-        run_id=run_id,
-    )
+    result = evaluate_lake(spark, cfg, lake, run_id=run_id)
     table = result["metrics"]
     version = lake.merge(S.METRICS, table, keys=METRIC_KEYS)
     metrics_pdf = table.drop(S.RUN_ID).toPandas()  # variants x metrics x k x segments: small
