@@ -124,7 +124,7 @@ def test_auto_chooses_on_held_out_users_and_can_choose_a_single_signal(spark):
     # sharply: the models learn the noise, which does not carry to the held-out users, so CF
     # alone ranks them best and ships as a single-signal ranker.
     rng = np.random.default_rng(5)
-    rk = RankerConfig(model="auto", trees=5, depth=2, validation_fraction=0.3)
+    rk = RankerConfig(model="auto", trees=5, depth=2, validation_fraction=0.3, pop_penalty=0.0)
     held = {
         r[0]
         for r in spark.range(200)
@@ -158,6 +158,63 @@ def test_auto_chooses_on_held_out_users_and_can_choose_a_single_signal(spark):
     assert L.load(None, L.FEATURES, signal="cf").signal == "cf"
     with pytest.raises(ValueError, match="exactly one"):
         L.Ranker(None, L.FEATURES)
+
+
+def _popularity_rows(rng, *, users: int = 120, items: int = 12):
+    """Rows whose labels are the top-2 by ``f_cf_z``, with an item evidence in [0, 5] unrelated to
+    them (head = evidence > 2.5)."""
+    i_cf, i_ev, i_head = (L.FEATURES.index(f) for f in ("f_cf_z", "f_item_evidence", "f_is_head"))
+    rows = []
+    for u in range(users):
+        x = rng.normal(size=(items, len(L.FEATURES)))
+        x[:, L.FEATURES.index("f_has_cf")] = x[:, L.FEATURES.index("f_user_history")] = 1.0
+        x[:, i_ev] = rng.uniform(0, 5, size=items)
+        x[:, i_head] = (x[:, i_ev] > 2.5).astype(float)
+        label = np.zeros(items, dtype=int)
+        label[np.argsort(-x[:, i_cf])[:2]] = 1
+        rows += [(u, i, int(label[i]), *map(float, x[i])) for i in range(items)]
+    return rows
+
+
+def test_pop_penalty_is_the_largest_that_keeps_the_rankers_accuracy(spark):
+    # labels follow f_cf_z exactly: every penalty that reorders costs accuracy, and the rule keeps
+    # the largest one that costs at most accuracy_tolerance of the unpenalised ranker's NDCG
+    exact = _feature_rows(spark, _popularity_rows(np.random.default_rng(8)))
+    rk = RankerConfig(model="logistic", accuracy_tolerance=0.3, pop_penalty_grid=(0.25, 0.5, 1.0, 10.0))
+    ranker, choice = fusion._choose(exact, rk, k=2)
+    val = choice["validation"]
+    curve = {float(b): got for b, got in val["pop_penalty"].items()}
+    assert set(curve) == {0.0, 0.25, 0.5, 1.0, 10.0} and choice["chosen"] == "logistic"
+    assert val["ndcg_floor"] == pytest.approx(0.7 * val["ndcg@2"]["logistic"], abs=1e-5)
+    assert curve[0.0]["ndcg"] == pytest.approx(val["ndcg@2"]["logistic"], abs=1e-5)
+    allowed = [b for b, got in curve.items() if got["ndcg"] >= val["ndcg_floor"]]
+    assert ranker.pop_penalty == choice["pop_penalty"] == max(allowed), curve
+    assert ranker.pop_penalty > 0 and curve[ranker.pop_penalty]["tail_share"] > curve[0.0]["tail_share"], (
+        curve
+    )
+    assert curve[10.0]["ndcg"] < val["ndcg_floor"]  # too strong a penalty is refused
+    strict = dataclasses.replace(rk, accuracy_tolerance=0.0, pop_penalty_grid=(1.0, 2.0))
+    assert fusion._choose(exact, strict, k=2)[1]["pop_penalty"] == 0.0
+    fixed = dataclasses.replace(rk, pop_penalty=0.3)
+    assert fusion._choose(exact, fixed, k=2)[0].pop_penalty == pytest.approx(0.3)
+
+
+def test_the_penalty_is_subtracted_from_the_log_odds_and_saved(spark, tmp_path):
+    pairs = spark.createDataFrame(
+        [(0, 1, 0.5, 2, 0.1, 5, None, None, 0.0, 1.0, 0.0, 0.5, 3, True, 4, 10.0),
+         (0, 2, 0.2, 3, 0.1, 6, None, None, 0.0, 1.0, 0.0, 0.5, 0, True, 4, None),
+         (1, 1, 0.5, 2, 0.1, 5, None, None, 0.0, 1.0, 0.0, 0.5, 3, True, 0, 10.0)],
+        FEATURE_ROW_COLUMNS,
+    )  # fmt: skip
+    ranker = L.Ranker(None, L.FEATURES, signal="cf", pop_penalty=0.25)
+    got = {(r[S.USER_IDX], r[S.ITEM_IDX]): r for r in L.score(pairs, ranker).collect()}
+    assert got[0, 1][L.LOGIT] == pytest.approx(0.5 - 0.25 * math.log1p(3))  # popularity 3
+    assert got[0, 2][L.LOGIT] == pytest.approx(0.2)  # a cold item keeps its score
+    assert got[1, 1][L.LOGIT] == pytest.approx(0.5)  # so does a user without history
+    assert got[0, 1][L.PROBABILITY] == pytest.approx(1 / (1 + math.exp(-got[0, 1][L.LOGIT])))
+    assert L.load(None, L.FEATURES, signal="cf", pop_penalty=0.25).pop_penalty == 0.25
+    with pytest.raises(ValueError, match="pop_penalty"):
+        L.Ranker(None, L.FEATURES, signal="cf", pop_penalty=-1.0)
 
 
 def test_auto_keeps_a_fitted_model_when_it_beats_both_signals(spark):

@@ -275,6 +275,16 @@ class RankerConfig:
     """gbt: learning rate."""
     reg: float = 0.01  # logistic: L2 penalty
     """logistic: L2 penalty."""
+    pop_penalty: Literal["auto"] | float = "auto"  # beta: log-odds - beta * log(1 + n_i)
+    """Popularity penalty of the learned score: `beta * log(1 + n_i)` (n_i the item's training
+    interactions) is subtracted from the log-odds, so that `fused` reaches the tail. `auto`: the
+    largest value of `pop_penalty_grid` whose NDCG@k on the validation users stays at or above
+    `(1 - accuracy_tolerance)` x the unpenalised ranker's."""
+    pop_penalty_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
+    """`pop_penalty: auto`: the values tried on the validation users."""
+    accuracy_tolerance: float = 0.01  # pop_penalty auto: share of the ranker's NDCG it may give up
+    """`pop_penalty: auto`: the share of the unpenalised ranker's validation NDCG@k the penalty may
+    give up."""
     max_users: int = 50_000  # users whose inner-test labels train the ranker at most (seeded sample)
     """At most this many users' labels train the ranker (a seeded sample beyond)."""
     seed: int = 42
@@ -289,6 +299,18 @@ class RankerConfig:
         _check(0 < self.step <= 1, "recommend.ranker.step", "must be in (0, 1]")
         _check(self.reg >= 0, "recommend.ranker.reg", "must be >= 0")
         _check(self.max_users >= 1, "recommend.ranker.max_users", "must be >= 1")
+        _check(
+            self.pop_penalty == "auto"
+            or (isinstance(self.pop_penalty, int | float) and self.pop_penalty >= 0),
+            "recommend.ranker.pop_penalty",
+            "must be auto or a number >= 0",
+        )
+        _check(
+            len(self.pop_penalty_grid) > 0 and all(b >= 0 for b in self.pop_penalty_grid),
+            "recommend.ranker.pop_penalty_grid",
+            "must hold at least one number, all >= 0",
+        )
+        _check(0 <= self.accuracy_tolerance < 1, "recommend.ranker.accuracy_tolerance", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)

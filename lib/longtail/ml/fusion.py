@@ -21,7 +21,17 @@ from:
    with the highest NDCG@``recommend.k`` ships (ties: the order gbt, logistic, cf, content). A
    small log (the synthetic tests' 30 users) or one where a signal is all there is to learn then
    gets that signal's order, not a tree ensemble extrapolating from a few dozen labels; a large
-   one gets the model that beats both signals on users it never saw.
+   one gets the model that beats both signals on users it never saw. The held-out users are
+   ranked over their whole candidate lists (unsampled), as ``recommend`` ranks them.
+5. **Popularity penalty** (``recommend.ranker.pop_penalty: auto``, the default): a classifier of
+   "was it chosen" learns that popular items are chosen more often, so its top lists follow
+   popularity. The fused score is the log-odds less ``beta * log(1 + n_i)`` (a propensity
+   ``(1 + n_i) ** beta`` divided out; cold items keep their score), and ``beta`` is the largest of
+   ``pop_penalty_grid`` whose NDCG@k on the held-out users stays at or above
+   ``(1 - accuracy_tolerance)`` x the unpenalised ranker's there: the tail that costs (almost)
+   nothing. Spending the ranker's whole lead over its best single signal instead was tried and
+   refused (``docs/scoring.md``): the inner validation does not predict the cost of a strong
+   penalty on a sparse log.
 
 The production ALS (on all of ``interactions``) is fitted separately by the caller; the ranker only
 reads signals on a per-user scale (z-scores, ranks, indicators) plus raw scores, so it carries over.
@@ -29,11 +39,12 @@ reads signals on a per-user scale (z-scores, ranks, indicators) plus raw scores,
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from longtail.core import schema as S
@@ -64,7 +75,10 @@ def labelled_candidates(
     """Steps 1-3 of the module doc: ``(rows, info)``, rows being the sampled candidate pairs with
     the :data:`~longtail.ml.ranker.FEATURES` and ``label`` (persisted; the caller unpersists).
 
-    ``info`` also carries ``inner_train`` (the DataFrame the feature model saw), for tests.
+    ``info`` also carries ``inner_train`` and ``inner_test`` (the DataFrames the feature model and
+    the labels came from; the caller unpersists them) and ``validation``: the whole candidate lists
+    (features + label, unsampled) of the users :func:`validation_users` holds out, persisted, when
+    the model or the popularity penalty is to be chosen (else None).
     ``split``: the inner ``(train, test)`` split of ``interactions`` when the caller made it already.
     """
     rk = cfg.recommend.ranker
@@ -99,8 +113,13 @@ def labelled_candidates(
         labelled = cands.pairs.join(positives, [S.USER_IDX, S.ITEM_IDX], "left").withColumn(
             L.LABEL, F.coalesce(F.col(L.LABEL), F.lit(0))
         )
-        rows = L.sample_negatives(L.with_features(labelled), negatives=rk.negatives, seed=rk.seed)
-        rows = rows.select(S.USER_IDX, S.ITEM_IDX, L.LABEL, *L.FEATURES).persist()
+        featured = L.with_features(labelled).select(S.USER_IDX, S.ITEM_IDX, L.LABEL, *L.FEATURES)
+        rows = L.sample_negatives(featured, negatives=rk.negatives, seed=rk.seed).persist()
+        validation = None
+        if needs_validation(rk):  # the held-out users' whole lists, as recommend will rank them
+            with_positive = rows.where(F.col(L.LABEL) > 0).select(S.USER_IDX).distinct()
+            validation = featured.where(validation_users(rk)).join(with_positive, S.USER_IDX).persist()
+            validation.count()
         counts = rows.agg(
             F.count(F.lit(1)).alias("rows"),
             F.sum(L.LABEL).alias("positives"),
@@ -118,6 +137,7 @@ def labelled_candidates(
         "held_out_interactions": int(held_out),
         "inner_train": inner_train,
         "inner_test": inner_test,
+        "validation": validation,
     }
     return rows, info
 
@@ -148,9 +168,10 @@ def fit_ranker(
             "ranker: the inner split leaves no interaction to fit the feature model on "
             "(every user's history is within recommend.ranker.label_fraction); fused ranks by cf"
         )
-        ranker = L.Ranker(None, L.FEATURES, signal=L.CF)
+        ranker = L.Ranker(None, L.FEATURES, signal=L.CF, pop_penalty=fixed_penalty(rk))
         ranker.info = {
             "model": L.CF,
+            "pop_penalty": ranker.pop_penalty,
             "fallback": "no inner training interactions",
             "seconds": round(time.perf_counter() - t0, 2),
         }
@@ -159,22 +180,24 @@ def fit_ranker(
         spark, cfg, interactions, items, embeddings, model_id=model_id, split=split
     )
     inner_train, inner_test = info.pop("inner_train"), info.pop("inner_test")
+    validation = info.pop("validation")
     choice: dict[str, Any] = {}
     try:
-        if rk.model == "auto":
-            ranker, choice = _choose(rows, rk, k=cfg.recommend.k)
+        if needs_validation(rk):
+            ranker, choice = _choose(rows, rk, k=cfg.recommend.k, validation=validation)
         else:
-            ranker = L.Ranker(L.fit_pipeline(rows, rk), L.FEATURES)
+            ranker = L.Ranker(L.fit_pipeline(rows, rk), L.FEATURES, pop_penalty=fixed_penalty(rk))
         if ranker.pipeline is not None:
             train_auc = L.auc(L.probability(ranker.pipeline, rows))
         else:
             train_auc = L.auc(rows.withColumn(L.PROBABILITY, L.signal_score(ranker.signal or "")))
     finally:
-        rows.unpersist()
-        inner_train.unpersist()
-        inner_test.unpersist()
+        for df in (rows, inner_train, inner_test, validation):
+            if df is not None:
+                df.unpersist()
     ranker.info = {
         "model": ranker.signal or choice.get("chosen") or rk.model,
+        "pop_penalty": ranker.pop_penalty,
         **info,
         **choice,
         "train_auc": round(train_auc, 4),
@@ -188,40 +211,120 @@ def fit_ranker(
 CONTENDERS = ("gbt", "logistic", *L.SIGNALS)  # the order breaks ties: the first wins
 
 
-def _choose(rows: DataFrame, rk: Any, *, k: int) -> tuple[L.Ranker, dict[str, Any]]:
-    """``model: auto``: fit gbt and logistic on most labelled users, rank the others' candidates by
-    each of :data:`CONTENDERS`, keep the best by NDCG@k (module doc, step 4).
-
-    Falls back to fitting on every user (no choice made, ``gbt``) when the split leaves either side
-    without both classes: too few labelled users to hold any out.
-    """
+def validation_users(rk: Any) -> Column:
+    """True for the labelled users (a seeded hash of ``user_idx``) whose labels choose the model
+    and the popularity penalty (``recommend.ranker.validation_fraction`` of them)."""
     bucket = F.abs(F.xxhash64(F.col(S.USER_IDX), F.lit(rk.seed))) % 1000
-    held = bucket < round(rk.validation_fraction * 1000)
-    fit_rows, val_rows = rows.where(~held).persist(), rows.where(held).persist()
+    return bucket < round(rk.validation_fraction * 1000)
+
+
+def needs_validation(rk: Any) -> bool:
+    """Whether fitting holds users out: to choose the model, the popularity penalty, or both."""
+    return rk.model == "auto" or rk.pop_penalty == "auto"
+
+
+def fixed_penalty(rk: Any) -> float:
+    """The configured popularity penalty, 0 when it is ``auto`` and nothing can choose it."""
+    return 0.0 if rk.pop_penalty == "auto" else float(rk.pop_penalty)
+
+
+def _choose(
+    rows: DataFrame, rk: Any, *, k: int, validation: DataFrame | None = None
+) -> tuple[L.Ranker, dict[str, Any]]:
+    """Fit on most labelled users, choose on the others (module doc, steps 4-5).
+
+    ``rows``: the sampled training rows of every labelled user; ``validation``: the held-out users'
+    whole candidate lists (features + label, unsampled, as recommend ranks them); None: their
+    sampled rows. With ``model: auto`` the contenders are :data:`CONTENDERS` and the best NDCG@k
+    wins; otherwise the configured model. With ``pop_penalty: auto`` the penalty is the largest of
+    ``pop_penalty_grid`` keeping the chosen ranker's NDCG@k at or above ``1 - accuracy_tolerance``
+    times its own without a penalty.
+
+    Falls back to fitting gbt on every user (no choice, the configured penalty or 0) when the split
+    leaves either side without both classes: too few labelled users to hold any out.
+    """
+    held = validation_users(rk)
+    fit_rows = rows.where(~held).persist()
+    val_rows = (validation if validation is not None else rows.where(held)).persist()
     try:
         sides = [{r[0] for r in part.select(L.LABEL).distinct().collect()} for part in (fit_rows, val_rows)]
         if any(len(classes) < 2 for classes in sides):
-            log.warning("ranker: too few labelled users to hold out a validation part; fitting gbt on all")
-            return L.Ranker(L.fit_pipeline(rows, rk, kind="gbt"), L.FEATURES), {
-                "chosen": "gbt",
-                "validation": None,
-            }
-        fitted = {kind: L.fit_pipeline(fit_rows, rk, kind=kind) for kind in ("gbt", "logistic")}
-        featured = val_rows.select(S.USER_IDX, S.ITEM_IDX, L.LABEL, *L.FEATURES)
-        scores: dict[str, float] = {}
-        for name in CONTENDERS:
-            if name in fitted:
-                scored = L.probability(fitted[name], featured)
-            else:
-                scored = featured.withColumn(L.PROBABILITY, L.signal_score(name))
-            scores[name] = round(L.ndcg(scored, k=k), 5)
-        chosen = max(CONTENDERS, key=lambda name: (scores[name], -CONTENDERS.index(name)))
+            kind = "gbt" if rk.model == "auto" else rk.model
+            log.warning(
+                "ranker: too few labelled users to hold out a validation part; fitting %s on all", kind
+            )
+            ranker = L.Ranker(L.fit_pipeline(rows, rk, kind=kind), L.FEATURES, pop_penalty=fixed_penalty(rk))
+            return ranker, {"chosen": kind, "pop_penalty": ranker.pop_penalty, "validation": None}
+        kinds = ("gbt", "logistic") if rk.model == "auto" else (rk.model,)
+        fitted = {kind: L.fit_pipeline(fit_rows, rk, kind=kind) for kind in kinds}
+        contenders = [c for c in CONTENDERS if c in kinds or c in L.SIGNALS]
+        featured = _with_logits(val_rows.select(S.USER_IDX, S.ITEM_IDX, L.LABEL, *L.FEATURES), fitted)
+        base = _sweep(featured, contenders, [0.0], k=k)
+        scores = {name: round(base[(name, 0.0)]["ndcg"], 5) for name in contenders}
+        if rk.model == "auto":
+            chosen = max(contenders, key=lambda name: (scores[name], -contenders.index(name)))
+        else:
+            chosen = rk.model
+        floor = (1 - rk.accuracy_tolerance) * scores[chosen]
+        if rk.pop_penalty == "auto":
+            betas = sorted({0.0, *map(float, rk.pop_penalty_grid)})
+            curve = _sweep(featured, [chosen], betas, k=k)
+            beta = max([b for b in betas if curve[(chosen, b)]["ndcg"] >= floor] + [0.0])
+        else:
+            beta = fixed_penalty(rk)
+            curve = _sweep(featured, [chosen], [0.0, beta], k=k)
         n_val = val_rows.select(S.USER_IDX).distinct().count()
     finally:
         fit_rows.unpersist()
         val_rows.unpersist()
     if chosen in fitted:
-        ranker = L.Ranker(fitted[chosen], L.FEATURES)
+        ranker = L.Ranker(fitted[chosen], L.FEATURES, pop_penalty=beta)
     else:
-        ranker = L.Ranker(None, L.FEATURES, signal=chosen)
-    return ranker, {"chosen": chosen, "validation": {"users": n_val, f"ndcg@{k}": scores}}
+        ranker = L.Ranker(None, L.FEATURES, signal=chosen, pop_penalty=beta)
+    return ranker, {
+        "chosen": chosen,
+        "pop_penalty": beta,
+        "validation": {
+            "users": n_val,
+            f"ndcg@{k}": scores,
+            "ndcg_floor": round(floor, 5),
+            "pop_penalty": {
+                f"{b:g}": {name: round(v, 5) for name, v in got.items()}
+                for (_, b), got in sorted(curve.items(), key=lambda kv: kv[0][1])
+            },
+        },
+    }
+
+
+def _with_logits(featured: DataFrame, fitted: dict[str, Any]) -> DataFrame:
+    """``featured`` plus ``_logit_<name>`` per fitted model (its log-odds) and per single signal
+    (:func:`~longtail.ml.ranker.signal_score`)."""
+    from pyspark.ml.functions import vector_to_array
+
+    out = featured
+    for name, pipeline in fitted.items():
+        scored = pipeline.transform(out)
+        scored = scored.withColumn(f"_logit_{name}", L.log_odds(vector_to_array(F.col("probability"))[1]))
+        out = scored.drop(*[c for c in scored.columns if c not in out.columns and c != f"_logit_{name}"])
+    return out.withColumns({f"_logit_{s}": L.signal_score(s) for s in L.SIGNALS})
+
+
+def _sweep(
+    featured: DataFrame, names: list[str], betas: list[float], *, k: int
+) -> dict[tuple[str, float], dict[str, float]]:
+    """NDCG@k and top-k tail share of each ranker of ``names`` at each popularity penalty, in one
+    job over the validation candidates."""
+    keep = [S.USER_IDX, S.ITEM_IDX, L.LABEL, "f_is_head", "f_item_evidence", "f_user_history"]
+    stacked = functools.reduce(
+        DataFrame.unionByName,
+        [
+            featured.select(*keep, F.lit(name).alias("_model"), F.col(f"_logit_{name}").alias("_logit"))
+            for name in names
+        ],
+    )
+    grid = featured.sparkSession.createDataFrame([(float(b),) for b in betas], "_beta double")
+    scored = stacked.crossJoin(F.broadcast(grid)).withColumn(
+        "_score", L.penalised(F.col("_logit"), F.col("_beta"))
+    )
+    got = L.ndcg_by(scored, k=k, by=["_model", "_beta"], score_col="_score")
+    return {(name, float(beta)): v for (name, beta), v in got.items()}

@@ -92,7 +92,13 @@ def load_model(lake: Lake, *, model_id: str | None = None) -> Model:
     saved = head.spec.extra.get("ranker")
     if saved:
         try:
-            ranker = L.load(saved["path"], saved["features"], saved.get("info"), signal=saved.get("signal"))
+            ranker = L.load(
+                saved["path"],
+                saved["features"],
+                saved.get("info"),
+                signal=saved.get("signal"),
+                pop_penalty=float(saved.get("pop_penalty", 0.0)),
+            )
         except Exception as exc:  # any read failure means the same: train again
             raise MissingInputError(
                 f"the learned ranker recorded by train at {saved['path']!r} cannot be read ({exc}): "

@@ -14,12 +14,14 @@ This module holds what does not depend on how the candidates are built:
 * :func:`fit_pipeline` — ``VectorAssembler`` + ``GBTClassifier`` (or ``LogisticRegression``);
 * :func:`ndcg` — how well a score orders held-out users' candidates (the ``auto`` model choice);
 * :func:`score` — the probability of a candidate being chosen, and its log-odds (or, when a single
-  signal won the choice, that signal's per-user z-score as the log-odds);
+  signal won the choice, that signal's per-user z-score as the log-odds), both less the ranker's
+  popularity penalty ``pop_penalty * log(1 + n_i)`` (:func:`penalised`);
 * :func:`save` / :func:`load` — MLlib's own persistence.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +76,9 @@ class Ranker:
         path: where it is saved (None until :func:`save`, and for a single signal).
         signal: ``cf`` or ``content`` when that signal alone ranked the validation users best: the
             fusion is then that signal's order (its z-score is the log-odds).
+        pop_penalty: subtracted from the log-odds, times ``log(1 + n_i)`` (``n_i`` the item's
+            training interactions): the propensity correction that lets the fused list reach the
+            tail (``recommend.ranker.pop_penalty``, chosen on validation users by default).
     """
 
     pipeline: PipelineModel | None
@@ -81,12 +86,15 @@ class Ranker:
     info: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
     signal: str | None = None
+    pop_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         if (self.pipeline is None) == (self.signal is None):
             raise ValueError("a Ranker is either an MLlib pipeline or a single signal, exactly one")
         if self.signal is not None and self.signal not in SIGNALS:
             raise ValueError(f"ranker signal must be one of {SIGNALS}, got {self.signal!r}")
+        if not self.pop_penalty >= 0:
+            raise ValueError(f"ranker pop_penalty must be >= 0, got {self.pop_penalty!r}")
 
 
 SIGNALS = (CF, CONTENT)
@@ -97,6 +105,23 @@ def signal_score(signal: str) -> Column:
     """The single-signal ranker's score: the signal's per-user z-score, far below every scored item
     where the signal has no score (so its order is that signal's list, then the rest)."""
     return F.when(F.col(f"f_has_{signal}") > 0, F.col(f"f_{signal}_z")).otherwise(F.lit(MISSING_SIGNAL_SCORE))
+
+
+def log_odds(p: Column) -> Column:
+    """``log(p / (1 - p))`` with ``p`` clipped to ``[1e-6, 1 - 1e-6]``."""
+    p = F.least(F.greatest(p, F.lit(_P_EPS)), F.lit(1 - _P_EPS))
+    return F.log(p / (1 - p))
+
+
+def penalised(logit: Column, pop_penalty: float | Column) -> Column:
+    """``logit - pop_penalty * log(1 + n_i)`` for users with a history: the learned score with the
+    item's popularity discounted (on the log-odds scale, a propensity ``(1 + n_i) ** pop_penalty``
+    divided out); cold items (``n_i = 0``) are not discounted, and neither is anything for a user
+    without history, whose scores carry no taste to correct (their order stays the ranker's
+    popularity-led one). Reads the ``f_item_evidence`` and ``f_user_history`` features."""
+    beta = pop_penalty if isinstance(pop_penalty, Column) else F.lit(float(pop_penalty))
+    known = (F.col("f_user_history") > 0).cast("double")
+    return logit - beta * known * F.col("f_item_evidence")
 
 
 def _z(signal: str) -> Column:
@@ -208,24 +233,21 @@ def fit_pipeline(
 
 def score(pairs: DataFrame, ranker: Ranker) -> DataFrame:
     """``pairs`` (with ``user_history``, ``item_age_days``) plus :data:`PROBABILITY` and
-    :data:`LOGIT`; the feature and MLlib columns are dropped again."""
+    :data:`LOGIT`, the ranker's popularity penalty applied (:func:`penalised`); the feature and
+    MLlib columns are dropped again."""
     from pyspark.ml.functions import vector_to_array
 
     featured = with_features(pairs)
     if ranker.signal is not None:
-        logit = signal_score(ranker.signal)
-        out = featured.withColumn(LOGIT, logit).withColumn(PROBABILITY, 1 / (1 + F.exp(-F.col(LOGIT))))
-        added = [c for c in out.columns if c not in pairs.columns and c not in (LOGIT, PROBABILITY)]
-        return out.drop(*added)
-    assert ranker.pipeline is not None
-    out = ranker.pipeline.transform(featured)
-    p = F.least(F.greatest(vector_to_array(F.col("probability"))[1], F.lit(_P_EPS)), F.lit(1 - _P_EPS))
-    added = [c for c in out.columns if c not in pairs.columns]
-    return (
-        out.withColumn(PROBABILITY, p)
-        .withColumn(LOGIT, F.log(F.col(PROBABILITY) / (1 - F.col(PROBABILITY))))
-        .drop(*added)
+        out = featured.withColumn(LOGIT, signal_score(ranker.signal))
+    else:
+        assert ranker.pipeline is not None
+        out = ranker.pipeline.transform(featured)
+        out = out.withColumn(LOGIT, log_odds(vector_to_array(F.col("probability"))[1]))
+    out = out.withColumn(LOGIT, penalised(F.col(LOGIT), ranker.pop_penalty)).withColumn(
+        PROBABILITY, 1 / (1 + F.exp(-F.col(LOGIT)))
     )
+    return out.drop(*[c for c in out.columns if c not in pairs.columns and c not in (LOGIT, PROBABILITY)])
 
 
 def probability(pipeline: PipelineModel, rows: DataFrame) -> DataFrame:
@@ -243,15 +265,27 @@ def ndcg(scored: DataFrame, *, k: int, score_col: str = PROBABILITY) -> float:
     positive; the ideal list holds ``min(positives, k)`` positives. Users without a positive count
     0 (they cannot be ordered better or worse). Computed on the executors; one row comes back.
     """
-    order = Window.partitionBy(S.USER_IDX).orderBy(F.col(score_col).desc(), F.col(S.ITEM_IDX))
+    got = ndcg_by(scored.withColumn("_all", F.lit(0)), k=k, by=["_all"], score_col=score_col)
+    return got[(0,)]["ndcg"] if got else 0.0
+
+
+def ndcg_by(
+    scored: DataFrame, *, k: int, by: list[str], score_col: str = PROBABILITY
+) -> dict[tuple[Any, ...], dict[str, float]]:
+    """:func:`ndcg` for each group of the ``by`` columns (e.g. model x popularity penalty), in one
+    job: ``{group values: {"ndcg": ..., "tail_share": ...}}``, ``tail_share`` being the mean share
+    of the top-k places held by non-head items (``f_is_head = 0``; only where ``scored`` has it).
+    One row per group comes back to the driver."""
+    order = Window.partitionBy(S.USER_IDX, *by).orderBy(F.col(score_col).desc(), F.col(S.ITEM_IDX))
+    top = F.col("_r") <= k
+    tail = (F.col("f_is_head") == 0) if "f_is_head" in scored.columns else F.lit(False)
     per_user = (
         scored.withColumn("_r", F.row_number().over(order))
-        .groupBy(S.USER_IDX)
+        .groupBy(S.USER_IDX, *by)
         .agg(
-            F.sum(F.when((F.col("_r") <= k) & (F.col(LABEL) > 0), 1.0 / F.log2(F.col("_r") + 1.0))).alias(
-                "_dcg"
-            ),
+            F.sum(F.when(top & (F.col(LABEL) > 0), 1.0 / F.log2(F.col("_r") + 1.0))).alias("_dcg"),
             F.sum(F.when(F.col(LABEL) > 0, 1)).alias("_pos"),
+            F.avg(F.when(top, tail.cast("double"))).alias("_tail"),
         )
         .withColumn(
             "_idcg",
@@ -263,10 +297,15 @@ def ndcg(scored: DataFrame, *, k: int, score_col: str = PROBABILITY) -> float:
                 lambda acc, i: acc + 1.0 / F.log2(i + 1.0),
             ),
         )
-        .select(F.coalesce(F.col("_dcg") / F.col("_idcg"), F.lit(0.0)).alias("_ndcg"))
+        .withColumn("_ndcg", F.coalesce(F.col("_dcg") / F.col("_idcg"), F.lit(0.0)))
     )
-    got = per_user.agg(F.avg("_ndcg")).first()
-    return float(got[0]) if got is not None and got[0] is not None else 0.0
+    rows = (
+        per_user.groupBy(*by).agg(F.avg("_ndcg").alias("ndcg"), F.avg("_tail").alias("tail_share")).collect()
+    )
+    return {
+        tuple(r[c] for c in by): {"ndcg": float(r["ndcg"]), "tail_share": float(r["tail_share"] or 0.0)}
+        for r in rows
+    }
 
 
 def auc(scored: DataFrame, *, score_col: str = PROBABILITY) -> float:
@@ -296,7 +335,7 @@ def save(ranker: Ranker, path: str) -> Ranker:
     if ranker.pipeline is None:
         return ranker
     ranker.pipeline.write().overwrite().save(path)
-    return Ranker(ranker.pipeline, ranker.features, ranker.info, path)
+    return dataclasses.replace(ranker, path=path)
 
 
 def load(
@@ -305,10 +344,11 @@ def load(
     info: dict[str, Any] | None = None,
     *,
     signal: str | None = None,
+    pop_penalty: float = 0.0,
 ) -> Ranker:
     """Read a pipeline :func:`save` wrote, or rebuild a single-signal ranker (``signal``)."""
     if signal is not None:
-        return Ranker(None, tuple(features), dict(info or {}), None, signal)
+        return Ranker(None, tuple(features), dict(info or {}), None, signal, pop_penalty)
     if path is None:
         raise ValueError("a saved ranker needs its path (or its signal)")
-    return Ranker(PipelineModel.load(path), tuple(features), dict(info or {}), path)
+    return Ranker(PipelineModel.load(path), tuple(features), dict(info or {}), path, None, pop_penalty)

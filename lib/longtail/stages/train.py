@@ -69,6 +69,7 @@ def run(
             "ranker": {
                 "path": ranker.path,
                 "signal": ranker.signal,
+                "pop_penalty": ranker.pop_penalty,
                 "features": list(ranker.features),
                 "info": {k: v for k, v in ranker.info.items() if k != "importances"},
             }
