@@ -116,9 +116,12 @@ def test_train_writes_factors_and_head_and_keeps_ids_stable(spark, lake_root, mo
         mine = np.mean([vec @ f for i, f in items.items() if i[0] == own])
         theirs = np.mean([vec @ f for i, f in items.items() if i[0] == other])
         assert mine > theirs, u
-    # a second run: same ids, a new version of the factor tables, the head matches them
+    # a second run: same ids, a new version of the factor tables, the head matches them (the blend
+    # fits no ranker: the learned one is tested in test_ranker)
     lake2 = Lake(spark, lake_root)
-    train.run(spark, cfg, lake=lake2, run_id="r2")
+    train.run(
+        spark, synthetic.config(lake_root, model_dir, "recommend.fusion=blend"), lake=lake2, run_id="r2"
+    )
     assert {r[S.ITEM_ID]: r[S.ITEM_IDX] for r in lake2.read(S.ID_MAP_ITEMS).collect()} == items_map
     assert lake2.version(S.ID_MAP_ITEMS) == 0 and lake2.version(S.ITEM_FACTORS) == 1
     assert load_model(lake2).head.spec.extra["run_id"] == "r2"
@@ -127,7 +130,7 @@ def test_train_writes_factors_and_head_and_keeps_ids_stable(spark, lake_root, mo
 @pytest.mark.spark
 def test_load_model_refuses_a_half_finished_train_or_another_encoder(spark, lake_root, model_dir):
     lake, mid = synthetic.build_lake(spark, lake_root, model_dir)
-    train.run(spark, synthetic.config(lake_root, model_dir), lake=lake, run_id="r1")
+    train.run(spark, synthetic.config(lake_root, model_dir, "recommend.fusion=blend"), lake=lake, run_id="r1")
     with pytest.raises(MissingInputError, match="trained on vectors of"):
         load_model(lake, model_id="another-model@123/mean/256")
     # a later train run that died after rewriting item_factors but before the head

@@ -32,6 +32,9 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.adaptive.enabled": "true",
     "spark.python.worker.reuse": "true",
+    # delta-spark rebuilds a table's state from its log with this many shuffle partitions (default
+    # 50): on one machine that is 50 tiny tasks per snapshot, most of a small commit's time
+    "spark.databricks.delta.snapshotPartitions": "4",
 }
 
 # The Delta connector (delta-spark engine), in one place: build_session(delta_spark=True), the
@@ -77,6 +80,7 @@ TEST_DEFAULTS: dict[str, str] = {
     "spark.sql.shuffle.partitions": "2",
     "spark.default.parallelism": "2",
     "spark.sql.adaptive.enabled": "false",
+    "spark.databricks.delta.snapshotPartitions": "2",
 }
 
 
