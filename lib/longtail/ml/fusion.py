@@ -26,7 +26,8 @@ from:
 5. **Popularity penalty** (``recommend.ranker.pop_penalty: auto``, the default): a classifier of
    "was it chosen" learns that popular items are chosen more often, so its top lists follow
    popularity. The fused score is the log-odds less ``beta * log(1 + n_i)`` (a propensity
-   ``(1 + n_i) ** beta`` divided out; cold items keep their score), and ``beta`` is the largest of
+   ``(1 + n_i) ** beta`` divided out; cold items keep their score, and so does every item for a
+   user without history), and ``beta`` is the largest of
    ``pop_penalty_grid`` whose NDCG@k on the held-out users stays at or above
    ``(1 - accuracy_tolerance)`` x the unpenalised ranker's there: the tail that costs (almost)
    nothing. Spending the ranker's whole lead over its best single signal instead was tried and
