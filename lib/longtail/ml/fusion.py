@@ -300,13 +300,10 @@ def _choose(
 def _with_logits(featured: DataFrame, fitted: dict[str, Any]) -> DataFrame:
     """``featured`` plus ``_logit_<name>`` per fitted model (its log-odds) and per single signal
     (:func:`~longtail.ml.ranker.signal_score`)."""
-    from pyspark.ml.functions import vector_to_array
-
     out = featured
     for name, pipeline in fitted.items():
-        scored = pipeline.transform(out)
-        scored = scored.withColumn(f"_logit_{name}", L.log_odds(vector_to_array(F.col("probability"))[1]))
-        out = scored.drop(*[c for c in scored.columns if c not in out.columns and c != f"_logit_{name}"])
+        scored = L.probability(pipeline, out)
+        out = scored.withColumn(f"_logit_{name}", L.log_odds(F.col(L.PROBABILITY))).drop(L.PROBABILITY)
     return out.withColumns({f"_logit_{s}": L.signal_score(s) for s in L.SIGNALS})
 
 
