@@ -112,6 +112,26 @@ def test_bad_texts_do_not_crash(tiny: Path, tiny_encoder: TextEncoder) -> None:
     assert tiny_encoder.encode([]).shape == (0, 32)
 
 
+def test_a_text_of_several_megabytes_gives_the_whole_texts_tokens(tiny_encoder: TextEncoder) -> None:
+    """Long texts are tokenised from a prefix (bounded worker memory); the ids are the whole text's."""
+    whole = tiny_encoder._tok  # truncates at max_length, like the encoder; tokenises everything given
+    words = "the heist of a dark city night love war story man woman film old new life".split()
+    rng = np.random.default_rng(0)
+    big = " ".join(rng.choice(words, size=700_000))  # ~3.5 MB
+    # a prefix that gives too few tokens (control characters: the normaliser drops them) makes the
+    # window grow up to the whole text; a text without whitespace is tokenised whole
+    stripped = "\x00 " * 40_000 + "the heist " * 50
+    no_space = "x" * 2_000_000
+    texts = [big, stripped, no_space, "short story"]
+    assert len(big) > 3_000_000
+    flat, lengths = tiny_encoder.tokenize(texts)
+    got = np.split(flat, np.cumsum(lengths)[:-1])
+    for text, ids in zip(texts, got, strict=True):
+        assert ids.tolist() == whole.encode(text, add_special_tokens=True).ids
+    assert lengths.tolist()[:3] == [16, 16, 3]  # truncated at max_length; one [UNK] word
+    np.testing.assert_allclose(tiny_encoder.encode([big])[0], tiny_encoder.encode([big[:5000]])[0], atol=1e-6)
+
+
 def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="no such directory"):
         TextEncoder(str(tmp_path / "nope"), device="cpu")

@@ -88,6 +88,20 @@ _POOLING_KEYS = {
 _OFFSET_POSITIONS = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
 
 
+CHARS_PER_TOKEN = 16
+"""Characters of a text tokenised per token kept (a word-piece of natural text is ~4-5 characters)."""
+
+
+def _prefix(text: str, n: int) -> str:
+    """``text`` cut at the last whitespace within its first ``n`` characters (whole if shorter or
+    if that window holds no whitespace)."""
+    if len(text) <= n:
+        return text
+    head = text[:n]
+    cut = max(head.rfind(" "), head.rfind("\n"), head.rfind("\t"), head.rfind("\r"))
+    return head[:cut] if cut > 0 else text
+
+
 class EncoderError(ValueError):
     """The encoder cannot be built from what ``encoder.model`` names."""
 
@@ -550,9 +564,26 @@ class TextEncoder:
 
     # -- tokenisation and batching (host side, numpy) ---------------------------------------------
     def tokenize(self, texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids of every text (truncated, special tokens added) as ``(flat ids, lengths)``."""
+        """Token ids of every text (truncated, special tokens added) as ``(flat ids, lengths)``.
+
+        A long text is tokenised from a prefix cut at a whitespace ``CHARS_PER_TOKEN * max_length``
+        characters in, not whole: a description of several MB would otherwise cost the worker
+        memory and time for tokens that truncation throws away. The ids are the same as the whole
+        text's: a prefix that ends at whitespace tokenises to a prefix of the whole text's tokens
+        (WordPiece, SentencePiece and byte-level BPE pre-tokenizers all split there), and when the
+        prefix falls short of ``max_length`` tokens the window grows fourfold and the text is
+        tokenised again, up to the whole text.
+        """
         clean = [t if isinstance(t, str) and not t.isspace() else "" for t in texts]
-        encodings = self._tok.encode_batch(clean, add_special_tokens=True)
+        window = CHARS_PER_TOKEN * self.max_length
+        cut = [_prefix(t, window) for t in clean]
+        encodings = self._tok.encode_batch(cut, add_special_tokens=True)
+        for i, text in enumerate(clean):
+            grown = window
+            while len(cut[i]) < len(text) and len(encodings[i].ids) < self.max_length:
+                grown *= 4
+                cut[i] = _prefix(text, grown)
+                encodings[i] = self._tok.encode(cut[i], add_special_tokens=True)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         flat = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int64, count=int(lengths.sum()))
         return flat, lengths
