@@ -3,6 +3,8 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from longtail.core.config import Config, ConfigError, load_config
 
@@ -106,3 +108,94 @@ def test_credentials_in_a_uri_are_refused_with_the_key_named(key: str, value: st
 def test_a_uri_with_a_plain_user_or_container_is_accepted() -> None:
     cfg = load_config(overrides=["lake.root=abfss://container@acct.dfs.core.windows.net/lake"])
     assert cfg.lake.root.startswith("abfss://container@")
+
+
+# --- property-based: no value kills the config loader or the command line (hypothesis) ----------
+
+
+def _leaf_keys(section: object = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the config (``recommend.ranker.trees``, ...), from the dataclasses."""
+    import dataclasses
+
+    section = Config() if section is None else section
+    keys = []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _leaf_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+LEAF_KEYS = _leaf_keys()
+HOSTILE_VALUES = st.one_of(
+    st.text(max_size=30),
+    st.integers(min_value=-(10**30), max_value=10**30).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(
+        [
+            "",
+            "null",
+            "~",
+            "[]",
+            "{}",
+            "[1, 2",
+            "{a: 1",
+            "true",
+            ".nan",
+            "-.inf",
+            "1e999",
+            "'",
+            '"',
+            "\x00",
+            "a: b",
+            "- x",
+            "&a [*a]",
+            "!!python/object:os.system ls",
+            "0x10",
+            "1_000",
+            "2024-01-01",
+            "? x",
+        ]
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(key=st.one_of(st.sampled_from(LEAF_KEYS), st.text(max_size=25)), value=HOSTILE_VALUES)
+def test_any_override_loads_or_is_refused_with_a_config_error(key: str, value: str) -> None:
+    try:
+        cfg = load_config(overrides=[f"{key}={value}"])
+    except ConfigError as exc:
+        assert str(exc).startswith("config key '")  # names a key, says what is allowed
+    else:
+        assert isinstance(cfg, Config)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    argv=st.lists(
+        st.one_of(
+            st.sampled_from(["--set", "--conf", "--run-id", "--verbose", "--help-me", "-x", "recommend.k=5"]),
+            st.text(max_size=20),
+            HOSTILE_VALUES.map(lambda v: f"recommend.k={v}"),
+        ),
+        max_size=6,
+    )
+)
+def test_any_command_line_is_run_or_refused_with_exit_code_2(argv: list[str]) -> None:
+    import contextlib
+    import io
+
+    from longtail.cli import check_args
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = check_args("ingest", argv)
+        except SystemExit as exc:  # argparse: a usage error
+            code = exc.code
+    assert code in (0, 2), (code, err.getvalue())
+    if code == 2:  # a refusal says why
+        assert err.getvalue().strip()

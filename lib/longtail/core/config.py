@@ -560,7 +560,10 @@ def load_config(
     for path in paths:
         if not path.exists():
             raise ConfigError("--conf", f"file not found: {path}")
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError("--conf", f"{path} is not valid YAML: {_first_line(exc)}") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(
                 "--conf", f"{path} must hold a mapping of sections, got {type(loaded).__name__}"
@@ -570,8 +573,18 @@ def load_config(
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(item, "an override is written key=value, e.g. recommend.k=20")
-        _deep_merge(tree, _nest(key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                key.strip(), f"the value {raw!r} is not valid YAML ({_first_line(exc)}); quote it: key='...'"
+            ) from exc
+        _deep_merge(tree, _nest(key.strip(), value))
     return build(Config, tree, "")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _nest(dotted: str, value: Any) -> dict[str, Any]:
