@@ -67,18 +67,20 @@ def build_lake(spark, root: str, model_dir: str) -> tuple[Lake, str]:
     return lake, mid
 
 
+def config_overrides(root: str, model_dir: str | Path) -> list[str]:
+    """The ``--set`` overrides of :func:`config` (small ALS, lists and blocks for the tiny lake)."""
+    return [
+        f"lake.root={root}",
+        f"encoder.model={model_dir}",
+        "train.als.rank=4",
+        "train.als.max_iter=8",
+        "train.head.min_count=2",
+        "recommend.k=5",
+        "recommend.candidates=8",
+        "recommend.block_users=7",
+        "recommend.block_items=9",
+    ]
+
+
 def config(root: str, model_dir: str | Path, *extra: str):
-    return load_config(
-        overrides=[
-            f"lake.root={root}",
-            f"encoder.model={model_dir}",
-            "train.als.rank=4",
-            "train.als.max_iter=8",
-            "train.head.min_count=2",
-            "recommend.k=5",
-            "recommend.candidates=8",
-            "recommend.block_users=7",
-            "recommend.block_items=9",
-            *extra,
-        ]
-    )
+    return load_config(overrides=[*config_overrides(root, model_dir), *extra])

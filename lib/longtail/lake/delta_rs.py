@@ -19,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from longtail.core import failpoints
 from longtail.core.uris import hadoop_fs, is_local, join_uri, local_path, path_key, rs_uri, scheme
 from longtail.lake.base import (
     _META_OPERATION,
@@ -351,6 +352,7 @@ class _DeltaRsEngine(_Engine):
         )
         delta_schema = Schema.from_json(schema.json())
         uri = rs_uri(path)
+        failpoints.hit(f"before-commit:{path.rstrip('/').rsplit('/', 1)[-1]}")
         try:
             if dt is None and not DeltaTable.is_deltatable(uri, storage_options=self.storage_options):
                 create_table_with_add_actions(

@@ -30,6 +30,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from longtail.core import failpoints
 from longtail.core import schema as S
 from longtail.core.config import Config
 from longtail.core.errors import MissingInputError
@@ -134,6 +135,7 @@ class Lake:
         Raises:
             LakeError: the table does not exist (or has no such version).
         """
+        failpoints.hit(f"read:{table}")
         df, read_version = self._engine.read(self.path(table), version)
         self.reads[table] = read_version
         return df
@@ -178,6 +180,8 @@ class Lake:
         """
         out = self._engine.compact(self.path(table), target_bytes=target_bytes)
         self.writes[table] = self._engine.version(self.path(table)) or 0
+        if out.get("files_removed"):
+            failpoints.hit(f"compacted:{table}")
         return out
 
     def checkpoint(self, table: str) -> None:
@@ -271,4 +275,5 @@ class Lake:
     def _written(self, table: str, version: int | None) -> int | None:
         if version is not None:
             self.writes[table] = version
+            failpoints.hit(f"committed:{table}")
         return version

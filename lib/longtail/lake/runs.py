@@ -89,13 +89,19 @@ def _process() -> dict[str, Any]:
 
 
 def _alive(pid: int) -> bool:
+    """True while process ``pid`` runs; a zombie (killed, not yet reaped by its parent: in a container
+    whose init does not reap, that can last) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, another user's
         return True
-    return True
+    try:  # Linux: the state is the field after the parenthesised command name
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):  # no /proc (macOS): the signal check stands
+        return True
 
 
 def mark_abandoned(spark: SparkSession, lake: Lake, *, stale_after_hours: float) -> list[tuple[str, str]]:
