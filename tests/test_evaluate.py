@@ -60,8 +60,14 @@ def _popular_recall(train, test, k: int) -> float:
 def test_evaluate_writes_every_variant_and_metric_and_a_report(spark, tmp_path: Path, model_dir):
     root = str(tmp_path / "lake")
     lake, _ = synthetic.build_lake(spark, root, model_dir)
+    # the logistic ranker (the auto choice between it and GBT is test_ranker's); the penalty stays auto
     cfg = synthetic.config(
-        root, model_dir, "evaluate.k=[3, 5]", "evaluate.sweep=[5, 500]", "evaluate.sweep_rerank=[0.5]"
+        root,
+        model_dir,
+        "evaluate.k=[3, 5]",
+        "evaluate.sweep=[5, 500]",
+        "evaluate.sweep_rerank=[0.5]",
+        "recommend.ranker.model=logistic",
     )
     summary = E.run(spark, cfg, lake=lake, run_id="eval-1")
     table = lake.read(S.METRICS)
@@ -150,7 +156,12 @@ def test_lists_at_each_k_are_what_recommend_writes_at_that_k(spark, tmp_path: Pa
     root = str(tmp_path / "lake")
     lake, mid = synthetic.build_lake(spark, root, model_dir)
     cfg = synthetic.config(
-        root, model_dir, "evaluate.k=[3, 5]", "recommend.min_tail_share=0.2", "recommend.min_cold_share=0.2"
+        root,
+        model_dir,
+        "evaluate.k=[3, 5]",
+        "recommend.min_tail_share=0.2",
+        "recommend.min_cold_share=0.2",
+        "recommend.ranker.model=logistic",
     )
     items = lake.read(S.ITEMS)
     embeddings = current_embeddings(lake, mid, items=items)

@@ -61,6 +61,11 @@ def test_pipeline_runs_every_stage_then_skips_the_current_ones(spark, tmp_path, 
         "recommend.candidates=20",
         "recommend.block_users=16",
         "recommend.block_items=64",
+        # the learned fusion end to end, with its cheapest ranker (the auto choice between GBT and
+        # logistic and the penalty sweep have their own tests in test_ranker / test_evaluate)
+        "recommend.ranker.model=logistic",
+        "recommend.ranker.pop_penalty=0.1",
+        "evaluate.bootstrap=200",
     ]
     cfg = load_config(overrides=overrides)
 
