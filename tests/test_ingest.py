@@ -240,3 +240,39 @@ def test_a_concurrent_ingest_of_the_same_events_adds_each_once(spark, lake_root,
     monkeypatch.undo()
     assert raced == [1] and mine == 0
     assert lake.read(S.INTERACTIONS).count() == before
+
+
+def test_items_flagged_removed_leave_the_catalogue_until_listed_again(spark, lake_root, tmp_path):
+    """Three nights: a removal (its description may be empty), a re-listing, a bad flag."""
+    from longtail.ml.model import listed_items
+
+    events = _write(tmp_path, "events.csv", "user_id,item_id,timestamp\nu1,a,1704067200\nu1,c,1704067300\n")
+    nights = [
+        "item_id,title,description,removed\na,A,first,\nb,B,second,no\nc,C,third,false\n",
+        "item_id,title,description,removed\nc,,,TRUE\nb,B,second,0\n",  # c removed; b unchanged
+        "item_id,title,description,removed\nc,C,third again,\na,A,first,maybe\n",  # c back; a: bad flag
+    ]
+    lake = Lake(spark, lake_root)
+    summaries, removed, listed = [], [], []
+    for n, text in enumerate(nights):
+        items = _write(tmp_path, f"items{n}.csv", text)
+        summaries.append(
+            ingest(spark, _cfg(lake_root, items, events, "ingest.max_bad_fraction=1.0"))["items"]
+        )
+        table = lake.read(S.REMOVED_ITEMS).collect() if lake.exists(S.REMOVED_ITEMS) else []
+        removed.append(sorted(r[S.ITEM_ID] for r in table))
+        listed.append(sorted(r[S.ITEM_ID] for r in listed_items(lake).collect()))
+    assert removed == [[], ["c"], []]
+    assert listed == [["a", "b", "c"], ["a", "b"], ["a", "b", "c"]]
+    assert [(s["removed"], s["listed_again"], s["changed"]) for s in summaries] == [
+        (0, 0, 3),
+        (1, 0, 0),
+        (0, 1, 1),
+    ]
+    # the removal kept c's row and its events (history); the re-listing updated its text
+    assert lake.read(S.ITEMS).where("item_id = 'c'").first()[S.DESCRIPTION] == "third again"
+    assert lake.read(S.INTERACTIONS).count() == 2
+    # night 1 wrote no removed_items table (nothing removed yet); a bad flag is quarantined
+    assert [h["version"] for h in lake.history(S.REMOVED_ITEMS)] == [1, 0]
+    reasons = [r[S.REASON] for r in lake.read(S.QUARANTINE).where("source = 'items'").collect()]
+    assert reasons == ["removed is not true or false"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -245,6 +246,17 @@ def test_recommend_stage_writes_exactly_k_unseen_distinct_items_per_user(spark, 
     recommend.run(spark, cfg, lake=lake, run_id="r2")
     again = {(r[S.USER_ID], r[S.RANK], r[S.ITEM_ID]) for r in lake.read(S.RECOMMENDATIONS).collect()}
     assert again == {(r[S.USER_ID], r[S.RANK], r[S.ITEM_ID]) for r in rows}
+
+    # items in `removed_items` (ingest's removal flag) are never recommended; users still get k
+    gone = [i for i, _ in Counter(i for _, _, i in again).most_common(2)]
+    removed = spark.createDataFrame([(i, synthetic.T0, "rm") for i in gone], S.REMOVED_ITEMS_SCHEMA)
+    lake.overwrite(S.REMOVED_ITEMS, removed)
+    try:
+        recommend.run(spark, cfg, lake=lake, run_id="r3")
+        after = lake.read(S.RECOMMENDATIONS).collect()
+        assert len(after) == 30 * k and not {r[S.ITEM_ID] for r in after} & set(gone)
+    finally:
+        lake.delete(S.REMOVED_ITEMS, "true")
 
 
 def test_cold_items_are_recommendable_and_new_users_get_the_popular_list(spark, trained):

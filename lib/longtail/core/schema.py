@@ -25,10 +25,12 @@ ITEM_FACTORS = "item_factors"
 PROJECTION_HEAD = "projection_head"
 RECOMMENDATIONS = "recommendations"
 METRICS = "metrics"
+REMOVED_ITEMS = "removed_items"
 RUNS = "runs"
 # The stage that writes each table: what a missing-input error tells the user to run first.
 WRITTEN_BY = {
     ITEMS: "ingest",
+    REMOVED_ITEMS: "ingest",
     INTERACTIONS: "ingest",
     QUARANTINE: "ingest",
     ITEM_EMBEDDINGS: "encode",
@@ -49,6 +51,8 @@ DESCRIPTION = "description"
 CATEGORY = "category"
 CONTENT_HASH = "content_hash"
 UPDATED_AT = "updated_at"
+REMOVED = "removed"  # items input: true marks the item removed from the catalogue
+REMOVED_AT = "removed_at"
 TS = "ts"
 WEIGHT = "weight"
 SOURCE = "source"
@@ -92,6 +96,16 @@ INTERACTIONS_SCHEMA = T.StructType(
         T.StructField(ITEM_ID, T.StringType(), False),
         T.StructField(TS, T.TimestampType(), False),
         T.StructField(WEIGHT, T.DoubleType(), False),
+    ]
+)
+
+# The items currently removed from the catalogue (never recommended; their rows in `items` and
+# their interactions stay, as history). An item listed again without the flag leaves the table.
+REMOVED_ITEMS_SCHEMA = T.StructType(
+    [
+        T.StructField(ITEM_ID, T.StringType(), False),
+        T.StructField(REMOVED_AT, T.TimestampType(), False),
+        T.StructField(RUN_ID, T.StringType(), False),
     ]
 )
 

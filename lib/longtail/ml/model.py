@@ -116,6 +116,18 @@ def load_model(lake: Lake, *, model_id: str | None = None) -> Model:
     )
 
 
+def listed_items(lake: Lake) -> DataFrame:
+    """The catalogue that may be recommended: `items` without the ones in `removed_items`.
+
+    Example:
+        >>> catalogue = listed_items(lake)  # recommend's and evaluate's candidate items
+    """
+    items = lake.read(S.ITEMS)
+    if not lake.exists(S.REMOVED_ITEMS):
+        return items
+    return items.join(lake.read(S.REMOVED_ITEMS).select(S.ITEM_ID), S.ITEM_ID, "left_anti")
+
+
 def current_embeddings(
     source: Lake | DataFrame, model_id: str, *, items: DataFrame | None = None
 ) -> DataFrame:

@@ -11,6 +11,13 @@ interaction log is appended with only the events it does not hold yet (key: user
 `quarantine` with only records it does not hold yet. Re-ingesting the same files therefore commits
 nothing; a newer item file updates exactly the changed items. Items absent from a newer file are
 kept (ingest is an upsert, deletions are not inferred from absence).
+
+Removal is explicit: an optional ``removed`` column in the items input (true/false, 1/0, yes/no;
+empty = false). A row with ``removed`` true (its description may be empty) puts the item in
+`removed_items`, which ``recommend`` leaves out of its candidates (``evaluate`` replays history on
+the whole catalogue: a removed item was listed when its test events happened); the item's row in
+`items` and its interactions stay (history). A later row of the item without the flag lists it
+again. Other values of ``removed`` are quarantined.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ log = logging.getLogger(__name__)
 CORRUPT = "_corrupt_record"
 ORDER = "_ord"
 REASON = "_reason"
+REMOVED_FLAG = "_removed"
 
 # Reasons, in the order they are checked: a row gets the first that applies.
 UNPARSEABLE = "unparseable row"
@@ -42,13 +50,16 @@ MISSING_ITEM_ID = "missing item_id"
 MISSING_USER_ID = "missing user_id"
 EMPTY_DESCRIPTION = "empty description"
 DUPLICATE_ITEM = "duplicate item_id (a later row wins)"
+BAD_REMOVED = "removed is not true or false"
 BAD_TS = "unparseable timestamp"
 TS_OUT_OF_RANGE = "timestamp out of range (1900-01-01 to 2200-01-01 UTC)"
 NON_NUMERIC_WEIGHT = "non-numeric weight"
 NON_POSITIVE_WEIGHT = "non-positive weight"
 UNKNOWN_ITEM = "unknown item_id"
 DUPLICATE_INTERACTION = "duplicate interaction"
-ITEM_REASONS = (UNPARSEABLE, MISSING_ITEM_ID, EMPTY_DESCRIPTION, DUPLICATE_ITEM)
+ITEM_REASONS = (UNPARSEABLE, MISSING_ITEM_ID, BAD_REMOVED, EMPTY_DESCRIPTION, DUPLICATE_ITEM)
+TRUE_WORDS = ("true", "t", "yes", "y", "1")
+FALSE_WORDS = ("false", "f", "no", "n", "0", "")
 INTERACTION_REASONS = (
     UNPARSEABLE,
     MISSING_USER_ID,
@@ -192,12 +203,15 @@ def check_items(raw: DataFrame) -> DataFrame:
     title = F.col(S.TITLE) if S.TITLE in raw.columns else F.lit(None).cast("string")
     category = F.col(S.CATEGORY) if S.CATEGORY in raw.columns else F.lit(None).cast("string")
     updated = F.try_to_timestamp(F.col(S.UPDATED_AT)) if S.UPDATED_AT in raw.columns else F.lit(None)
+    flag = F.lower(F.trim(F.col(S.REMOVED).cast("string"))) if S.REMOVED in raw.columns else F.lit("")
+    removed = F.when(flag.isin(*TRUE_WORDS), True).when(flag.isNull() | flag.isin(*FALSE_WORDS), False)
     df = raw.select(
         F.trim(F.col(S.ITEM_ID)).alias(S.ITEM_ID),
         title.alias(S.TITLE),
         F.col(S.DESCRIPTION),
         category.alias(S.CATEGORY),
         updated.cast("timestamp").alias("_updated"),
+        removed.alias(REMOVED_FLAG),
         F.col(CORRUPT),
         F.col(ORDER),
         _record(raw_cols).alias(S.RECORD),
@@ -208,7 +222,8 @@ def check_items(raw: DataFrame) -> DataFrame:
             [
                 (F.col(CORRUPT).isNotNull(), UNPARSEABLE),
                 (_blank(F.col(S.ITEM_ID)), MISSING_ITEM_ID),
-                (F.col("_text.empty"), EMPTY_DESCRIPTION),
+                (F.col(REMOVED_FLAG).isNull(), BAD_REMOVED),
+                (F.col("_text.empty") & ~F.col(REMOVED_FLAG), EMPTY_DESCRIPTION),
             ]
         ),
     )
@@ -224,6 +239,7 @@ def check_items(raw: DataFrame) -> DataFrame:
         S.CATEGORY,
         F.col("_text.content_hash").alias(S.CONTENT_HASH),
         F.col("_updated"),
+        F.coalesce(F.col(REMOVED_FLAG), F.lit(False)).alias(REMOVED_FLAG),
         REASON,
         S.RECORD,
     )
@@ -358,7 +374,8 @@ def run(
         _check_share("items", n_items, bad_items, cfg.ingest.max_bad_fraction)
         _check_share("interactions", n_inter, bad_inter, cfg.ingest.max_bad_fraction)
 
-        new_items = good_items.select(
+        listed = good_items.where(~F.col(REMOVED_FLAG))
+        new_items = listed.select(
             S.ITEM_ID,
             S.TITLE,
             S.DESCRIPTION,
@@ -367,6 +384,13 @@ def run(
             F.coalesce(F.col("_updated"), F.lit(now).cast("timestamp")).alias(S.UPDATED_AT),
         )
         n_changed = lake.serialized(S.ITEMS, _merge_changed_items(lake, new_items))
+        removals = good_items.where(F.col(REMOVED_FLAG)).select(S.ITEM_ID)
+        removed = {"removed": 0, "listed_again": 0}
+        if lake.exists(S.REMOVED_ITEMS) or not removals.isEmpty():
+            lake.serialized(
+                S.REMOVED_ITEMS,
+                _update_removed(lake, removals, listed.select(S.ITEM_ID), run_id, now, removed),
+            )
 
         good_inter = S.conform(inter.where(F.col(REASON).isNull()), S.INTERACTIONS_SCHEMA)
         i_written = lake.append_new(S.INTERACTIONS, good_inter, keys=[S.USER_ID, S.ITEM_ID, S.TS])
@@ -374,7 +398,7 @@ def run(
         items.unpersist()
         inter.unpersist()
     summary = {
-        "items": {"rows": n_items, "quarantined": bad_items, "changed": n_changed},
+        "items": {"rows": n_items, "quarantined": bad_items, "changed": n_changed, **removed},
         "interactions": {"rows": n_inter, "quarantined": bad_inter, "new": i_written},
         "quarantine": {"new": q_written},
         "inputs": {"items": items_path, "interactions": inter_path},
@@ -402,6 +426,42 @@ def _merge_changed_items(lake: Lake, new_items: DataFrame) -> Any:
             return n, lake.overwrite(S.ITEMS, rows, txn=txn)
         finally:
             changed.unpersist()
+
+    return attempt
+
+
+def _update_removed(
+    lake: Lake, removals: DataFrame, listed: DataFrame, run_id: str, now: dt.datetime, out: dict[str, int]
+) -> Any:
+    """An attempt for :meth:`Lake.serialized`: `removed_items` becomes (current - listed) + removals.
+
+    Items flagged in this input are added (an item already there keeps its first ``removed_at``);
+    items listed without the flag leave the table. The table is small (ids), so a change rewrites
+    it in one commit; no change, no commit. ``out`` gets the counts.
+    """
+
+    def attempt(txn: tuple[str, int], exists: bool) -> tuple[int, int | None]:
+        current = (
+            lake.read(S.REMOVED_ITEMS)
+            if exists
+            else removals.sparkSession.createDataFrame([], S.REMOVED_ITEMS_SCHEMA)
+        )
+        keep = current.join(listed, S.ITEM_ID, "left_anti").join(removals, S.ITEM_ID, "left_anti")
+        added = removals.distinct().select(
+            S.ITEM_ID, F.lit(now).cast("timestamp").alias(S.REMOVED_AT), F.lit(run_id).alias(S.RUN_ID)
+        )
+        again = current.join(added, S.ITEM_ID, "left_semi")  # flagged again: keeps its first row
+        added = added.join(current, S.ITEM_ID, "left_anti")
+        rows = S.conform(keep.unionByName(again).unionByName(added), S.REMOVED_ITEMS_SCHEMA).persist()
+        try:
+            n_added = added.count()
+            n_listed = current.join(listed, S.ITEM_ID, "left_semi").count()
+            out.update(removed=n_added, listed_again=n_listed)
+            if n_added == 0 and n_listed == 0 and exists:
+                return 0, -1
+            return n_added + n_listed, lake.overwrite(S.REMOVED_ITEMS, rows, txn=txn)
+        finally:
+            rows.unpersist()
 
     return attempt
 

@@ -18,7 +18,7 @@ from longtail.core.config import Config
 from longtail.lake import Lake
 
 # --- the stage -----------------------------------------------------------------------------------
-from longtail.ml.model import current_embeddings, encoder_model_id, load_model
+from longtail.ml.model import current_embeddings, encoder_model_id, listed_items, load_model
 from longtail.ml.scoring import recommend
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,8 @@ def run(
     mid = encoder_model_id(cfg.encoder)
     model = load_model(lake, model_id=mid)
     interactions = lake.read(S.INTERACTIONS)
-    embeddings = current_embeddings(lake, mid)
+    embeddings = current_embeddings(lake, mid)  # every item's: user profiles read their history
+    catalogue = listed_items(lake)  # the candidates: removed items are never recommended
     variant = cfg.recommend.variant
     lists, cands = recommend(
         spark,
@@ -42,7 +43,7 @@ def run(
         interactions=interactions,
         embeddings=embeddings,
         variants=[variant],
-        catalogue=lake.read(S.ITEMS),
+        catalogue=catalogue,
     )
     try:
         version = lake.overwrite(S.RECOMMENDATIONS, lists[variant])
