@@ -560,10 +560,14 @@ def load_config(
     for path in paths:
         if not path.exists():
             raise ConfigError("--conf", f"file not found: {path}")
+        if not path.is_file():
+            raise ConfigError("--conf", f"not a file: {path}")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError("--conf", f"{path} is not valid YAML: {_first_line(exc)}") from exc
+        except OSError as exc:
+            raise ConfigError("--conf", f"cannot read {path}: {exc.strerror or exc}") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(
                 "--conf", f"{path} must hold a mapping of sections, got {type(loaded).__name__}"
