@@ -129,7 +129,9 @@ def kills(stages: list[str], points: list[float], work: Path) -> list[tuple[str,
 
 
 def pairs(n: int, work: Path) -> list[bool]:
-    results = []
+    results: list[bool] = []
+    if n == 0:
+        return results
     sample = work / "pair-sample"
     run("generate-sample", sample)
     for i in range(n):
@@ -169,7 +171,9 @@ def hostile(n: int, work: Path) -> tuple[int, int]:
     cmd = [str(ROOT / "spark-submit.sh"), "ingest", "--set", f"lake.root={lake}", "--set", f"input.items={items}",
            "--set", f"input.interactions={path}", "--set", "ingest.max_bad_fraction=1.0"]  # fmt: skip
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    summary = json.loads(out.strip().splitlines()[-1])["summary"]["interactions"]
+    # the job prints its progress, then one JSON line with the summary
+    line = next(x for x in reversed(out.splitlines()) if x.startswith("{"))
+    summary = json.loads(line)["summary"]["interactions"]
     stored = counts(lake)["interactions"]
     accounted = summary["new"] + sum(summary["quarantined"].values())
     # every record counted once: stored as new, or quarantined with a reason; the table holds the new ones
