@@ -49,3 +49,8 @@ def hit(point: str) -> None:
         os.killpg(os.getpgid(0), signal.SIGKILL)
     finally:  # not a group leader's group we may signal (e.g. in a sandbox): at least this process
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def before_commit(table_path: str) -> None:
+    """:func:`hit` ``before-commit:<table>`` for the table stored at ``table_path`` (its last part)."""
+    hit(f"before-commit:{table_path.rstrip('/').rsplit('/', 1)[-1]}")

@@ -352,7 +352,7 @@ class _DeltaRsEngine(_Engine):
         )
         delta_schema = Schema.from_json(schema.json())
         uri = rs_uri(path)
-        failpoints.hit(f"before-commit:{path.rstrip('/').rsplit('/', 1)[-1]}")
+        failpoints.before_commit(path)
         try:
             if dt is None and not DeltaTable.is_deltatable(uri, storage_options=self.storage_options):
                 create_table_with_add_actions(

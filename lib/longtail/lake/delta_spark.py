@@ -156,7 +156,7 @@ class _DeltaSparkEngine(_Engine):
         confs = {self._NO_DV: "false", self._USER_METADATA: op, _TS_TYPE_CONF: "TIMESTAMP_MICROS"}
         if txn is not None:
             confs.update({self._TXN_APP: txn[0], self._TXN_VERSION: str(int(txn[1]))})
-        failpoints.hit(f"before-commit:{path.rstrip('/').rsplit('/', 1)[-1]}")
+        failpoints.before_commit(path)
         try:
             with session_conf(self.spark, confs):
                 yield

@@ -120,7 +120,7 @@ def listed_items(lake: Lake) -> DataFrame:
     """The catalogue that may be recommended: `items` without the ones in `removed_items`.
 
     Example:
-        >>> catalogue = listed_items(lake)  # recommend's and evaluate's candidate items
+        >>> catalogue = listed_items(lake)  # recommend's candidate items
     """
     items = lake.read(S.ITEMS)
     if not lake.exists(S.REMOVED_ITEMS):

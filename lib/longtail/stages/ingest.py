@@ -446,13 +446,17 @@ def _update_removed(
             if exists
             else removals.sparkSession.createDataFrame([], S.REMOVED_ITEMS_SCHEMA)
         )
-        keep = current.join(listed, S.ITEM_ID, "left_anti").join(removals, S.ITEM_ID, "left_anti")
-        added = removals.distinct().select(
-            S.ITEM_ID, F.lit(now).cast("timestamp").alias(S.REMOVED_AT), F.lit(run_id).alias(S.RUN_ID)
+        # listed and flagged ids are disjoint (one row per item wins), so an item flagged again
+        # stays in `keep` with its first removed_at
+        keep = current.join(listed, S.ITEM_ID, "left_anti")
+        added = (
+            removals.distinct()
+            .join(current, S.ITEM_ID, "left_anti")
+            .select(
+                S.ITEM_ID, F.lit(now).cast("timestamp").alias(S.REMOVED_AT), F.lit(run_id).alias(S.RUN_ID)
+            )
         )
-        again = current.join(added, S.ITEM_ID, "left_semi")  # flagged again: keeps its first row
-        added = added.join(current, S.ITEM_ID, "left_anti")
-        rows = S.conform(keep.unionByName(again).unionByName(added), S.REMOVED_ITEMS_SCHEMA).persist()
+        rows = S.conform(keep.unionByName(added), S.REMOVED_ITEMS_SCHEMA).persist()
         try:
             n_added = added.count()
             n_listed = current.join(listed, S.ITEM_ID, "left_semi").count()
