@@ -295,6 +295,48 @@ def test_cold_items_are_recommendable_and_new_users_get_the_popular_list(spark, 
         model.unpersist()
 
 
+def test_items_ingested_after_train_are_recommended_at_once(spark, trained):
+    # a20 and b20 arrive after `train`: not in its id map, each with the text vector of its topic's
+    # most popular item (a00, b00), which nearly every user of that topic has seen already
+    lake, mid, cfg = trained
+    model = load_model(lake, model_id=mid)
+    vecs = synthetic.vectors()
+    fresh = [(f"{t}20", f"{t}00") for t in "ab"]
+    embeddings = lake.read(S.ITEM_EMBEDDINGS).unionByName(
+        spark.createDataFrame(
+            [(new, "h", mid, vecs[twin].tolist(), synthetic.T0) for new, twin in fresh],
+            S.ITEM_EMBEDDINGS_SCHEMA,
+        )
+    )
+    catalogue = embeddings.select(S.ITEM_ID)
+    assert model.item_map.where(F.col(S.ITEM_ID).isin("a20", "b20")).count() == 0
+    top = model.item_map.agg(F.max(S.ITEM_IDX)).first()[0]
+    lists, cands = R.recommend(
+        spark,
+        cfg.recommend,
+        model=model,
+        interactions=lake.read(S.INTERACTIONS),
+        embeddings=embeddings,
+        variants=["cf", "content", "fused"],
+        catalogue=catalogue,
+    )
+    try:
+        idx = {r[S.ITEM_ID]: r[S.ITEM_IDX] for r in cands.items.collect()}
+        assert sorted(idx[new] for new, _ in fresh) == [top + 1, top + 2]  # after the map, id order
+        assert len(set(idx.values())) == len(idx) == 42
+        # a CF score from the projection head and a content score, like any cold item
+        new_pairs = cands.pairs.where(F.col(S.ITEM_IDX).isin(top + 1, top + 2))
+        assert new_pairs.where(F.col(R.CF).isNotNull() & F.col(R.CONTENT).isNotNull()).count() > 0
+        # and they reach the lists, of their own topic's users only
+        got = {v: df.collect() for v, df in lists.items()}
+        reached = {(r[S.ITEM_ID], int(r[S.USER_ID][1:]) % 2) for v in ("content", "fused") for r in got[v]}
+        assert ("a20", 0) in reached and ("b20", 1) in reached
+        assert ("a20", 1) not in reached and ("b20", 0) not in reached
+    finally:
+        cands.unpersist()
+        model.unpersist()
+
+
 def test_conform_strict_gives_the_contract_nullability_both_ways(spark):
     # `b` is proven non-null by Spark (a literal) but nullable in the contract; `a` the reverse
     schema = T.StructType([T.StructField("a", T.LongType(), False), T.StructField("b", T.DoubleType(), True)])

@@ -272,12 +272,19 @@ def candidates(
         users: ``(user_id)`` to recommend for; default: every user in ``interactions``. Users
             unknown to the id map get an index after the map's largest (they have no history:
             they get the popular list).
+        catalogue: ``(item_id)`` of the items that may be recommended; default: the items of
+            ``embeddings``. Items unknown to the id map (ingested after the last ``train``) get an
+            index after the map's largest, and the head's CF vector.
     """
     users = (users if users is not None else interactions).select(S.USER_ID).distinct()
     extra = new_ids(users, model.user_map, id_col=S.USER_ID, idx_col=S.USER_IDX)
     user_idx = users.join(model.user_map.unionByName(extra), S.USER_ID).persist()
     catalogue = (catalogue if catalogue is not None else embeddings).select(S.ITEM_ID).distinct()
-    item_idx = model.item_map.join(catalogue, S.ITEM_ID, "left_semi").persist()
+    # Items ingested after the last `train` are not in its id map: they get an index after the map's
+    # largest here (not stored) and compete at once, with the head's CF vector (cf_item_vectors).
+    new_items = new_ids(catalogue, model.item_map, id_col=S.ITEM_ID, idx_col=S.ITEM_IDX)
+    item_map = model.item_map.unionByName(new_items)
+    item_idx = item_map.join(catalogue, S.ITEM_ID, "left_semi").persist()
     stats = item_stats(
         interactions,
         item_idx,
