@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -9,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from longtail.cli import parser
+from longtail.cli import exit_code, parser, run_job
+from longtail.core import logs
+from longtail.core.errors import BadInputError, MissingInputError
+from longtail.lake import CommitConflictError
 from longtail.stages import STAGES, StageNotBuiltError, load_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,3 +75,51 @@ def test_every_stage_module_has_run():
         assert callable(module.run)
     with pytest.raises(StageNotBuiltError, match="unknown stage"):
         load_stage("nope")
+
+
+@pytest.fixture
+def job_logging():
+    """run_job configures the process's logging for a job; put it back afterwards."""
+    yield
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if getattr(h, logs._HANDLER_FLAG, False)]:
+        root.removeHandler(h)
+        h.close()
+    logging.captureWarnings(False)
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize(
+    ("error", "code", "kind"),
+    [
+        (BadInputError("items: 5 of 8 rows (62.5%) broke the contract"), 3, "bad_input"),
+        (MissingInputError("train: run ingest first"), 4, "missing_input"),
+        (CommitConflictError("conflicting run"), 5, "conflict"),
+        (ValueError("a bug"), 1, "failed"),
+    ],
+)
+def test_a_failed_stage_exits_with_a_code_a_scheduler_can_act_on(
+    spark, tmp_path, capsys, job_logging, error, code, kind
+):
+    def stage(spark, cfg, **_):
+        try:
+            raise error
+        except Exception as exc:  # wrapped, as a Spark or py4j layer would: the chain is searched
+            raise RuntimeError("the job failed") from exc
+
+    root = tmp_path / "lake"
+    assert run_job("ingest", ["--set", f"lake.root={root}", "--run-id", "r1"], run=stage) == code
+    out = capsys.readouterr()
+    line = json.loads(out.out.splitlines()[0])  # the one JSON line a scheduler parses
+    assert line["status"] == "failed" and line["exit_code"] == code and line["run_id"] == "r1"
+    assert line["error"]["kind"] == kind and line["error"]["type"] == "RuntimeError"
+    assert "stage ingest failed: RuntimeError" in out.err
+    assert exit_code(error) == (code, kind)  # unwrapped too
+
+
+@pytest.mark.spark
+def test_a_succeeded_stage_prints_one_json_line_with_its_status(spark, tmp_path, capsys, job_logging):
+    root = tmp_path / "lake"
+    assert run_job("ingest", ["--set", f"lake.root={root}"], run=lambda spark, cfg, **_: {"rows": 3}) == 0
+    line = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert line["status"] == "succeeded" and line["exit_code"] == 0 and line["summary"] == {"rows": 3}

@@ -12,8 +12,9 @@ from deltalake import DeltaTable
 
 from longtail.core import schema as S
 from longtail.core.config import load_config
+from longtail.core.errors import BadInputError
 from longtail.lake import Lake
-from longtail.stages.ingest import TS_OUT_OF_RANGE, BadInputError, detect_format
+from longtail.stages.ingest import TS_OUT_OF_RANGE, detect_format
 from longtail.stages.ingest import run as ingest
 
 pytestmark = pytest.mark.spark

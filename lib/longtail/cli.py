@@ -83,6 +83,15 @@ def run_job(
     except ConfigError as exc:
         print(f"longtail: {exc}", file=sys.stderr)
         return 2
+    from longtail.lake import tracking
+
+    if cfg.tracking.mlflow and not tracking.available():
+        print(
+            "longtail: config key 'tracking.mlflow' is set but the mlflow package is not installed: "
+            "pip install 'mlflow-skinny>=3' sqlalchemy alembic, or unset the key",
+            file=sys.stderr,
+        )
+        return 2
     if run is None:
         try:
             run = load_stage(stage).run
@@ -110,13 +119,19 @@ def run_job(
         except Exception as exc:
             # the traceback goes to the file (and to the console with --verbose), the one-line reason below
             log.exception("stage %s failed (run %s)", stage, run_id, extra={logs.PRINTED: not args.verbose})
+            code, kind = exit_code(exc)
             print(f"longtail: stage {stage} failed: {type(exc).__name__}: {_brief(exc)}", file=sys.stderr)
             print(where, file=sys.stderr)
-            return 1
+            error = {"type": type(exc).__name__, "kind": kind, "message": _brief(exc, max_lines=1)}
+            status = {"stage": stage, "run_id": run_id, "status": "failed", "exit_code": code, "error": error}
+            print(json.dumps(status, default=str))
+            return code
         result = json.dumps(
             {
                 "stage": stage,
                 "run_id": run_id,
+                "status": "succeeded",
+                "exit_code": OK,
                 "seconds": round(record.seconds, 1),
                 "summary": record.summary,
             },
@@ -131,6 +146,38 @@ def run_job(
     finally:
         if owned:
             spark.stop()
+
+
+# Exit codes a scheduler can act on (docs/scheduling.md, "Exit codes").
+OK, FAILED, USAGE, BAD_INPUT, MISSING_INPUT, CONFLICT = 0, 1, 2, 3, 4, 5
+
+
+def exit_code(exc: BaseException) -> tuple[int, str]:
+    """``(code, kind)`` for a stage's exception, from the first known error in its chain.
+
+    ``kind`` is ``bad_input`` (3: fix the data, do not retry), ``missing_input`` (4: run the stage
+    it names first), ``conflict`` (5: another run committed first; retry later) or ``failed``
+    (1: anything else, a Spark failure or a bug; retry once, then alert).
+
+    Example:
+        >>> exit_code(BadInputError("items: 40 of 100 rows broke the contract"))
+        (3, 'bad_input')
+    """
+    from longtail.core.errors import BadInputError, MissingInputError
+    from longtail.lake import CommitConflictError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, BadInputError):
+            return BAD_INPUT, "bad_input"
+        if isinstance(current, MissingInputError):
+            return MISSING_INPUT, "missing_input"
+        if isinstance(current, CommitConflictError):
+            return CONFLICT, "conflict"
+        current = current.__cause__ or current.__context__
+    return FAILED, "failed"
 
 
 def _brief(exc: BaseException, max_lines: int = 10) -> str:

@@ -10,3 +10,12 @@ class MissingInputError(RuntimeError):
     Example:
         >>> raise MissingInputError("train: table 'interactions' does not exist under lake; run ingest first")
     """
+
+
+class BadInputError(RuntimeError):
+    """Too large a share of a source's rows broke the contract (``ingest.max_bad_fraction``); the
+    rows are in `quarantine`. A retry fails the same way: the data must be fixed.
+
+    Example:
+        >>> raise BadInputError("items: 5 of 8 rows (62.5%) broke the contract, ...")
+    """

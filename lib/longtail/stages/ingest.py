@@ -34,6 +34,7 @@ from pyspark.sql import types as T
 
 from longtail.core import schema as S
 from longtail.core.config import Config, IngestConfig
+from longtail.core.errors import BadInputError
 from longtail.core.text import content_hash, encoder_text
 from longtail.lake import Lake
 
@@ -86,10 +87,6 @@ FORMATS = {
     ".ndjson": "json",
     ".parquet": "parquet",
 }
-
-
-class BadInputError(RuntimeError):
-    """Too large a share of a source's rows broke the contract."""
 
 
 # --- reading -------------------------------------------------------------------------------------
