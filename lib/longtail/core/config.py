@@ -476,6 +476,23 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Run tracking outside the lake (docs/scheduling.md, "Run tracking in MLflow")."""
+
+    mlflow: str | None = None
+    """MLflow tracking URI (`http://host:5000`, `databricks`, `sqlite:///path/mlflow.db`): each stage
+    run is logged there too (config, time, summary, evaluate's metrics); null: off. Needs the
+    `mlflow-skinny` package (plus `sqlalchemy`, `alembic` for `sqlite:`). The `runs` table stays
+    the record."""
+    experiment: str = "longtail"
+    """MLflow experiment the runs go to (created when missing)."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.experiment), "tracking.experiment", "must be a non-empty name")
+        _check(self.mlflow is None or bool(self.mlflow.strip()), "tracking.mlflow", "must be a URI or null")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration: one section per stage or concern."""
 
@@ -499,6 +516,8 @@ class Config:
     """Table maintenance."""
     run: RunConfig = field(default_factory=RunConfig)
     """Run bookkeeping."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Run tracking in MLflow."""
 
     def __post_init__(self) -> None:
         # The config is recorded in the `runs` table and in reports: no credentials in it. Storage
@@ -510,6 +529,7 @@ class Config:
             ("sample.path", self.sample.path),
             ("train.checkpoint_dir", self.train.checkpoint_dir),
             ("evaluate.report_dir", self.evaluate.report_dir),
+            ("tracking.mlflow", self.tracking.mlflow),
         ):
             _check(
                 not uri or not _has_credentials(uri),

@@ -30,7 +30,7 @@ from pyspark.sql import Row, SparkSession
 
 from longtail.core import schema as S
 from longtail.core.config import Config
-from longtail.lake import Lake
+from longtail.lake import Lake, tracking
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def recorded(spark: SparkSession, cfg: Config, lake: Lake, stage: str, run_id: s
             _append(spark, cfg, lake, record, message)
         except Exception:  # never hide the stage's own error behind a bookkeeping one
             log.exception("could not record the run of %s in `runs`", stage)
+        tracking.log_stage_run(cfg, lake, record, message)  # warns, never raises
 
 
 def _process() -> dict[str, Any]:
