@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +52,8 @@ def test_a_stage_run_is_logged_with_config_summary_metrics_and_report(spark, tmp
     files = {f.path for f in client.list_artifacts(run.info.run_id)}
     assert {"summary.json", "config.json", "report"} <= files
     assert client.list_artifacts(run.info.run_id, "report")[0].path == "report/report.html"
+    # beside the database, not in whatever folder the job started in
+    assert (tmp_path / "mlartifacts").is_dir() and not Path("mlruns").exists()
     logged = json.loads(
         open(client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path))).read()
     )

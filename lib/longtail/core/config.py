@@ -486,6 +486,9 @@ class TrackingConfig:
     the record."""
     experiment: str = "longtail"
     """MLflow experiment the runs go to (created when missing)."""
+    artifacts: str | None = None
+    """Artifact location of the experiment when longtail creates it; null: beside the database for a
+    `sqlite:` store (`mlartifacts/`), else the tracking server's default."""
 
     def __post_init__(self) -> None:
         _check(bool(self.experiment), "tracking.experiment", "must be a non-empty name")
@@ -530,6 +533,7 @@ class Config:
             ("train.checkpoint_dir", self.train.checkpoint_dir),
             ("evaluate.report_dir", self.evaluate.report_dir),
             ("tracking.mlflow", self.tracking.mlflow),
+            ("tracking.artifacts", self.tracking.artifacts),
         ):
             _check(
                 not uri or not _has_credentials(uri),

@@ -89,6 +89,23 @@ def _evaluation_metrics(lake: Lake, run_id: str) -> dict[str, float]:
     return out
 
 
+def artifact_location(cfg: Config) -> str | None:
+    """Where a new experiment keeps its artifacts: ``tracking.artifacts``; else, for a ``sqlite:``
+    store, an ``mlartifacts`` folder beside the database file (MLflow's own default is
+    ``./mlruns`` under whatever folder the job happened to start in); else the server's default.
+
+    Example:
+        >>> artifact_location(cfg)  # tracking.mlflow = sqlite:////srv/mlflow/mlflow.db
+        '/srv/mlflow/mlartifacts'
+    """
+    if cfg.tracking.artifacts:
+        return cfg.tracking.artifacts
+    uri = cfg.tracking.mlflow or ""
+    if uri.startswith("sqlite:///"):
+        return os.path.join(os.path.dirname(os.path.abspath(uri[len("sqlite:///") :])), "mlartifacts")
+    return None
+
+
 def log_stage_run(cfg: Config, lake: Lake, record: StageRecord, error: str | None = None) -> str | None:
     """Log one finished stage run to MLflow when ``tracking.mlflow`` is set; returns the MLflow run
     id (None: tracking off or failed, with a warning)."""
@@ -109,7 +126,12 @@ def log_stage_run(cfg: Config, lake: Lake, record: StageRecord, error: str | Non
     try:
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-        exp_id = experiment.experiment_id if experiment else client.create_experiment(cfg.tracking.experiment)
+        if experiment is not None:
+            exp_id = experiment.experiment_id
+        else:
+            exp_id = client.create_experiment(
+                cfg.tracking.experiment, artifact_location=artifact_location(cfg)
+            )
         tags = {
             "longtail.run_id": record.run_id,
             "longtail.stage": record.stage,
