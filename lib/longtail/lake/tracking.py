@@ -29,6 +29,8 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from pyspark.sql import functions as F
+
 from longtail.core import schema as S
 from longtail.core.config import Config
 
@@ -79,7 +81,7 @@ def _evaluation_metrics(lake: Lake, run_id: str) -> dict[str, float]:
     """The `metrics` rows of ``run_id`` (variants x metrics x k x segments: hundreds of rows)."""
     if not lake.exists(S.METRICS):
         return {}
-    rows = lake.read(S.METRICS).where(f"{S.RUN_ID} = '{run_id}'").collect()
+    rows = lake.read(S.METRICS).where(F.col(S.RUN_ID) == F.lit(run_id)).collect()
     out = {}
     for r in rows:
         if r[S.VALUE] is None or not math.isfinite(r[S.VALUE]):
