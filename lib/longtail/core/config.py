@@ -475,6 +475,24 @@ class RunConfig:
     """Run id recorded in `runs`; null: generated per invocation (`--run-id` wins)."""
 
 
+def flatten(value: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested mappings as ``(dotted.key, leaf)`` pairs; lists, scalars and empty mappings are leaves
+    (the config as MLflow params, the report's context tables).
+
+    Example:
+        >>> flatten({"a": {"b": 1, "c": [2]}})
+        [('a.b', 1), ('a.c', [2])]
+    """
+    out: list[tuple[str, Any]] = []
+    for key, leaf in value.items():
+        name = f"{prefix}{key}"
+        if isinstance(leaf, Mapping) and leaf:
+            out += flatten(leaf, f"{name}.")
+        else:
+            out.append((name, leaf))
+    return out
+
+
 @dataclass(frozen=True)
 class TrackingConfig:
     """Run tracking outside the lake (docs/scheduling.md, "Run tracking in MLflow")."""

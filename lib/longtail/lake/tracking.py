@@ -26,13 +26,13 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from pyspark.sql import functions as F
 
 from longtail.core import schema as S
-from longtail.core.config import Config
+from longtail.core.config import Config, flatten
 
 if TYPE_CHECKING:
     from longtail.lake import Lake
@@ -54,27 +54,14 @@ def available() -> bool:
     return True
 
 
-def flatten(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """``(dotted.key, leaf)`` for every leaf of nested dicts; lists are leaves.
-
-    Example:
-        >>> dict(flatten({"a": {"b": 1, "c": [2]}}))
-        {'a.b': 1, 'a.c': [2]}
-    """
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from flatten(value, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix, tree
-
-
-def _numbers(summary: dict[str, Any]) -> dict[str, float]:
-    out = {}
-    for key, value in flatten(summary):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            continue
-        out[_NAME.sub("_", key.replace(".", "/"))] = float(value)
-    return out
+def _metrics(pairs: Iterable[tuple[str, Any]]) -> dict[str, float]:
+    """The finite numbers among ``(name, value)`` pairs (booleans are not figures), under names
+    MLflow accepts."""
+    return {
+        _NAME.sub("_", name): float(value)
+        for name, value in pairs
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
 
 
 def _evaluation_metrics(lake: Lake, run_id: str) -> dict[str, float]:
@@ -82,13 +69,8 @@ def _evaluation_metrics(lake: Lake, run_id: str) -> dict[str, float]:
     if not lake.exists(S.METRICS):
         return {}
     rows = lake.read(S.METRICS).where(F.col(S.RUN_ID) == F.lit(run_id)).collect()
-    out = {}
-    for r in rows:
-        if r[S.VALUE] is None or not math.isfinite(r[S.VALUE]):
-            continue
-        at = "" if r[S.K] is None else f"_at_{r[S.K]}"
-        out[_NAME.sub("_", f"{r[S.VARIANT]}/{r[S.METRIC]}{at}/{r[S.SEGMENT]}")] = float(r[S.VALUE])
-    return out
+    at = {k: "" if k is None else f"_at_{k}" for k in {r[S.K] for r in rows}}
+    return _metrics((f"{r[S.VARIANT]}/{r[S.METRIC]}{at[r[S.K]]}/{r[S.SEGMENT]}", r[S.VALUE]) for r in rows)
 
 
 def artifact_location(cfg: Config) -> str | None:
@@ -149,7 +131,8 @@ def log_stage_run(cfg: Config, lake: Lake, record: StageRecord, error: str | Non
             Param(k, (v if isinstance(v, str) else json.dumps(v, default=str))[:MAX_PARAM])
             for k, v in flatten(config)
         ]
-        metrics = {"seconds": float(record.seconds), **_numbers(record.summary)}
+        summary = ((key.replace(".", "/"), value) for key, value in flatten(record.summary))
+        metrics = {"seconds": float(record.seconds), **_metrics(summary)}
         if record.stage == "evaluate" and record.status == "succeeded":
             metrics |= _evaluation_metrics(lake, record.run_id)
         at = int(record.started_at.replace(tzinfo=dt.timezone.utc).timestamp() * 1000)

@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.transforms import Bbox
 
-from longtail.core.config import VARIANTS
+from longtail.core.config import VARIANTS, flatten
 
 log = logging.getLogger(__name__)
 
@@ -420,18 +420,6 @@ def plot_deciles(deciles: pd.DataFrame, *, k: int) -> bytes:
 
 
 # --- context -------------------------------------------------------------------------------------
-def _flatten(value: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested mappings as (dotted key, leaf) pairs; lists and scalars are leaves."""
-    out: list[tuple[str, Any]] = []
-    for key, leaf in value.items():
-        name = f"{prefix}{key}"
-        if isinstance(leaf, Mapping) and leaf:
-            out += _flatten(leaf, f"{name}.")
-        else:
-            out.append((name, leaf))
-    return out
-
-
 def _context_html(context: Mapping[str, Any]) -> str:
     """Each top-level key a sub-heading; mappings as dotted key/value tables (config: evaluate.k)."""
     parts = []
@@ -440,7 +428,7 @@ def _context_html(context: Mapping[str, Any]) -> str:
         if isinstance(value, Mapping):
             rows = "".join(
                 f"<tr><th>{html.escape(k)}</th><td>{html.escape(_scalar(v))}</td></tr>"
-                for k, v in _flatten(value)
+                for k, v in flatten(value)
             )
             parts.append(f"<table class='kv'>{rows}</table>")
         elif isinstance(value, list | tuple):
