@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from longtail.cli import run_job
+from longtail.cli import check_args, run_job
 from longtail.core import schema as S
 from longtail.core.config import ConfigError, load_config
 from longtail.lake import Lake, tracking
@@ -92,5 +92,8 @@ def test_tracking_config_is_checked_and_a_missing_package_is_refused_before_spar
     with pytest.raises(ConfigError, match=r"tracking\.experiment"):
         load_config(overrides=["tracking.experiment="])
     monkeypatch.setattr(tracking, "available", lambda: False)
-    assert run_job("train", ["--set", f"lake.root={tmp_path}", "--set", "tracking.mlflow=databricks"]) == 2
+    args = ["--set", f"lake.root={tmp_path}", "--set", "tracking.mlflow=databricks"]
+    assert check_args("train", args) == 2  # the launcher's pre-flight: no JVM started
+    assert "the mlflow package is not installed" in capsys.readouterr().err
+    assert run_job("train", args) == 2
     assert "the mlflow package is not installed" in capsys.readouterr().err

@@ -62,11 +62,28 @@ def check_args(stage: str, argv: Sequence[str]) -> int:
     except ConfigError as exc:
         print(f"longtail: {exc}", file=sys.stderr)
         return 2
+    if _refused(cfg):
+        return 2
     from longtail.lake.runs import new_run_id
 
     run_id = args.run_id or cfg.run.id or new_run_id()
     print(f"{run_id}\t{log_file(cfg.lake.root, run_id)[0]}")
     return 0
+
+
+def _refused(cfg: Config) -> bool:
+    """Settings that are valid but cannot run here (the launcher's pre-flight and run_job both
+    ask): ``tracking.mlflow`` without the mlflow package. Prints why."""
+    from longtail.lake import tracking
+
+    if cfg.tracking.mlflow and not tracking.available():
+        print(
+            "longtail: config key 'tracking.mlflow' is set but the mlflow package is not installed: "
+            "pip install 'mlflow-skinny>=3' sqlalchemy alembic, or unset the key",
+            file=sys.stderr,
+        )
+        return True
+    return False
 
 
 def run_job(
@@ -83,14 +100,7 @@ def run_job(
     except ConfigError as exc:
         print(f"longtail: {exc}", file=sys.stderr)
         return 2
-    from longtail.lake import tracking
-
-    if cfg.tracking.mlflow and not tracking.available():
-        print(
-            "longtail: config key 'tracking.mlflow' is set but the mlflow package is not installed: "
-            "pip install 'mlflow-skinny>=3' sqlalchemy alembic, or unset the key",
-            file=sys.stderr,
-        )
+    if _refused(cfg):
         return 2
     if run is None:
         try:
