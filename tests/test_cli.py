@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -81,11 +80,7 @@ def test_every_stage_module_has_run():
 def job_logging():
     """run_job configures the process's logging for a job; put it back afterwards."""
     yield
-    root = logging.getLogger()
-    for h in [h for h in root.handlers if getattr(h, logs._HANDLER_FLAG, False)]:
-        root.removeHandler(h)
-        h.close()
-    logging.captureWarnings(False)
+    logs.reset()
 
 
 @pytest.mark.spark

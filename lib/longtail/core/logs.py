@@ -68,9 +68,7 @@ def setup(path: Path | None, *, verbose: bool = False) -> None:
         verbose: the console also shows longtail's INFO and DEBUG records, as the file does.
     """
     root = logging.getLogger()
-    for h in [h for h in root.handlers if getattr(h, _HANDLER_FLAG, False)]:
-        root.removeHandler(h)
-        h.close()
+    _remove_handlers(root)
     root.setLevel(logging.WARNING)  # other libraries: warnings and errors only
     log.setLevel(logging.DEBUG)
     log.propagate = True
@@ -90,6 +88,19 @@ def setup(path: Path | None, *, verbose: bool = False) -> None:
         setattr(h, _HANDLER_FLAG, True)
         root.addHandler(h)
     logging.captureWarnings(True)  # Python warnings become records of 'py.warnings' (WARNING)
+
+
+def reset() -> None:
+    """Undo :func:`setup`: remove its handlers and stop routing Python warnings to logging (for a
+    process that runs a job in-process and goes on, e.g. a test)."""
+    _remove_handlers(logging.getLogger())
+    logging.captureWarnings(False)
+
+
+def _remove_handlers(root: logging.Logger) -> None:
+    for h in [h for h in root.handlers if getattr(h, _HANDLER_FLAG, False)]:
+        root.removeHandler(h)
+        h.close()
 
 
 def progress(line: str, logger: logging.Logger | None = None) -> None:
