@@ -129,7 +129,6 @@ def test_three_nights_refresh_incrementally_and_a_retried_night_is_a_no_op(spark
     nights = _nights(items, events)
     texts: dict[str, str] = {}  # item -> its text as last ingested
     removed: set[str] = set()
-    item_files: list[pd.DataFrame] = []
     event_files: list[pd.DataFrame] = []
     report = []
     recs_version = -1
@@ -154,7 +153,8 @@ def test_three_nights_refresh_incrementally_and_a_retried_night_is_a_no_op(spark
 
         # encode encodes exactly the new and the edited texts
         good = items_n[items_n["item_id"].str.startswith("i0")]
-        listed = good[good.get("removed", pd.Series("", index=good.index)).isin(["", "false"])]
+        flag = good.get("removed", pd.Series("", index=good.index))  # night 1: no such column
+        listed = good[flag.isin(["", "false"])]
         now = {
             i: t + d
             for i, t, d in zip(listed["item_id"], listed["title"], listed["description"], strict=True)
@@ -162,12 +162,11 @@ def test_three_nights_refresh_incrementally_and_a_retried_night_is_a_no_op(spark
         changed = {i for i, t in now.items() if texts.get(i) != t}
         texts |= now
         assert stages["encode"]["summary"]["encoded"] == len(changed), night
-        flagged = set(good[good.get("removed", pd.Series("", index=good.index)) == "true"]["item_id"])
+        flagged = set(good[flag == "true"]["item_id"])
         removed = (removed - set(now)) | flagged
 
         # every table holds each row once: items, events (full and delta exports alike), metrics
         lake = Lake(spark, str(root), engine)
-        item_files.append(items_n)
         event_files.append(events_n)
         assert (
             lake.read(S.ITEMS).count()
