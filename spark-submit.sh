@@ -30,6 +30,9 @@ longtail options:
   --delta-spark      use the delta-spark engine: adds the Delta connector (--packages, resolved
                      once into the Ivy cache \$LONGTAIL_IVY_DIR, default ~/.ivy2), its extension and
                      catalog, and --set lake.engine=delta-spark
+  --s3a              add Hadoop's S3A connector (hadoop-aws and the AWS SDK, resolved once into the
+                     same Ivy cache) for a lake.root on s3a://; the endpoint and credentials come
+                     from --conf spark.hadoop.fs.s3a.* or the environment (AWS_*), both engines
   --verbose          show longtail's full log (INFO, DEBUG) on the console too
   -h, --help         this help
 
@@ -53,6 +56,7 @@ EOF
 
 stage=""
 delta_spark=0
+s3a=0
 ours=()
 spark=()
 master=""
@@ -63,6 +67,7 @@ while [[ $# -gt 0 ]]; do
   case "$arg" in
     -h|--help) usage; exit 0 ;;
     --delta-spark) delta_spark=1; shift ;;
+    --s3a) s3a=1; shift ;;
     --set|--run-id)
       [[ $# -ge 2 ]] || { echo "spark-submit.sh: $arg needs a value" >&2; exit 2; }
       ours+=("$arg" "$2"); shift 2 ;;
@@ -90,13 +95,15 @@ while [[ $# -gt 0 ]]; do
 done
 stage="${stage:-pipeline}"
 
-if [[ "$delta_spark" == 1 ]]; then
-  # The coordinates and confs live in one place: longtail.core.session.delta_spark_conf().
-  while IFS= read -r setting; do spark+=("--conf" "$setting"); done < <(
+if [[ "$delta_spark" == 1 || "$s3a" == 1 ]]; then
+  # The coordinates and confs live in one place: longtail.core.session.connector_conf().
+  while IFS= read -r setting; do [[ -n "$setting" ]] && spark+=("--conf" "$setting"); done < <(
     PYTHONPATH="$HERE/lib${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c \
-      'from longtail.core.session import delta_spark_conf; print("\n".join(f"{k}={v}" for k, v in delta_spark_conf().items()))')
-  ours+=("--set" "lake.engine=delta-spark")
+      'import sys; from longtail.core.session import connector_conf
+print("\n".join(f"{k}={v}" for k, v in connector_conf(delta_spark=sys.argv[1] == "1", s3a=sys.argv[2] == "1").items()))' \
+      "$delta_spark" "$s3a")
 fi
+[[ "$delta_spark" == 1 ]] && ours+=("--set" "lake.engine=delta-spark")
 
 if [[ -n "${SPARK_HOME:-}" && -x "$SPARK_HOME/bin/spark-submit" ]]; then
   SUBMIT="$SPARK_HOME/bin/spark-submit"

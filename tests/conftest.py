@@ -29,25 +29,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--no-delta-spark",
         action="store_true",
-        help="start the test session without the Delta connector's jars (offline machines): "
-        "delta-spark tests skip and lake.engine=auto resolves to delta-rs",
+        help="start the test session without the connectors' jars (offline machines): "
+        "delta-spark and S3A tests skip and lake.engine=auto resolves to delta-rs",
     )
 
 
 @pytest.fixture(scope="session")
 def spark(request: pytest.FixtureRequest):
-    """One local[2] session for the whole run, started WITH the delta-spark connector.
+    """One local[2] session for the whole run, started WITH the delta-spark and S3A connectors.
 
     One JVM per process cannot take jars later, so the session carries the connector, its Delta
     extension and catalog for every test: lake.engine=auto then resolves to delta-spark, and
     tests that force lake.engine=delta-rs run delta-rs on the same session (it never uses them).
-    The jars come from the Ivy cache (``LONGTAIL_IVY_DIR``, else ``~/.ivy2``) that ``.ci/run``
-    fills first.
+    S3A (hadoop-aws) is there for the object-store tests (``tests/test_object_store.py``); no other
+    test reaches it. The jars come from the Ivy cache (``LONGTAIL_IVY_DIR``, else ``~/.ivy2``) that
+    ``.ci/run`` fills first.
     """
     from longtail.core.session import build_session
 
-    with_delta = not request.config.getoption("--no-delta-spark")
-    session = build_session("longtail-tests", master="local[2]", for_tests=True, delta_spark=with_delta)
+    jars = not request.config.getoption("--no-delta-spark")
+    session = build_session("longtail-tests", master="local[2]", for_tests=True, delta_spark=jars, s3a=jars)
     yield session
     session.stop()
 

@@ -15,7 +15,9 @@ from typing import Any
 
 from longtail.core import logs
 from longtail.core.config import Config, ConfigError, load_config
+from longtail.core.errors import ConnectorMissingError
 from longtail.core.logs import log_file
+from longtail.core.uris import scheme
 from longtail.stages import STAGES, StageNotBuiltError, load_stage
 
 log = logging.getLogger("longtail")
@@ -122,7 +124,22 @@ def run_job(
     # a session that was running before (a Databricks job task, a notebook) belongs to its host:
     # only the one this call starts is stopped at the end
     owned = SparkContext._active_spark_context is None
-    spark = build_session(f"longtail-{stage}", delta_spark=cfg.lake.engine == "delta-spark")
+    try:
+        spark = build_session(
+            f"longtail-{stage}",
+            delta_spark=cfg.lake.engine == "delta-spark",
+            s3a=scheme(cfg.lake.root) == "s3a",
+        )
+    except ConnectorMissingError as exc:  # the set-up, not the data: no retry helps
+        log.error("%s", exc, extra={logs.PRINTED: True})
+        print(f"longtail: {exc}", file=sys.stderr)
+        status = {"stage": stage, "run_id": run_id, "status": "failed", "exit_code": USAGE}
+        print(
+            json.dumps(
+                {**status, "error": {"type": type(exc).__name__, "kind": "config", "message": str(exc)}}
+            )
+        )
+        return USAGE
     try:
         try:
             record = run_stage(spark, cfg, stage, run, run_id=run_id)

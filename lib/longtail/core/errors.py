@@ -19,3 +19,13 @@ class BadInputError(RuntimeError):
     Example:
         >>> raise BadInputError("items: 5 of 8 rows (62.5%) broke the contract, ...")
     """
+
+
+class ConnectorMissingError(RuntimeError):
+    """A JVM connector the config needs (delta-spark for ``lake.engine: delta-spark``, S3A for an
+    ``s3a://`` lake) is not on the running JVM's classpath. The message names the launcher flag
+    or ``--packages`` coordinates that add it; a retry without them fails the same way.
+
+    Example:
+        >>> raise ConnectorMissingError("S3A ... pass --packages org.apache.hadoop:hadoop-aws:3.5.0")
+    """

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
+from longtail.core.errors import ConnectorMissingError
+
 log = logging.getLogger(__name__)
 
 # Needed for correct tables whatever the master: Delta stores timestamps as UTC micro-seconds.
@@ -48,6 +50,12 @@ DELTA_SPARK_CONF: dict[str, str] = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
+# S3 through Hadoop's S3A connector (lake.root: s3a://...): hadoop-aws at the version of the Hadoop
+# client that pyspark ships (pyspark 4.2.0: hadoop-client-api-3.5.0.jar), with the AWS SDK v2
+# bundle it depends on (~690 MB, resolved once into the Ivy cache). Clusters (EMR, Dataproc,
+# Databricks) already have S3A on their classpath and need none of this.
+HADOOP_AWS_PACKAGE = "org.apache.hadoop:hadoop-aws:3.5.0"
+S3A_CLASS = "org.apache.hadoop.fs.s3a.S3AFileSystem"
 # Where Ivy keeps the resolved jars, so that tests, CI and the launcher download them once.
 IVY_DIR_ENV = "LONGTAIL_IVY_DIR"
 
@@ -57,6 +65,24 @@ def ivy_dir() -> str:
     return os.path.abspath(os.path.expanduser(os.environ.get(IVY_DIR_ENV) or "~/.ivy2"))
 
 
+def connector_conf(*, delta_spark: bool = False, s3a: bool = False) -> dict[str, str]:
+    """The Spark settings that put the asked-for connectors on a new JVM's classpath.
+
+    ``delta_spark``: the Delta connector, its SQL extension and catalog. ``s3a``: Hadoop's S3A
+    file system (``hadoop-aws`` and the AWS SDK). Both resolve through Ivy into :func:`ivy_dir`.
+    Empty when neither is asked for.
+
+    Example:
+        >>> connector_conf(delta_spark=True, s3a=True)["spark.jars.packages"]
+        'io.delta:delta-spark_4.2_2.13:4.4.0,org.apache.hadoop:hadoop-aws:3.5.0'
+    """
+    packages = [p for p, wanted in ((DELTA_SPARK_PACKAGE, delta_spark), (HADOOP_AWS_PACKAGE, s3a)) if wanted]
+    if not packages:
+        return {}
+    conf = {"spark.jars.packages": ",".join(packages), "spark.jars.ivy": ivy_dir()}
+    return {**conf, **DELTA_SPARK_CONF} if delta_spark else conf
+
+
 def delta_spark_conf() -> dict[str, str]:
     """Every Spark setting the delta-spark engine needs: the package, the Ivy cache, extension, catalog.
 
@@ -64,7 +90,7 @@ def delta_spark_conf() -> dict[str, str]:
         >>> delta_spark_conf()["spark.jars.packages"]
         'io.delta:delta-spark_4.2_2.13:4.4.0'
     """
-    return {"spark.jars.packages": DELTA_SPARK_PACKAGE, "spark.jars.ivy": ivy_dir(), **DELTA_SPARK_CONF}
+    return connector_conf(delta_spark=True)
 
 
 # Python workers load the text model: no weight-loading progress bars or advisory warnings on the
@@ -91,6 +117,7 @@ def build_session(
     extra: Mapping[str, str] | None = None,
     for_tests: bool = False,
     delta_spark: bool = False,
+    s3a: bool = False,
 ) -> SparkSession:
     """Build (or return the running) SparkSession with longtail's required settings.
 
@@ -102,14 +129,17 @@ def build_session(
         delta_spark: start the JVM with the Delta connector (:data:`DELTA_SPARK_PACKAGE`, resolved
             through Ivy into :func:`ivy_dir`) and the Delta extension and catalog. Only a JVM that
             this call starts can take new jars: under spark-submit pass ``--packages`` (the
-            launcher's ``--delta-spark``); a running JVM without them raises RuntimeError.
+            launcher's ``--delta-spark``); a running JVM without them raises
+            :class:`~longtail.core.errors.ConnectorMissingError`.
+        s3a: start the JVM with Hadoop's S3A connector (:data:`HADOOP_AWS_PACKAGE`), for a lake
+            on ``s3a://``; under spark-submit, the launcher's ``--s3a``.
 
     Example:
         >>> spark = build_session("longtail-ingest")
     """
     # Start (or join, under spark-submit) the JVM first so that SparkConf() sees what spark-submit,
     # --properties-file and --conf already set; our defaults then fill only the gaps.
-    delta = delta_spark_conf() if delta_spark else {}
+    delta = connector_conf(delta_spark=delta_spark, s3a=s3a)
     if delta and SparkContext._gateway is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
         # spark-submit resolves spark.jars.packages while it launches the JVM, so it must see them now.
         SparkContext._ensure_initialized(conf=SparkConf(loadDefaults=False).setAll(list(delta.items())))
@@ -138,38 +168,49 @@ def build_session(
         spark.conf.set(key, value)
     spark.sparkContext.setLogLevel(os.environ.get("LONGTAIL_SPARK_LOG_LEVEL", "WARN"))
     if delta_spark and not is_delta_spark_available(spark):
-        raise RuntimeError(
+        raise ConnectorMissingError(
             f"delta-spark was asked for but {DELTA_SPARK_CLASS} is not on the classpath of the running "
             f"JVM: pass --packages {DELTA_SPARK_PACKAGE} to spark-submit (./spark-submit.sh --delta-spark)"
+        )
+    if s3a and not has_class(spark, S3A_CLASS):
+        raise ConnectorMissingError(
+            f"S3A was asked for but {S3A_CLASS} is not on the classpath of the running JVM: pass "
+            f"--packages {HADOOP_AWS_PACKAGE} to spark-submit (./spark-submit.sh --s3a)"
         )
     log.info("Spark %s, master %s", spark.version, spark.sparkContext.master)
     return spark
 
 
-def is_delta_spark_available(spark: SparkSession) -> bool:
-    """True when the delta-spark connector's classes are on the session's JVM classpath.
+def has_class(spark: SparkSession, name: str) -> bool:
+    """True when the JVM class ``name`` loads in the session's JVM.
 
-    Looks ``io.delta.tables.DeltaTable`` up through the thread's context class loader (where
-    ``--packages``/``--jars`` put it) and then the system one. False on Spark Connect (no JVM).
-
-    Example:
-        >>> is_delta_spark_available(spark)
-        False
+    Looks it up through the thread's context class loader (where ``--packages``/``--jars`` put
+    it) and then the system one. False on Spark Connect (no JVM).
     """
     jvm = getattr(spark, "_jvm", None) or getattr(getattr(spark, "sparkContext", None), "_jvm", None)
     if jvm is None:
         return False
     try:
         loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
-        jvm.java.lang.Class.forName(DELTA_SPARK_CLASS, False, loader)
+        jvm.java.lang.Class.forName(name, False, loader)
         return True
     except Exception:
         pass
     try:
-        jvm.java.lang.Class.forName(DELTA_SPARK_CLASS)
+        jvm.java.lang.Class.forName(name)
         return True
     except Exception:
         return False
+
+
+def is_delta_spark_available(spark: SparkSession) -> bool:
+    """True when the delta-spark connector's classes are on the session's JVM classpath.
+
+    Example:
+        >>> is_delta_spark_available(spark)
+        False
+    """
+    return has_class(spark, DELTA_SPARK_CLASS)
 
 
 def is_local(spark: SparkSession) -> bool:

@@ -66,3 +66,53 @@ def hadoop_fs(spark: SparkSession, uri: str) -> tuple[Any, Any]:
     assert jvm is not None
     jpath = jvm.org.apache.hadoop.fs.Path(uri)
     return jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), jpath
+
+
+# S3A settings (Hadoop configuration, e.g. spark.hadoop.fs.s3a.endpoint) -> deltalake's storage
+# options, so that one S3 configuration serves both engines. Secrets stay in memory, never logged.
+_S3A_TO_RS = {
+    "access.key": "AWS_ACCESS_KEY_ID",
+    "secret.key": "AWS_SECRET_ACCESS_KEY",
+    "session.token": "AWS_SESSION_TOKEN",
+    "endpoint.region": "AWS_REGION",
+}
+
+
+def s3_storage_options(spark: SparkSession, uri: str) -> dict[str, str]:
+    """deltalake storage options for an ``s3a://`` (or ``s3://``) URI, from the session's S3A settings.
+
+    Reads ``fs.s3a.endpoint``, ``fs.s3a.access.key``, ``fs.s3a.secret.key``,
+    ``fs.s3a.session.token``, ``fs.s3a.endpoint.region``, ``fs.s3a.path.style.access`` and
+    ``fs.s3a.connection.ssl.enabled`` from the Hadoop configuration, a bucket's own
+    ``fs.s3a.bucket.<bucket>.*`` first, as S3A does. Only what is set is passed on: deltalake takes
+    the rest from the environment (``AWS_*``), like S3A's default credential chain. Empty for
+    other schemes.
+
+    Example:
+        >>> spark.conf.get("spark.hadoop.fs.s3a.endpoint")
+        'http://127.0.0.1:9000'
+        >>> s3_storage_options(spark, "s3a://lake/longtail")["AWS_ENDPOINT_URL"]
+        'http://127.0.0.1:9000'
+    """
+    if RS_SCHEMES.get(scheme(uri), scheme(uri)) != "s3":
+        return {}
+    hconf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    bucket = urlparse(uri).netloc
+
+    def get(key: str) -> str | None:
+        value = hconf.get(f"fs.s3a.bucket.{bucket}.{key}") or hconf.get(f"fs.s3a.{key}")
+        return str(value).strip() if value is not None and str(value).strip() else None
+
+    options = {rs: value for key, rs in _S3A_TO_RS.items() if (value := get(key)) is not None}
+    endpoint = get("endpoint")
+    if endpoint:
+        if "://" not in endpoint:
+            ssl = (get("connection.ssl.enabled") or "true").lower() != "false"
+            endpoint = f"{'https' if ssl else 'http'}://{endpoint}"
+        options["AWS_ENDPOINT_URL"] = endpoint
+        if endpoint.startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    path_style = get("path.style.access")
+    if path_style is not None:
+        options["AWS_VIRTUAL_HOSTED_STYLE_REQUEST"] = "false" if path_style.lower() == "true" else "true"
+    return options

@@ -301,7 +301,7 @@ class _DeltaRsEngine(_Engine):
     @contextmanager
     def _staged(self, path: str) -> Iterator[_Stage]:
         """A staging area for one write; its files are deleted if the block raises."""
-        stage = _Stage(self.spark, path)
+        stage = _Stage(self.spark, path, self.storage_options)
         committed = False
         try:
             yield stage
@@ -402,9 +402,12 @@ class _DeltaRsEngine(_Engine):
 class _Stage:
     """Data files of one write, under ``<table>/<write id>-<n>/`` (one folder per Spark write)."""
 
-    def __init__(self, spark: SparkSession, table_path: str) -> None:
+    def __init__(
+        self, spark: SparkSession, table_path: str, storage_options: dict[str, str] | None = None
+    ) -> None:
         self.spark = spark
         self.table_path = table_path
+        self.storage_options = storage_options
         self.write_id = f"w{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
         self.folders: list[str] = []
 
@@ -427,12 +430,13 @@ class _Stage:
             elif name == "_SUCCESS":
                 fs.delete(st.getPath(), False)
         try:
-            stats = {name: _parquet_stats(join_uri(uri, name)) for name, _, _ in found}
+            stats = {name: _parquet_stats(join_uri(uri, name), self.storage_options) for name, _, _ in found}
         except Exception:
             if is_local(uri):
                 raise
-            # pyarrow cannot open this store with the environment's credentials: row counts from
-            # Spark instead (one job over the new files; no min/max, which the protocol allows).
+            # pyarrow cannot open this store with the storage options or the environment's
+            # credentials: row counts from Spark instead (one job over the new files; no min/max,
+            # which the protocol allows).
             log.warning("Parquet footers under %s not readable with pyarrow; stats from Spark", uri)
             stats = self._spark_counts(uri, [name for name, _, _ in found])
         files = [
@@ -486,7 +490,29 @@ def _spark_schema(dt: Any) -> T.StructType:
 
 
 # --- Parquet footers -> Delta stats ---------------------------------------------------------------
-def _parquet_stats(uri: str) -> tuple[int, str]:
+def _arrow_fs(uri: str, storage_options: dict[str, str] | None) -> tuple[Any, str]:
+    """``(pyarrow FileSystem, path)`` for a remote file: S3 from deltalake's storage options (the
+    same endpoint and credentials its commits use), any other store from the URI and environment."""
+    import pyarrow.fs as pafs
+
+    target = rs_uri(uri)
+    opts = storage_options or {}
+    if scheme(target) == "s3" and opts:
+        endpoint = opts.get("AWS_ENDPOINT_URL", "")
+        fs = pafs.S3FileSystem(
+            access_key=opts.get("AWS_ACCESS_KEY_ID"),
+            secret_key=opts.get("AWS_SECRET_ACCESS_KEY"),
+            session_token=opts.get("AWS_SESSION_TOKEN"),
+            region=opts.get("AWS_REGION"),
+            endpoint_override=endpoint.split("://", 1)[-1] or None,
+            scheme="http" if endpoint.startswith("http://") else "https",
+            force_virtual_addressing=opts.get("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "").lower() == "true",
+        )
+        return fs, target.split("://", 1)[1]
+    return pafs.FileSystem.from_uri(target)
+
+
+def _parquet_stats(uri: str, storage_options: dict[str, str] | None = None) -> tuple[int, str]:
     """Row count and Delta stats JSON (numRecords, minValues, maxValues, nullCount) of one file.
 
     Read from the Parquet footer only (row-group statistics), so the cost is per file, not per row.
@@ -498,9 +524,7 @@ def _parquet_stats(uri: str) -> tuple[int, str]:
     if is_local(uri):
         md = pq.read_metadata(local_path(uri))
     else:
-        import pyarrow.fs as pafs
-
-        fs, p = pafs.FileSystem.from_uri(rs_uri(uri))
+        fs, p = _arrow_fs(uri, storage_options)
         with fs.open_input_file(p) as fh:
             md = pq.read_metadata(fh)
     stats: dict[str, Any] = {"numRecords": md.num_rows, "minValues": {}, "maxValues": {}, "nullCount": {}}

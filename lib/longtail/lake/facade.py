@@ -35,7 +35,7 @@ from longtail.core import schema as S
 from longtail.core.config import Config
 from longtail.core.errors import MissingInputError
 from longtail.core.session import DELTA_SPARK_PACKAGE
-from longtail.core.uris import is_local, join_uri, local_path
+from longtail.core.uris import is_local, join_uri, local_path, s3_storage_options
 from longtail.lake.base import (
     DELTA_SPARK,
     ENGINES,
@@ -63,8 +63,10 @@ class Lake:
         root: the lake root: a local path or a ``file:``, ``s3a://``, ``abfss://``, ``hdfs://`` URI.
         engine: ``auto`` (delta-spark when its connector is on the classpath, else delta-rs),
             ``delta-rs`` or ``delta-spark``.
-        storage_options: passed to ``deltalake`` for remote roots (credentials usually come from
-            the environment, e.g. ``AWS_ACCESS_KEY_ID``; never logged).
+        storage_options: passed to ``deltalake`` for remote roots; by default, for ``s3a://``, the
+            session's S3A settings (``spark.hadoop.fs.s3a.endpoint``, ``.access.key``, ...; see
+            :func:`~longtail.core.uris.s3_storage_options`), the rest from the environment
+            (``AWS_*``). Never logged.
 
     Every write is one atomic commit; ``txn=(app_id, version)`` makes it idempotent: when the
     table already holds that application transaction at ``version`` or later, the write is
@@ -92,6 +94,8 @@ class Lake:
                 f"Spark with --packages {DELTA_SPARK_PACKAGE} and the Delta extension/catalog confs "
                 "(./spark-submit.sh --delta-spark; build_session(delta_spark=True)), or use lake.engine=auto"
             )
+        if storage_options is None:  # the session's S3A settings, so one configuration serves both engines
+            storage_options = s3_storage_options(spark, self.root) or None
         use_spark = engine == DELTA_SPARK or (engine == "auto" and available)
         self._engine: _Engine = (
             _DeltaSparkEngine(spark, storage_options) if use_spark else _DeltaRsEngine(spark, storage_options)

@@ -1,0 +1,306 @@
+"""The lake on an object store: ``lake.root: s3a://...`` against moto's S3 server on loopback.
+
+The server is moto's (``moto.server``, started and stopped by the module's fixture). Spark reaches
+it through Hadoop's S3A connector (hadoop-aws, on the test session's classpath like the Delta
+connector); deltalake through its own object_store client, with the endpoint and credentials that
+:func:`longtail.core.uris.s3_storage_options` derives from the same S3A settings. Credentials are
+never in longtail's config: the in-process tests set them in the session's Hadoop configuration,
+the launcher test passes them in the environment (``AWS_ACCESS_KEY_ID``...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers import make_tiny_bert
+
+from longtail.core import schema as S
+from longtail.core.config import load_config
+from longtail.core.session import S3A_CLASS, has_class
+from longtail.core.uris import s3_storage_options
+from longtail.lake import Lake
+from longtail.lake.runs import SUCCEEDED
+from longtail.stages import pipeline
+
+pytestmark = pytest.mark.spark
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY, SECRET, REGION = "longtail-test-key", "longtail-test-secret", "us-east-1"
+S3A_KEYS = ("endpoint", "access.key", "secret.key", "path.style.access", "endpoint.region")
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    bucket: str
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=KEY,
+            aws_secret_access_key=SECRET,
+            region_name=REGION,
+        )
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3(spark) -> Iterator[S3Server]:
+    """moto's S3 server on a free loopback port, one bucket, and the session's S3A settings for it."""
+    if not has_class(spark, S3A_CLASS):
+        pytest.skip("S3A (hadoop-aws) not on the classpath (--no-delta-spark)")
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto's S3 server did not start on {endpoint}") from None
+                time.sleep(0.2)
+        server = S3Server(endpoint, f"longtail-{uuid.uuid4().hex[:8]}")
+        server.client().create_bucket(Bucket=server.bucket)
+        hconf = spark.sparkContext._jsc.hadoopConfiguration()
+        for key, value in zip(S3A_KEYS, (endpoint, KEY, SECRET, "true", REGION), strict=True):
+            hconf.set(f"fs.s3a.{key}", value)
+        try:
+            yield server
+        finally:
+            for key in S3A_KEYS:
+                hconf.unset(f"fs.s3a.{key}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_storage_options_come_from_the_s3a_settings_bucket_first(spark):
+    hconf = spark.sparkContext._jsc.hadoopConfiguration()
+    settings = {
+        "fs.s3a.endpoint": "minio.internal:9000",
+        "fs.s3a.connection.ssl.enabled": "false",
+        "fs.s3a.access.key": "general-key",
+        "fs.s3a.secret.key": "general-secret",
+        "fs.s3a.bucket.special.access.key": "special-key",
+        "fs.s3a.path.style.access": "true",
+    }
+    for k, v in settings.items():
+        hconf.set(k, v)
+    try:
+        assert s3_storage_options(spark, "s3a://plain/lake") == {
+            "AWS_ENDPOINT_URL": "http://minio.internal:9000",
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "general-key",
+            "AWS_SECRET_ACCESS_KEY": "general-secret",
+            "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": "false",
+        }
+        assert s3_storage_options(spark, "s3a://special/lake")["AWS_ACCESS_KEY_ID"] == "special-key"
+        hconf.set("fs.s3a.connection.ssl.enabled", "true")
+        assert s3_storage_options(spark, "s3://plain/x")["AWS_ENDPOINT_URL"] == "https://minio.internal:9000"
+        assert "AWS_ALLOW_HTTP" not in s3_storage_options(spark, "s3://plain/x")
+        assert s3_storage_options(spark, "abfss://c@acct.dfs.core.windows.net/lake") == {}
+        assert s3_storage_options(spark, "/tmp/lake") == {}
+    finally:
+        for k in [*settings, "fs.s3a.connection.ssl.enabled"]:
+            hconf.unset(k)
+    # nothing set: nothing passed, deltalake falls back to the environment (AWS_*)
+    assert s3_storage_options(spark, "s3a://plain/lake") == {}
+
+
+def test_lake_operations_on_s3_with_each_engine(spark, s3, engine):
+    root = f"s3a://{s3.bucket}/ops-{engine}"
+    lake = Lake(spark, root, engine)
+    rows = spark.createDataFrame([(i, f"v{i}", float(i)) for i in range(20)], "id long, v string, x double")
+    assert lake.overwrite("t", rows) == 0
+    assert lake.append("t", rows.where("id < 5"), txn=("app", 1)) == 1
+    assert lake.append("t", rows.where("id < 5"), txn=("app", 1)) is None  # idempotent
+    lake.merge(
+        "t",
+        spark.createDataFrame([(3, "new", 0.5), (99, "x", 9.0)], "id long, v string, x double"),
+        keys=["id"],
+    )
+    lake.delete("t", "id >= 15 and id < 99")
+    table = lake.read("t")
+    rows_now = table.count()
+    assert table.where("id = 99").count() == 1
+    assert table.where("id >= 15 and id < 99").count() == 0
+    # id 3 was in the overwrite and the append; delta-spark updates both, delta-rs keeps one row
+    # per source key (docs/lake.md, "Merge")
+    assert {r.v for r in table.where("id = 3").collect()} == {"new"}
+    assert lake.read("t", version=0).count() == 20  # time travel
+    assert lake.txn_version("t", "app") == 1
+    assert [h["version"] for h in lake.history("t")][:1] == [3]
+    # the log and the data are on the store, nothing under the working directory
+    keys = s3.keys(f"ops-{engine}/t/")
+    assert f"ops-{engine}/t/_delta_log/00000000000000000003.json" in keys
+    assert any(k.endswith(".parquet") for k in keys)
+    # upkeep on the store: compaction, a checkpoint, a vacuum that keeps the current files
+    lake.compact("t")
+    lake.checkpoint("t")
+    lake.vacuum("t", retention_hours=0)
+    assert lake.read("t").count() == rows_now
+
+
+def test_an_s3_table_written_by_one_engine_is_read_appended_and_merged_by_the_other(spark, s3, engine):
+    other = "delta-spark" if engine == "delta-rs" else "delta-rs"
+    root = f"s3a://{s3.bucket}/interop-{engine}"
+    first, second = Lake(spark, root, engine), Lake(spark, root, other)
+    first.overwrite("t", spark.sql("select id, timestamp_seconds(1767225600 + id) ts, 'a' v from range(10)"))
+    assert second.read("t").count() == 10
+    second.append("t", spark.sql("select 10L id, timestamp'2026-02-01 00:00:00' ts, 'b' v"))
+    second.merge("t", spark.sql("select 0L id, timestamp'2026-03-01' ts, 'c' v"), keys=["id"])
+    back = first.read("t")
+    assert back.count() == 11
+    assert {r.v for r in back.where("id in (0, 10)").collect()} == {"b", "c"}
+    assert back.schema["ts"].dataType.simpleString() == "timestamp"
+
+
+def test_a_stale_delta_rs_writer_on_s3_commits_after_not_over_the_newer_commit(spark, s3):
+    """S3 has no atomic rename: deltalake's commit is a conditional put of the next log entry. A
+    writer holding an old snapshot must land after the commit it did not see, never replace it."""
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    root = f"s3a://{s3.bucket}/race"
+    lake = Lake(spark, root, "delta-rs")
+    lake.overwrite("t", spark.sql("select id from range(3)"))
+    options = s3_storage_options(spark, root)
+    stale = DeltaTable(f"s3://{s3.bucket}/race/t", storage_options=options)  # sees version 0
+    lake.append("t", spark.sql("select 100L id"))  # version 1, unseen by `stale`
+    write_deltalake(stale, pa.table({"id": pa.array([200], pa.int64())}), mode="append")
+    assert sorted(r.id for r in lake.read("t").collect()) == [0, 1, 2, 100, 200]
+    assert lake.version("t") == 2
+
+
+def _launcher(*args: str, env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ROOT / "spark-submit.sh"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.slow
+def test_the_pipeline_on_s3_with_delta_rs_then_delta_spark_through_the_launcher(spark, s3, tmp_path):
+    """The quickstart's pipeline with its lake on S3: first in-process on delta-rs, then the same
+    lake moves to delta-spark: ``./spark-submit.sh --s3a --delta-spark`` with the credentials in the
+    environment only; the tables stay one copy of the data, then delta-rs reads them back."""
+    model = make_tiny_bert(tmp_path / "tiny")
+    root = f"s3a://{s3.bucket}/lt"
+    base = [
+        f"lake.root={root}",
+        f"encoder.model={model}",
+        "sample.n_items=120",
+        "sample.n_users=40",
+        "sample.interactions_per_user=12",
+        "train.als.rank=4",
+        "train.als.max_iter=5",
+        "train.head.min_count=2",
+        "recommend.candidates=20",
+        "recommend.ranker.model=logistic",
+        "recommend.ranker.pop_penalty=0.1",
+        "evaluate.bootstrap=200",
+    ]
+    cfg = load_config(overrides=[*base, "lake.engine=delta-rs"])
+    first = pipeline.run(spark, cfg, run_id="s3-rs")
+    assert {s["status"] for s in first["stages"].values()} == {SUCCEEDED}
+    rs = Lake(spark, root, "delta-rs")
+    items = rs.read(S.ITEMS).count()
+    events = rs.read(S.INTERACTIONS).count()
+    assert items > 100 and events > 300
+    assert rs.read(S.RECOMMENDATIONS).count() == 40 * cfg.recommend.k
+    keys = s3.keys("lt/")
+    assert any(k.startswith("lt/sample_input/") for k in keys)  # the generated sample too
+    assert any(k.startswith("lt/reports/") for k in keys)
+
+    # the same lake, the same jobs, on delta-spark: the launcher with --s3a, S3 settings on the
+    # command line and credentials only in the environment
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_REGION": REGION,
+        "LONGTAIL_LOG_DIR": str(tmp_path / "logs"),
+        "PYTHONPATH": str(ROOT / "lib"),
+    }
+    # a second night on the cluster: a new sample (edited texts, new events) so that every stage
+    # works, with the cheaper blend and no report (the learned fusion and the report ran above)
+    night2 = [*base, "sample.seed=43", "recommend.fusion=blend", "evaluate.report=false"]
+    sets = [a for o in night2 for a in ("--set", o)]
+    done = _launcher(
+        "pipeline",
+        "--s3a",
+        "--delta-spark",
+        "--conf",
+        f"spark.hadoop.fs.s3a.endpoint={s3.endpoint}",
+        "--conf",
+        "spark.hadoop.fs.s3a.path.style.access=true",
+        *sets,
+        "--run-id",
+        "s3-spark",
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "longtail:" not in done.stdout + done.stderr  # no error or warning line of ours
+    log = next((tmp_path / "logs").glob("s3-spark*.log")).read_text()
+    assert SECRET not in log
+    result = json.loads(next(ln for ln in log.splitlines() if "result: {" in ln).split("result: ", 1)[1])
+    stages = result["summary"]["stages"]
+    assert {s["status"] for s in stages.values()} == {SUCCEEDED}  # every stage ran, none skipped
+    # nothing doubled: one row per item and per event across both nights' commits
+    spark_lake = Lake(spark, root, "delta-spark")
+    stored_items = spark_lake.read(S.ITEMS)
+    assert stored_items.count() == stored_items.select(S.ITEM_ID).distinct().count() >= items
+    stored = spark_lake.read(S.INTERACTIONS)
+    assert stored.count() == stored.select(S.USER_ID, S.ITEM_ID, S.TS).distinct().count() > events
+    assert 0 < stages["encode"]["summary"]["encoded"] <= stored_items.count()
+    assert {r[0] for r in spark_lake.read(S.METRICS).select(S.RUN_ID).distinct().collect()} == {
+        "s3-rs",
+        "s3-spark",
+    }
+    # and back: delta-rs reads what delta-spark committed
+    assert Lake(spark, root, "delta-rs").read(S.RECOMMENDATIONS).count() == 40 * cfg.recommend.k
+
+
+def test_an_s3a_lake_without_the_s3a_connector_is_refused_with_the_flag_to_add(s3, tmp_path):
+    env = {**os.environ, "LONGTAIL_LOG_DIR": str(tmp_path / "logs"), "PYTHONPATH": str(ROOT / "lib")}
+    done = _launcher("ingest", "--set", f"lake.root=s3a://{s3.bucket}/nowhere", env=env, timeout=300)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    said = done.stdout + done.stderr  # spark-submit passes the job's stderr on to its stdout
+    assert "--s3a" in said and "org.apache.hadoop:hadoop-aws:3.5.0" in said
+    status = json.loads(done.stdout.strip().splitlines()[-1])
+    assert status["status"] == "failed" and status["exit_code"] == 2
+    assert s3.keys("nowhere/") == []
