@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -88,7 +89,7 @@ def paired_bootstrap_means(
     Example:
         >>> paired_bootstrap_means(values, baseline="cf", metrics=["ndcg"], n_boot=1000, seed=42)
     """
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     if n_boot <= 0 or values.empty or baseline not in set(values[S.VARIANT]):
         return pd.DataFrame(rows, columns=list(INTERVAL_COLUMNS))
     for k, at_k in values.groupby(S.K, sort=True):
@@ -156,7 +157,7 @@ def paired_bootstrap_coverage(
         >>> paired_bootstrap_coverage(lists, users, variants=["cf", "fused"], baseline="cf",
         ...                           sizes={"long_tail_coverage": 900}, n_boot=1000, seed=42)
     """
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     if n_boot <= 0 or baseline not in variants or not len(users):
         return pd.DataFrame(rows, columns=list(INTERVAL_COLUMNS))
     user_pos = {u: i for i, u in enumerate(sorted(users))}
@@ -222,7 +223,7 @@ def intervals(
         return empty
     ks = sorted(set(ks))
     at_k = [recs.where(F.col(S.K) == k).drop(S.K) for k in ks]
-    values = functools.reduce(
+    values: pd.DataFrame = functools.reduce(
         DataFrame.unionByName,
         [M.user_values(r, test, item_stats, ks=[k]) for r, k in zip(at_k, ks, strict=True)],
     ).toPandas()  # evaluated users x variants x ks rows
@@ -234,6 +235,7 @@ def intervals(
         F.sum(F.col("_tail").cast("long")).alias(M.LONG_TAIL_COVERAGE),
         F.sum(F.col("_warm_tail").cast("long")).alias(M.LONG_TAIL_COVERAGE_INTERACTED),
     ).first()
+    assert sizes_row is not None  # an aggregate always has its one row
     sizes = {m: int(sizes_row[m] or 0) for m in (M.LONG_TAIL_COVERAGE, M.LONG_TAIL_COVERAGE_INTERACTED)}
     tail_rows = (
         recs.join(stats, S.ITEM_ID, "left")

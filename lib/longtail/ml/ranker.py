@@ -325,7 +325,7 @@ def importances(ranker: Ranker) -> dict[str, float]:
     if hasattr(model, "featureImportances"):
         values = model.featureImportances.toArray()
     else:
-        values = [abs(v) for v in model.coefficients.toArray()]
+        values = [abs(v) for v in model.coefficients.toArray()]  # type: ignore[attr-defined]
     return {f: round(float(v), 4) for f, v in zip(ranker.features, values, strict=True) if not math.isnan(v)}
 
 

@@ -237,7 +237,8 @@ def ranked_lists(
         rec_k = dataclasses.replace(cfg.recommend, k=k, candidates=max(cfg.recommend.candidates, k))
         cands_k = R.candidates_at(cands, k=k, n_candidates=rec_k.candidates)
         for spec in specs:
-            rec_spec = dataclasses.replace(rec_k, **dict(spec.overrides)) if spec.overrides else rec_k
+            overrides: dict[str, Any] = dict(spec.overrides)
+            rec_spec = dataclasses.replace(rec_k, **overrides) if overrides else rec_k
             ranked = R.rank_variant(
                 cands_k, spec.variant, rec_spec, fusion_k=spec.fusion_k, rerank_strength=spec.rerank_strength
             )
