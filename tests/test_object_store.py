@@ -214,10 +214,14 @@ def _launcher(*args: str, env: dict[str, str], timeout: int = 900) -> subprocess
 
 
 @pytest.mark.slow
-def test_the_pipeline_on_s3_with_delta_rs_then_delta_spark_through_the_launcher(spark, s3, tmp_path):
-    """The quickstart's pipeline with its lake on S3: first in-process on delta-rs, then the same
-    lake moves to delta-spark: ``./spark-submit.sh --s3a --delta-spark`` with the credentials in the
-    environment only; the tables stay one copy of the data, then delta-rs reads them back."""
+def test_the_pipeline_on_s3_on_delta_rs_then_delta_spark_and_the_launcher_with_env_credentials(
+    spark, s3, tmp_path
+):
+    """The quickstart's pipeline with its lake on S3: night 1 on delta-rs, night 2 (a new sample:
+    edited texts, new events) on delta-spark on the same lake, as when the jobs move to a cluster;
+    no row is doubled and delta-rs reads delta-spark's commits back. Then the launcher path:
+    ``./spark-submit.sh ingest --s3a --delta-spark`` with the endpoint on the command line and the
+    credentials only in the environment, reading the sample's files from S3 into a new lake."""
     model = make_tiny_bert(tmp_path / "tiny")
     root = f"s3a://{s3.bucket}/lt"
     base = [
@@ -232,7 +236,10 @@ def test_the_pipeline_on_s3_with_delta_rs_then_delta_spark_through_the_launcher(
         "recommend.candidates=20",
         "recommend.ranker.model=logistic",
         "recommend.ranker.pop_penalty=0.1",
-        "evaluate.bootstrap=200",
+        # evaluate's I/O on S3 is the point, not its figures: one cut-off, two variants, no intervals
+        "evaluate.k=[10]",
+        "evaluate.variants=[cf, fused_rerank]",
+        "evaluate.bootstrap=0",
     ]
     cfg = load_config(overrides=[*base, "lake.engine=delta-rs"])
     first = pipeline.run(spark, cfg, run_id="s3-rs")
@@ -245,9 +252,29 @@ def test_the_pipeline_on_s3_with_delta_rs_then_delta_spark_through_the_launcher(
     keys = s3.keys("lt/")
     assert any(k.startswith("lt/sample_input/") for k in keys)  # the generated sample too
     assert any(k.startswith("lt/reports/") for k in keys)
+    assert any(k.startswith("lt/models/ranker/s3-rs/") for k in keys)  # MLlib's persistence
 
-    # the same lake, the same jobs, on delta-spark: the launcher with --s3a, S3 settings on the
-    # command line and credentials only in the environment
+    # night 2 on delta-spark: every stage works (nothing is current), the cheaper blend, no report
+    night2 = [
+        *base,
+        "lake.engine=delta-spark",
+        "sample.seed=43",
+        "recommend.fusion=blend",
+        "evaluate.report=false",
+    ]
+    second = pipeline.run(spark, load_config(overrides=night2), run_id="s3-spark")
+    assert {s["status"] for s in second["stages"].values()} == {SUCCEEDED}
+    assert 0 < second["stages"]["encode"]["summary"]["encoded"] <= items
+    ds = Lake(spark, root, "delta-spark")
+    stored_items = ds.read(S.ITEMS)
+    assert stored_items.count() == stored_items.select(S.ITEM_ID).distinct().count() >= items
+    stored = ds.read(S.INTERACTIONS)
+    assert stored.count() == stored.select(S.USER_ID, S.ITEM_ID, S.TS).distinct().count() > events
+    assert {r[0] for r in ds.read(S.METRICS).select(S.RUN_ID).distinct().collect()} == {"s3-rs", "s3-spark"}
+    # and back: delta-rs reads what delta-spark committed
+    assert Lake(spark, root, "delta-rs").read(S.RECOMMENDATIONS).count() == 40 * cfg.recommend.k
+
+    # the launcher: --s3a adds hadoop-aws; S3 settings on the command line, credentials in the env
     env = {
         **os.environ,
         "AWS_ACCESS_KEY_ID": KEY,
@@ -256,43 +283,31 @@ def test_the_pipeline_on_s3_with_delta_rs_then_delta_spark_through_the_launcher(
         "LONGTAIL_LOG_DIR": str(tmp_path / "logs"),
         "PYTHONPATH": str(ROOT / "lib"),
     }
-    # a second night on the cluster: a new sample (edited texts, new events) so that every stage
-    # works, with the cheaper blend and no report (the learned fusion and the report ran above)
-    night2 = [*base, "sample.seed=43", "recommend.fusion=blend", "evaluate.report=false"]
-    sets = [a for o in night2 for a in ("--set", o)]
     done = _launcher(
-        "pipeline",
+        "ingest",
         "--s3a",
         "--delta-spark",
         "--conf",
         f"spark.hadoop.fs.s3a.endpoint={s3.endpoint}",
         "--conf",
         "spark.hadoop.fs.s3a.path.style.access=true",
-        *sets,
+        "--set",
+        f"lake.root=s3a://{s3.bucket}/launched",
+        "--set",
+        f"input.items={root}/sample_input/items.csv",
+        "--set",
+        f"input.interactions={root}/sample_input/interactions.csv",
         "--run-id",
-        "s3-spark",
+        "s3-launched",
         env=env,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    status = json.loads(next(ln for ln in done.stdout.splitlines() if ln.startswith('{"stage"')))
+    assert status["status"] == SUCCEEDED and status["summary"]["items"]["changed"] > 100
     assert "longtail:" not in done.stdout + done.stderr  # no error or warning line of ours
-    log = next((tmp_path / "logs").glob("s3-spark*.log")).read_text()
-    assert SECRET not in log
-    result = json.loads(next(ln for ln in log.splitlines() if "result: {" in ln).split("result: ", 1)[1])
-    stages = result["summary"]["stages"]
-    assert {s["status"] for s in stages.values()} == {SUCCEEDED}  # every stage ran, none skipped
-    # nothing doubled: one row per item and per event across both nights' commits
-    spark_lake = Lake(spark, root, "delta-spark")
-    stored_items = spark_lake.read(S.ITEMS)
-    assert stored_items.count() == stored_items.select(S.ITEM_ID).distinct().count() >= items
-    stored = spark_lake.read(S.INTERACTIONS)
-    assert stored.count() == stored.select(S.USER_ID, S.ITEM_ID, S.TS).distinct().count() > events
-    assert 0 < stages["encode"]["summary"]["encoded"] <= stored_items.count()
-    assert {r[0] for r in spark_lake.read(S.METRICS).select(S.RUN_ID).distinct().collect()} == {
-        "s3-rs",
-        "s3-spark",
-    }
-    # and back: delta-rs reads what delta-spark committed
-    assert Lake(spark, root, "delta-rs").read(S.RECOMMENDATIONS).count() == 40 * cfg.recommend.k
+    assert SECRET not in next((tmp_path / "logs").glob("s3-launched*.log")).read_text()
+    launched = Lake(spark, f"s3a://{s3.bucket}/launched", "delta-rs")
+    assert launched.read(S.ITEMS).count() == status["summary"]["items"]["changed"]
 
 
 def test_an_s3a_lake_without_the_s3a_connector_is_refused_with_the_flag_to_add(s3, tmp_path):
