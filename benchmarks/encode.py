@@ -73,6 +73,8 @@ ARCHS = {
     # hidden, layers, heads, intermediate
     "bert-base": (768, 12, 12, 3072),
     "minilm-l6": (384, 6, 12, 1536),
+    # MiniLM's widths with 2 layers: benchmarks/scale.py's encoder beyond the real model's sizes
+    "small-2l": (384, 2, 12, 1536),
 }
 
 
