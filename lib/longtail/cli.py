@@ -133,13 +133,7 @@ def run_job(
     except ConnectorMissingError as exc:  # the set-up, not the data: no retry helps
         log.error("%s", exc, extra={logs.PRINTED: True})
         print(f"longtail: {exc}", file=sys.stderr)
-        status = {"stage": stage, "run_id": run_id, "status": "failed", "exit_code": USAGE}
-        print(
-            json.dumps(
-                {**status, "error": {"type": type(exc).__name__, "kind": "config", "message": str(exc)}}
-            )
-        )
-        return USAGE
+        return _failed(stage, run_id, exc, USAGE, "config", str(exc))
     try:
         try:
             record = run_stage(spark, cfg, stage, run, run_id=run_id)
@@ -149,10 +143,7 @@ def run_job(
             code, kind = exit_code(exc)
             print(f"longtail: stage {stage} failed: {type(exc).__name__}: {_brief(exc)}", file=sys.stderr)
             print(where, file=sys.stderr)
-            error = {"type": type(exc).__name__, "kind": kind, "message": _brief(exc, max_lines=1)}
-            status = {"stage": stage, "run_id": run_id, "status": "failed", "exit_code": code, "error": error}
-            print(json.dumps(status, default=str))
-            return code
+            return _failed(stage, run_id, exc, code, kind, _brief(exc, max_lines=1))
         result = json.dumps(
             {
                 "stage": stage,
@@ -205,6 +196,14 @@ def exit_code(exc: BaseException) -> tuple[int, str]:
             return CONFLICT, "conflict"
         current = current.__cause__ or current.__context__
     return FAILED, "failed"
+
+
+def _failed(stage: str, run_id: str, exc: BaseException, code: int, kind: str, message: str) -> int:
+    """Print a failed job's one JSON status line on stdout (for schedulers); returns ``code``."""
+    error = {"type": type(exc).__name__, "kind": kind, "message": message}
+    status = {"stage": stage, "run_id": run_id, "status": "failed", "exit_code": code, "error": error}
+    print(json.dumps(status, default=str))
+    return code
 
 
 def _brief(exc: BaseException, max_lines: int = 10) -> str:
