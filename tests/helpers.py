@@ -58,3 +58,21 @@ def make_tiny_bert(root: Path, *, seed: int = 0, pooling: str | None = None) -> 
         ]
         (root / "modules.json").write_text(json.dumps(modules))
     return root
+
+
+def small_pipeline_settings(model: Path) -> list[str]:
+    """The config overrides of the whole-pipeline tests (three nights, the lake on S3): a 120-item,
+    40-user sample, the tiny BERT at ``model``, the cheapest ALS and the learned fusion with its
+    cheapest ranker; the caller adds ``lake.root`` and what its test is about."""
+    return [
+        f"encoder.model={model}",
+        "sample.n_items=120",
+        "sample.n_users=40",
+        "sample.interactions_per_user=12",
+        "train.als.rank=4",
+        "train.als.max_iter=5",
+        "train.head.min_count=2",
+        "recommend.candidates=20",
+        "recommend.ranker.model=logistic",
+        "recommend.ranker.pop_penalty=0.1",
+    ]

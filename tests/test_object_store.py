@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import make_tiny_bert
+from helpers import make_tiny_bert, small_pipeline_settings
 
 from longtail.core import schema as S
 from longtail.core.config import load_config
@@ -226,16 +226,7 @@ def test_the_pipeline_on_s3_on_delta_rs_then_delta_spark_and_the_launcher_with_e
     root = f"s3a://{s3.bucket}/lt"
     base = [
         f"lake.root={root}",
-        f"encoder.model={model}",
-        "sample.n_items=120",
-        "sample.n_users=40",
-        "sample.interactions_per_user=12",
-        "train.als.rank=4",
-        "train.als.max_iter=5",
-        "train.head.min_count=2",
-        "recommend.candidates=20",
-        "recommend.ranker.model=logistic",
-        "recommend.ranker.pop_penalty=0.1",
+        *small_pipeline_settings(model),
         # evaluate's I/O on S3 is the point, not its figures: one cut-off, two variants, no intervals
         "evaluate.k=[10]",
         "evaluate.variants=[cf, fused_rerank]",

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from deltalake import DeltaTable
-from helpers import make_tiny_bert
+from helpers import make_tiny_bert, small_pipeline_settings
 
 from longtail.core import schema as S
 from longtail.core.config import load_config
@@ -109,20 +109,11 @@ def test_three_nights_refresh_incrementally_and_a_retried_night_is_a_no_op(spark
     base = [
         f"lake.root={root}",
         f"lake.engine={engine}",
-        f"encoder.model={model}",
-        "sample.n_items=120",
-        "sample.n_users=40",
-        "sample.interactions_per_user=12",
-        "train.als.rank=4",
-        "train.als.max_iter=5",
-        "train.head.min_count=2",
-        "recommend.candidates=20",
-        "recommend.block_users=16",
-        "recommend.block_items=64",
         # the learned fusion end to end, with its cheapest ranker (the auto choice between GBT and
         # logistic and the penalty sweep have their own tests in test_ranker / test_evaluate)
-        "recommend.ranker.model=logistic",
-        "recommend.ranker.pop_penalty=0.1",
+        *small_pipeline_settings(model),
+        "recommend.block_users=16",
+        "recommend.block_items=64",
         "evaluate.bootstrap=200",
     ]
     items, events = generate_frames(load_config(overrides=base))
