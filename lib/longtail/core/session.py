@@ -140,6 +140,7 @@ def build_session(
     # Start (or join, under spark-submit) the JVM first so that SparkConf() sees what spark-submit,
     # --properties-file and --conf already set; our defaults then fill only the gaps.
     delta = connector_conf(delta_spark=delta_spark, s3a=s3a)
+    running = SparkContext._active_spark_context is not None
     if delta and SparkContext._gateway is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
         # spark-submit resolves spark.jars.packages while it launches the JVM, so it must see them now.
         SparkContext._ensure_initialized(conf=SparkConf(loadDefaults=False).setAll(list(delta.items())))
@@ -147,7 +148,9 @@ def build_session(
     given = SparkConf()
     master = master or given.get("spark.master") or "local[*]"
     conf: dict[str, str] = {}
-    if master.startswith("local"):
+    # getOrCreate() copies a builder's SQL settings onto a session that is already running (a job
+    # run in-process by a notebook or a test): defaults must not overwrite what its owner set.
+    if master.startswith("local") and not running:
         conf.update(LOCAL_DEFAULTS)
         if for_tests:
             conf.update(TEST_DEFAULTS)
