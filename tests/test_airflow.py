@@ -87,7 +87,10 @@ def test_the_dag_imports_and_dag_test_runs_one_night(tmp_path):
         "recommend.fusion=blend",
         "recommend.block_users=16",
         "recommend.block_items=64",
-        "evaluate.bootstrap=50",
+        # the DAG's wiring is the point: one cut-off, two variants, no intervals, no report
+        "evaluate.k=[10]",
+        "evaluate.variants=[cf, fused]",
+        "evaluate.bootstrap=0",
         "evaluate.report=false",
     ]
     env = _airflow_env(tmp_path / "airflow", settings)

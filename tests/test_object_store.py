@@ -251,6 +251,7 @@ def test_the_pipeline_on_s3_on_delta_rs_then_delta_spark_and_the_launcher_with_e
         "lake.engine=delta-spark",
         "sample.seed=43",
         "recommend.fusion=blend",
+        "evaluate.variants=[cf]",
         "evaluate.report=false",
     ]
     second = pipeline.run(spark, load_config(overrides=night2), run_id="s3-spark")

@@ -132,9 +132,18 @@ def test_three_nights_refresh_incrementally_and_a_retried_night_is_a_no_op(spark
             *base,
             f"input.items={paths / 'items.csv'}",
             f"input.interactions={paths / 'interactions.csv'}",
-            # night 1 runs the default learned fusion and writes the report; the later nights
-            # test the increments, with the cheaper blend and no report (about 40 s less each)
-            *([] if night == 1 else ["recommend.fusion=blend", "evaluate.report=false"]),
+            # night 1 runs the default learned fusion, every variant and the report; the later
+            # nights test the increments, with the cheaper blend, two variants, no intervals, no report
+            *(
+                []
+                if night == 1
+                else [
+                    "recommend.fusion=blend",
+                    "evaluate.report=false",
+                    "evaluate.variants=[popular, cf]",
+                    "evaluate.bootstrap=0",
+                ]
+            ),
         ]
         cfg = load_config(overrides=overrides)
         out = pipeline.run(spark, cfg, run_id=f"night-{night}")
