@@ -65,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--conf", action="append", default=[], help="extra YAML profile(s) for every dataset (default: none)"
     )
     p.add_argument("--json", help="write every figure as JSON to this file")
+    p.add_argument(
+        "--finetune",
+        action="store_true",
+        help="run `finetune` before encode; evaluate then shows the fine-tuned encoder's variants (*_ft) "
+        "beside the base model's (fine-tuned again on the training part only)",
+    )
     return p.parse_args(argv)
 
 
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     from longtail.lake import Lake
     from longtail.lake.runs import new_run_id
     from longtail.ml.model import encoder_model_id
-    from longtail.stages import encode, ingest
+    from longtail.stages import encode, finetune, ingest
     from longtail.stages import evaluate as E
 
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
@@ -165,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config([*confs, *args.conf], [f"lake.root={lake_dir}", *overrides])
         lake = Lake.from_config(spark, cfg)
         seconds: dict[str, float] = {}
-        for stage_name, stage in (("ingest", ingest), ("encode", encode)):
+        steps = [("ingest", ingest), *([("finetune", finetune)] if args.finetune else []), ("encode", encode)]
+        for stage_name, stage in steps:
             t0 = time.perf_counter()
             stage.run(spark, cfg, lake=lake, run_id=new_run_id())
             seconds[stage_name] = round(time.perf_counter() - t0, 1)
@@ -176,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds["evaluate"] = round(time.perf_counter() - t0, 1)
         rows = headline(result["all_metrics"])
         diffs = differences(result["intervals"])
-        variants = [v for v in cfg.evaluate.variants if v in rows]
+        tuned = (result.get("finetuned") or {}).get("variants", [])
+        variants = [v for v in cfg.evaluate.variants if v in rows] + [v for v in tuned if v in rows]
         paths = E.write_run_report(
             spark,
             cfg,
@@ -191,6 +199,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seconds: {seconds} {result['seconds']}; report: {paths['html']}")
         ranker = result["ranker"] or {}
         print(f"ranker: {ranker.get('model')}; inner validation: {ranker.get('validation')}\n")
+        if result.get("finetuned"):
+            card = result["finetuned"]["card"] or {}
+            keep = (
+                "method",
+                "pairs",
+                "pair_candidates",
+                "steps",
+                "loss_first",
+                "loss_last",
+                "train_seconds",
+                "device",
+            )
+            print(f"fine-tuned on the training part: { ({k: card.get(k) for k in keep}) }")
         print(table(rows, diffs, variants), flush=True)
         report[name] = {
             "metrics": rows,
@@ -198,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             "split": result["split"],
             "ranker": {k: v for k, v in (result["ranker"] or {}).items() if k != "importances"},
             "seconds": {**seconds, **result["seconds"]},
+            "finetuned": (result.get("finetuned") or {}).get("card"),
             "report": paths,
         }
     machine = (

@@ -175,6 +175,9 @@ class EncoderConfig:
     cpu_linear: Literal["auto", "onednn", "aten"] = "auto"  # fp32 linear layers on CPU
     """fp32 linear layers on CPU: oneDNN or torch's BLAS (`aten`); `auto`: oneDNN where a timing at load is >=
     10% faster."""
+    use_finetuned: Literal["auto", "never", "always"] = "auto"
+    """`auto`: the lake's fine-tuned copy of `model` when `finetune` made one (its own `model_id`), else
+    `model`; `never`: `model` itself (switching back re-encodes nothing); `always`: fail without one."""
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "encoder.model", "must name 'default', a directory or a hub id")
@@ -186,6 +189,60 @@ class EncoderConfig:
             "must be >= 1 or null",
         )
         _check(self.torch_threads >= 0, "encoder.torch_threads", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Contrastive fine-tuning of the encoder on items consumed together (`finetune`, docs/finetune.md)."""
+
+    enabled: bool = False
+    """Run `finetune` inside `pipeline` (before `encode`); `./spark-submit.sh finetune` runs it regardless."""
+    method: Literal["lora", "top_layers"] = "lora"
+    """`lora`: LoRA adapters (peft) on the attention and feed-forward projections, merged into a copy of the
+    weights; `top_layers`: train the last `top_layers` transformer layers. The base model stays untouched."""
+    lora_rank: int = 16
+    """LoRA rank r."""
+    lora_alpha: int = 32
+    """LoRA scaling alpha (the update is scaled by alpha / r)."""
+    top_layers: int = 2
+    """`top_layers`: how many of the last transformer layers train."""
+    window: int = 3
+    """A pair is two distinct items within this many positions of each other in a user's history (by time)."""
+    head_damping: float = 0.5
+    """Pairs are sampled with weight n_users(pair) / (n_i * n_j) ** (damping / 2): 0 samples by co-occurrence
+    count (head pairs dominate), 1 by cosine association."""
+    max_pairs: int = 20000
+    """Pairs sampled for training at most (weighted, without replacement; they come to the driver)."""
+    batch_size: int = 32
+    """Pairs per step; the other pairs' items are each pair's negatives (no item twice in a batch)."""
+    epochs: float = 1.0
+    """Passes over the sampled pairs (on CPU at most `cpu_max_steps` steps)."""
+    cpu_max_steps: int = 150
+    """Steps at most when training on the CPU (it then finishes in minutes)."""
+    learning_rate: float = 0.0002
+    """AdamW learning rate (linear warm-up over the first 10% of steps, then linear decay)."""
+    scale: float = 20.0
+    """Cosine similarities are multiplied by this before the softmax of the ranking loss."""
+    max_length: int = 128
+    """Tokens per text in training (encoding keeps `encoder.max_length`)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto`: the driver's GPU if it has one, else CPU."""
+    seed: int = 7
+    """Seed of the pair sample, the batches and the adapter's initialisation."""
+
+    def __post_init__(self) -> None:
+        _check(self.lora_rank >= 1, "finetune.lora_rank", "must be >= 1")
+        _check(self.lora_alpha > 0, "finetune.lora_alpha", "must be > 0")
+        _check(self.top_layers >= 1, "finetune.top_layers", "must be >= 1")
+        _check(self.window >= 1, "finetune.window", "must be >= 1")
+        _check(0 <= self.head_damping <= 2, "finetune.head_damping", "must be in [0, 2]")
+        _check(self.max_pairs >= 2, "finetune.max_pairs", "must be >= 2")
+        _check(self.batch_size >= 2, "finetune.batch_size", "must be >= 2 (in-batch negatives)")
+        _check(self.epochs > 0, "finetune.epochs", "must be > 0")
+        _check(self.cpu_max_steps >= 1, "finetune.cpu_max_steps", "must be >= 1")
+        _check(self.learning_rate > 0, "finetune.learning_rate", "must be > 0")
+        _check(self.scale > 0, "finetune.scale", "must be > 0")
+        _check(8 <= self.max_length <= 8192, "finetune.max_length", "must be in [8, 8192]")
 
 
 @dataclass(frozen=True)
@@ -527,6 +584,8 @@ class Config:
     """Ingest."""
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     """Text encoder."""
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """Encoder fine-tuning."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Training."""
     recommend: RecommendConfig = field(default_factory=RecommendConfig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -66,3 +67,80 @@ def write_files(
     if spark is None:
         raise ValueError(f"writing to {out_dir!r} needs a SparkSession (its Hadoop FileSystem)")
     return _write_hadoop(spark, out_dir, files)
+
+
+def read_text(uri: str, *, spark: SparkSession | None = None) -> str | None:
+    """The UTF-8 text of the file at ``uri`` (a local path or any Hadoop FileSystem URI); None if absent."""
+    if is_local(uri):
+        path = local_path(uri)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    if spark is None:
+        raise ValueError(f"reading {uri!r} needs a SparkSession (its Hadoop FileSystem)")
+    fs, path = hadoop_fs(spark, uri)
+    if not fs.exists(path):
+        return None
+    jvm: Any = spark.sparkContext._jvm
+    stream = fs.open(path)
+    try:
+        data = jvm.org.apache.commons.io.IOUtils.toByteArray(stream)
+    finally:
+        stream.close()
+    return bytes(data).decode("utf-8")
+
+
+def publish_dir(local_dir: str, out_dir: str, *, spark: SparkSession | None = None) -> str:
+    """Copy the local folder ``local_dir`` to ``out_dir`` (which must not exist yet) so that readers
+    never see it half-written: locally a copy under a hidden name, then one rename; on other file
+    systems a copy under a hidden name, then a rename (object stores copy again: slower, same result).
+
+    Returns ``out_dir``.
+    """
+    if is_local(out_dir):
+        final = local_path(out_dir)
+        if os.path.exists(final):
+            raise FileExistsError(f"{out_dir} exists already")
+        parent = os.path.dirname(final)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".{os.path.basename(final)}.{uuid.uuid4().hex}.tmp")
+        shutil.copytree(local_dir, tmp)
+        os.rename(tmp, final)
+        return out_dir
+    if spark is None:
+        raise ValueError(f"writing to {out_dir!r} needs a SparkSession (its Hadoop FileSystem)")
+    jvm: Any = spark.sparkContext._jvm
+    fs, final_path = hadoop_fs(spark, out_dir)
+    if fs.exists(final_path):
+        raise FileExistsError(f"{out_dir} exists already")
+    base = out_dir.rstrip("/")
+    parent, name = base.rsplit("/", 1)
+    tmp = jvm.org.apache.hadoop.fs.Path(f"{parent}/.{name}.{uuid.uuid4().hex}.tmp")
+    fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(os.path.abspath(local_dir)), tmp)
+    if not fs.rename(tmp, final_path):
+        fs.delete(tmp, True)
+        raise OSError(f"could not rename {tmp} to {out_dir}")
+    return out_dir
+
+
+def fetch_dir(uri: str, local_dir: str, *, spark: SparkSession | None = None) -> str:
+    """A local copy of the folder at ``uri``: ``uri`` itself when it is local, else a copy in
+    ``local_dir`` (made once: a folder already there is taken as the copy). Returns the local path."""
+    if is_local(uri):
+        return local_path(uri)
+    if os.path.isdir(local_dir):
+        return local_dir
+    if spark is None:
+        raise ValueError(f"reading {uri!r} needs a SparkSession (its Hadoop FileSystem)")
+    jvm: Any = spark.sparkContext._jvm
+    fs, path = hadoop_fs(spark, uri)
+    parent = os.path.dirname(os.path.abspath(local_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(local_dir)}.{uuid.uuid4().hex}.tmp")
+    fs.copyToLocalFile(False, path, jvm.org.apache.hadoop.fs.Path(tmp), True)
+    try:
+        os.rename(tmp, local_dir)
+    except OSError:  # another process made the copy first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return local_dir

@@ -444,6 +444,22 @@ def _probe(model: Any, vocab: int) -> Any:
         return model(input_ids=ids, attention_mask=mask).last_hidden_state * mask.unsqueeze(-1)
 
 
+def pool(hidden: Any, mask: Any, pooling: str) -> Any:
+    """One float32 vector per row of ``hidden`` ``[rows, tokens, dim]``: ``mean`` over the tokens
+    that ``mask`` marks, ``max`` over them, or ``cls`` (the first token). Not normalised.
+    Encoding and fine-tuning (:mod:`longtail.ml.finetune`) pool the same way."""
+    import torch
+
+    if pooling == "cls":
+        return hidden[:, 0].float()
+    m = mask.unsqueeze(-1)
+    if pooling == "max":
+        neg = torch.finfo(hidden.dtype).min
+        return hidden.masked_fill(m == 0, neg).amax(dim=1).float()
+    summed = (hidden.float() * m).sum(dim=1)
+    return summed / m.sum(dim=1).clamp(min=1)
+
+
 class TextEncoder:
     """Loads a BERT-family model once and encodes texts to L2-normalised float32 vectors.
 
@@ -661,16 +677,7 @@ class TextEncoder:
         return np.ascontiguousarray(result, dtype=np.float32)
 
     def _pool(self, hidden: Any, mask: Any) -> Any:
-        import torch
-
-        if self.pooling == "cls":
-            return hidden[:, 0].float()
-        m = mask.unsqueeze(-1)
-        if self.pooling == "max":
-            neg = torch.finfo(hidden.dtype).min
-            return hidden.masked_fill(m == 0, neg).amax(dim=1).float()
-        summed = (hidden.float() * m).sum(dim=1)
-        return summed / m.sum(dim=1).clamp(min=1)
+        return pool(hidden, mask, self.pooling)
 
     def __repr__(self) -> str:
         return (

@@ -99,3 +99,31 @@ def encode_partitions(settings: EncoderConfig, *, num_threads: int | None, done:
             )
 
     return encode
+
+
+def encode_items(
+    spark: Any, settings: EncoderConfig, items: Any, *, model_id: str, num_threads: int | None = None
+) -> Any:
+    """Vectors of ``items`` (item_id, title, description, content_hash) under ``settings``, computed
+    now and not stored: ``item_embeddings``-shaped rows, one per item, each distinct text encoded
+    once. For vectors that must not enter the lake (``evaluate``'s fine-tuned encoder, which saw
+    only the training part). Lazy: the caller persists."""
+    from pyspark.sql import functions as F
+
+    texts = (
+        items.select(S.CONTENT_HASH, S.TITLE, S.DESCRIPTION)
+        .dropDuplicates([S.CONTENT_HASH])
+        .repartition(spark.sparkContext.defaultParallelism, S.CONTENT_HASH)
+    )
+    encoded = texts.mapInPandas(encode_partitions(settings, num_threads=num_threads), ENCODED_SCHEMA)
+    return (
+        items.select(S.ITEM_ID, S.CONTENT_HASH)
+        .join(encoded.select(S.CONTENT_HASH, S.EMBEDDING), S.CONTENT_HASH)
+        .select(
+            S.ITEM_ID,
+            S.CONTENT_HASH,
+            F.lit(model_id).alias(S.MODEL_ID),
+            S.EMBEDDING,
+            F.current_timestamp().cast("timestamp").alias(S.ENCODED_AT),
+        )
+    )

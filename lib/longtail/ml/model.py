@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
+import logging
+import os
+import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from longtail.core import schema as S
-from longtail.core.config import EncoderConfig
+from longtail.core.config import Config, EncoderConfig
 from longtail.core.errors import MissingInputError
+from longtail.core.files import fetch_dir, read_text
+from longtail.core.uris import join_uri
 from longtail.lake import Lake
 from longtail.ml import ranker as L
 from longtail.ml.encoder import inspect_model
 from longtail.ml.head import ProjectionHead
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,6 +63,57 @@ def encoder_model_id(settings: EncoderConfig) -> str:
         'all-MiniLM-L6-v2@3c1b...'
     """
     return inspect_model(settings.model, pooling=settings.pooling, max_length=settings.max_length).model_id
+
+
+# The fine-tuned encoders `finetune` wrote, each in its own folder, and the pointer to the current one.
+FINETUNED_DIR = ("models", "encoder")
+FINETUNED_POINTER = "current.json"
+
+
+def finetuned_root(cfg: Config) -> str:
+    """``<lake.root>/models/encoder``: where `finetune` writes its model folders and pointer."""
+    return join_uri(cfg.lake.root, *FINETUNED_DIR)
+
+
+def finetuned_pointer(cfg: Config, spark: SparkSession | None = None) -> dict[str, Any] | None:
+    """The current fine-tuned encoder of the lake (``path``, ``model_id``, ``base_model_id``,
+    ``run_id``) as `finetune` last published it; None when it never ran."""
+    text = read_text(join_uri(finetuned_root(cfg), FINETUNED_POINTER), spark=spark)
+    return json.loads(text) if text else None
+
+
+def encoder_settings(cfg: Config, spark: SparkSession | None = None) -> EncoderConfig:
+    """The encoder every stage uses: ``cfg.encoder``, with ``model`` replaced by the lake's current
+    fine-tuned copy when ``encoder.use_finetuned`` is ``auto`` (and one exists for this base model)
+    or ``always``. A fine-tuned folder on an object store is copied to a local cache once.
+
+    Raises:
+        MissingInputError: ``use_finetuned: always`` and no fine-tuned model of this base model.
+    """
+    enc = cfg.encoder
+    if enc.use_finetuned == "never":
+        return enc
+    pointer = finetuned_pointer(cfg, spark)
+    base_id = encoder_model_id(enc)
+    if pointer is None or pointer.get("base_model_id") != base_id:
+        if enc.use_finetuned == "always":
+            found = f"one of {pointer.get('base_model_id')!r}" if pointer else "none"
+            raise MissingInputError(
+                f"encoder.use_finetuned=always but the lake holds no fine-tuned copy of {base_id!r} "
+                f"(it holds {found}): run finetune first"
+            )
+        if pointer is not None:
+            log.warning(
+                "the lake's fine-tuned encoder was made from %s, not from encoder.model (%s): using the base model",
+                pointer.get("base_model_id"),
+                base_id,
+            )
+        return enc
+    name = str(pointer["path"]).rstrip("/").rsplit("/", 1)[-1]
+    local = fetch_dir(
+        str(pointer["path"]), os.path.join(tempfile.gettempdir(), "longtail-models", name), spark=spark
+    )
+    return dataclasses.replace(enc, model=local)
 
 
 def head_row(spark: SparkSession, head: ProjectionHead, run_id: str) -> DataFrame:

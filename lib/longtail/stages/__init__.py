@@ -32,6 +32,11 @@ STAGES: dict[str, StageInfo] = {
             "write a deterministic synthetic catalogue and interaction log (CSV)",
         ),
         StageInfo("ingest", "ingest", "raw items + interactions -> items, interactions, quarantine"),
+        StageInfo(
+            "finetune",
+            "finetune",
+            "fine-tune the encoder on co-consumed item pairs (LoRA) -> models/encoder (optional)",
+        ),
         StageInfo("encode", "encode", "BERT vectors of new or changed item texts -> item_embeddings (MERGE)"),
         StageInfo("train", "train", "ALS factors and the text-to-CF projection head"),
         StageInfo("recommend", "recommend", "fused top-K lists -> recommendations"),

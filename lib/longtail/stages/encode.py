@@ -40,7 +40,7 @@ from longtail.ml.encoding import (
     ENCODED_SCHEMA,
     encode_partitions,
 )
-from longtail.ml.model import encoder_model_id
+from longtail.ml.model import encoder_model_id, encoder_settings
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ def run(
     """
     t0 = time.perf_counter()
     lake = lake or Lake.from_config(spark, cfg)
-    settings = cfg.encoder
     lake.require("encode", S.ITEMS)
+    settings = encoder_settings(cfg, spark)  # the fine-tuned copy when finetune made one
     mid = encoder_model_id(settings)
     items = S.require_columns(
         lake.read(S.ITEMS), [S.ITEM_ID, S.TITLE, S.DESCRIPTION, S.CONTENT_HASH], "items"

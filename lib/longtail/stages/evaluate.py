@@ -20,29 +20,38 @@
    of each variant's difference to ``cf`` (``evaluate.bootstrap`` resamples), returned and shown
    in the report (not a lake table).
 5. **Report** (:mod:`longtail.report`): ``<evaluate.report_dir>/<run_id>/report.{html,md}``.
+6. **Fine-tuned encoder, side by side**: when the lake has a fine-tuned encoder in use (`finetune`
+   ran; ``encoder.use_finetuned`` is not ``never``), the variants above use the base model's
+   vectors, and the base model is fine-tuned again on the training part only (the production
+   copy saw the test part) to rank ``content_ft``, ``fused_ft`` and ``fused_rerank_ft`` from the
+   same candidates' code: the comparison the report shows, with intervals against ``cf``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from longtail.core import schema as S
-from longtail.core.config import Config, EvaluateConfig, join_uri
+from longtail.core.config import Config, EncoderConfig, EvaluateConfig, join_uri
 from longtail.lake import Lake
 from longtail.lake.runs import new_run_id
 from longtail.ml import bootstrap, cf, holdout
+from longtail.ml import finetune as FT
 from longtail.ml import metrics as M
 from longtail.ml import scoring as R
+from longtail.ml.encoding import encode_items
 from longtail.ml.fusion import fit_ranker
-from longtail.ml.model import current_embeddings, encoder_model_id
+from longtail.ml.model import current_embeddings, encoder_model_id, encoder_settings
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +114,14 @@ def evaluate(
     model_id: str,
     run_id: str,
     specs: Sequence[ListSpec] | None = None,
+    finetune_from: EncoderConfig | None = None,
 ) -> dict[str, Any]:
     """Split, train on the training part, rank every list of ``specs``, compute the metrics.
 
     ``specs`` default to :func:`list_specs` of the config (the variants, then the sweep points).
+    ``finetune_from``: also fine-tune this encoder on the training part only and rank the text
+    variants (content, fused, fused_rerank) with its vectors as ``<variant>_ft`` (step 6 of the
+    module doc); ``embeddings`` are then the base encoder's.
 
     Returns:
         ``metrics`` (a DataFrame in the ``metrics`` table's schema, persisted), ``sweep`` (pandas,
@@ -155,10 +168,20 @@ def evaluate(
     if len(set(names)) != len(names) or all(p.sweep is not None for p in specs):
         raise ValueError(f"evaluate: list names must be unique and one at least no sweep point: {names}")
     lists = ranked_lists(cands, specs, cfg, ks=ks)
+    times["recommend"] = time.perf_counter() - t0
+    finetuned = None
+    if finetune_from is not None:
+        t0 = time.perf_counter()
+        ft_lists, finetuned = _finetuned_lists(
+            spark, cfg, finetune_from, train_part, items, specs, ks=ks, users=test_users, rec_cfg=rec_cfg
+        )
+        specs = [*specs, *(ListSpec(name, name) for name in finetuned["variants"])]
+        lists = [*lists, *ft_lists]
+        times["finetune"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     recs = lists[0]
     for more in lists[1:]:
         recs = recs.unionByName(more)
-    times["recommend"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     stats = cands.stats
@@ -202,8 +225,52 @@ def evaluate(
         "split": split_counts,
         "users": users,
         "ranker": ranker_info,
+        "finetuned": finetuned,
         "seconds": {k: round(v, 2) for k, v in times.items()},
     }
+
+
+FINETUNED_VARIANTS = ("content", "fused", "fused_rerank")  # the variants that read text vectors
+FT_SUFFIX = "_ft"
+
+
+def _finetuned_lists(
+    spark: SparkSession,
+    cfg: Config,
+    base: EncoderConfig,
+    train_part: DataFrame,
+    items: DataFrame,
+    specs: Sequence[ListSpec],
+    *,
+    ks: Sequence[int],
+    users: DataFrame,
+    rec_cfg: Any,
+) -> tuple[list[DataFrame], dict[str, Any]]:
+    """Step 6 of the module doc: ``base`` fine-tuned on ``train_part`` only (evaluate's test part
+    never reaches the pairs), every item encoded with it in memory (nothing enters the lake), ALS,
+    head and ranker fitted again over those vectors, and the text variants of ``specs`` ranked from
+    them as ``<name>_ft``. Returns the materialised lists and the fine-tuning card."""
+    wanted = [s for s in specs if s.sweep is None and s.variant in FINETUNED_VARIANTS]
+    if not wanted:
+        return [], {"variants": [], "card": None}
+    with tempfile.TemporaryDirectory(prefix="longtail-evaluate-ft-") as tmp:
+        folder = Path(tmp) / "finetuned"
+        card = FT.finetune(train_part, items, base, cfg.finetune, folder)
+        settings = dataclasses.replace(base, model=str(folder))
+        mid = encoder_model_id(settings)
+        # materialised while the folder exists: the Python workers load the model from it
+        vectors = encode_items(spark, settings, items, model_id=mid).localCheckpoint(eager=True)
+    model, _, _ = cf.fit(spark, cfg, train_part, items, vectors, model_id=mid)
+    if cfg.recommend.fusion == "learned":
+        model.ranker = fit_ranker(spark, cfg, train_part, items, vectors, model_id=mid)
+    cands = R.candidates(
+        spark, rec_cfg, model=model, interactions=train_part, embeddings=vectors, users=users, catalogue=items
+    )
+    ft_specs = [dataclasses.replace(s, name=s.name + FT_SUFFIX) for s in wanted]
+    lists = ranked_lists(cands, ft_specs, cfg, ks=ks)
+    cands.unpersist()
+    model.unpersist()
+    return lists, {"variants": [s.name for s in ft_specs], "card": card, "model_id": mid}
 
 
 def evaluate_lake(
@@ -213,15 +280,22 @@ def evaluate_lake(
     vectors (what the stage and the quality benchmarks measure); nothing is written."""
     mid = encoder_model_id(cfg.encoder)
     items = lake.read(S.ITEMS)
+    embeddings = current_embeddings(lake, mid, items=items)
+    # a fine-tuned encoder in use: the base model's variants beside the fine-tuned ones (step 6)
+    compare = encoder_settings(cfg, spark).model != cfg.encoder.model
+    if compare:  # items that only the fine-tuned model encoded get their base vector now
+        missing = items.join(embeddings.select(S.ITEM_ID), S.ITEM_ID, "left_anti")
+        embeddings = embeddings.unionByName(encode_items(spark, cfg.encoder, missing, model_id=mid))
     return evaluate(
         spark,
         cfg,
         interactions=lake.read(S.INTERACTIONS),
         items=items,
-        embeddings=current_embeddings(lake, mid, items=items),
+        embeddings=embeddings,
         model_id=mid,
         run_id=run_id,
         specs=specs,
+        finetune_from=cfg.encoder if compare else None,
     )
 
 
@@ -312,7 +386,7 @@ def run(
     lake = lake or Lake.from_config(spark, cfg)
     lake.require("evaluate", S.INTERACTIONS, S.ITEMS, S.ITEM_EMBEDDINGS)
     run_id = run_id or new_run_id()
-    mid = encoder_model_id(cfg.encoder)
+    mid = encoder_model_id(cfg.encoder)  # the base model: `<variant>_ft` lists name the fine-tuned one
     result = evaluate_lake(spark, cfg, lake, run_id=run_id)
     table = result["metrics"]
     version = lake.merge(S.METRICS, table, keys=METRIC_KEYS)
@@ -327,6 +401,18 @@ def run(
         "ranker": result["ranker"],
         "seconds": result["seconds"],
     }
+    if result["finetuned"]:
+        ft = result["finetuned"]
+        card = ft["card"] or {}
+        summary["finetuned"] = {
+            "variants": ft["variants"],
+            "model_id": ft.get("model_id"),
+            "base_model_id": mid,
+            **{
+                k: card.get(k)
+                for k in ("method", "pairs", "steps", "loss_first", "loss_last", "train_seconds")
+            },
+        }
     if cfg.evaluate.report:
         summary["report"] = write_run_report(
             spark, cfg, lake=lake, result=result, metrics=metrics_pdf, run_id=run_id, model_id=mid
@@ -367,6 +453,7 @@ def write_run_report(
         "holdout": holdout or cfg.evaluate.holdout,
         "split": result["split"],
         "users": result["users"],
+        "finetuned": result.get("finetuned"),
         "seconds": result["seconds"],
         "config": cfg.to_dict(),
     }

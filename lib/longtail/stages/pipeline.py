@@ -30,12 +30,15 @@ from longtail.stages import STAGES, load_stage
 log = logging.getLogger(__name__)
 
 # maintain is scheduled on its own (it needs no fresh data and may run beside other stages)
-ORDER = tuple(s for s in STAGES if s not in ("pipeline", "maintain"))
+ORDER = tuple(s for s in STAGES if s not in ("pipeline", "maintain", "finetune"))
+# finetune runs inside the pipeline (before encode) only with finetune.enabled: minutes of CPU
+OPTIONAL = {"finetune": "encode"}
 # The config sections whose values decide whether a stage's earlier output is still current.
 SETTINGS: dict[str, tuple[str, ...]] = {
+    "finetune": ("encoder", "finetune"),
     "train": ("encoder", "train"),
     "recommend": ("encoder", "train", "recommend"),
-    "evaluate": ("encoder", "train", "recommend", "evaluate"),
+    "evaluate": ("encoder", "finetune", "train", "recommend", "evaluate"),
 }
 ALWAYS = ("ingest", "encode")  # incremental stages: they find out themselves that nothing changed
 HEADLINE = (
@@ -81,6 +84,8 @@ def run(
     """Run all stages under ``run_id``; returns each stage's status, time and summary."""
     run_id = run_id or new_run_id()
     stages = [s for s in ORDER if s != "generate-sample" or cfg.input.items is None]
+    if cfg.finetune.enabled:
+        stages.insert(stages.index(OPTIONAL["finetune"]), "finetune")
     out: dict[str, Any] = {"run_id": run_id, "stages": {}}
     t_all = time.perf_counter()
     for i, stage in enumerate(stages, 1):

@@ -18,7 +18,7 @@ from longtail.core.config import Config
 from longtail.lake import Lake
 
 # --- the stage -----------------------------------------------------------------------------------
-from longtail.ml.model import current_embeddings, encoder_model_id, listed_items, load_model
+from longtail.ml.model import current_embeddings, encoder_model_id, encoder_settings, listed_items, load_model
 from longtail.ml.scoring import recommend
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def run(
     """Write ``recommend.variant``'s top-k lists of every user with history to ``recommendations``."""
     t0 = time.perf_counter()
     lake = lake or Lake.from_config(spark, cfg)
-    mid = encoder_model_id(cfg.encoder)
+    mid = encoder_model_id(encoder_settings(cfg, spark))
     model = load_model(lake, model_id=mid)
     interactions = lake.read(S.INTERACTIONS)
     embeddings = current_embeddings(lake, mid)  # every item's: user profiles read their history

@@ -25,7 +25,7 @@ from longtail.ml import ranker as L
 from longtail.ml.cf import fit
 from longtail.ml.fusion import fit_ranker
 from longtail.ml.head import ProjectionHead
-from longtail.ml.model import current_embeddings, encoder_model_id, head_row
+from longtail.ml.model import current_embeddings, encoder_model_id, encoder_settings, head_row
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def run(
     t0 = time.perf_counter()
     lake = lake or Lake.from_config(spark, cfg)
     lake.require("train", S.INTERACTIONS, S.ITEMS, S.ITEM_EMBEDDINGS)
-    mid = encoder_model_id(cfg.encoder)
+    mid = encoder_model_id(encoder_settings(cfg, spark))
     interactions = lake.read(S.INTERACTIONS)
     items = lake.read(S.ITEMS)
     embeddings = current_embeddings(lake, mid, items=items)

@@ -1,0 +1,345 @@
+"""Contrastive fine-tuning of the text encoder on items that users consume together.
+
+The frozen encoder places items by what their texts say; a recommender needs them placed by who
+consumes them. Fine-tuning moves the text space towards co-consumption, and since an item's vector
+still comes from its text alone, the gain reaches tail and new items, whose text is all there is.
+
+1. **Pairs** (:func:`co_occurrence_pairs`, on the executors): per user, the interactions ordered by
+   time; two distinct items at most ``window`` positions apart are a pair. Each pair counts the
+   users that made it; pairs are sampled without replacement with weight
+   ``n_users / (n_i * n_j) ** (head_damping / 2)`` (``n``: the items' user counts), so that pairs of
+   two head items do not fill the sample. At most ``max_pairs`` come to the driver.
+2. **Loss**: the multiple-negatives ranking loss, both ways: in a batch of B pairs each left text
+   must pick its right text among the B right texts (and back), cosine similarities times
+   ``scale`` through a softmax. Batches hold no item twice (another pair's copy of an item would
+   be a false negative).
+3. **Parameters**: LoRA adapters (``peft``) on the attention and feed-forward projections, or the
+   last ``top_layers`` transformer layers. The base model's files are never written.
+4. **Output** (:func:`save`): a model folder that :class:`~longtail.ml.encoder.TextEncoder` loads like
+   any other: merged safetensors weights, the tokenizer, the base's sentence-transformers pooling
+   files, the LoRA adapter on its own (``adapter/``), and ``finetune.json`` (the card: base model,
+   method, pairs, steps, losses, the data it saw). Its weights differ, so its ``model_id`` does.
+
+Training is one process (the driver; its GPU when it has one). The pairs come from Spark.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from longtail.core import schema as S
+from longtail.core.config import EncoderConfig, FinetuneConfig
+from longtail.core.text import encoder_text
+from longtail.ml.encoder import inspect_model, pick_device, pool
+
+log = logging.getLogger(__name__)
+
+CARD = "finetune.json"
+ADAPTER_DIR = "adapter"
+# BERT-family module names of the projections LoRA adapts (attention q/k/v and both dense layers
+# of the attention output and the feed-forward block).
+LORA_TARGETS = ("query", "key", "value", "dense")
+
+
+class FinetuneError(RuntimeError):
+    """Fine-tuning cannot run on this input (too few pairs, a missing package)."""
+
+
+@dataclass
+class Pairs:
+    """The sampled training pairs and what they were drawn from.
+
+    Attributes:
+        pairs: ``(left item, right item)`` ids, at most ``max_pairs``.
+        texts: item id -> its encoder text, for every item in ``pairs``.
+        candidates: distinct pairs before sampling.
+        users: users with at least two distinct items.
+    """
+
+    pairs: list[tuple[str, str]]
+    texts: dict[str, str]
+    candidates: int
+    users: int
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def co_occurrence_pairs(interactions: DataFrame, items: DataFrame, ft: FinetuneConfig) -> Pairs:
+    """Step 1 of the module doc: the weighted sample of co-consumed item pairs, with their texts.
+
+    ``interactions`` needs user_id, item_id, ts; ``items`` item_id, title, description. Only
+    items of ``items`` take part (an interaction with an unknown item is no evidence about text).
+    """
+    listed = items.select(S.ITEM_ID).distinct()
+    first = (
+        interactions.join(listed, S.ITEM_ID, "inner")
+        .groupBy(S.USER_ID, S.ITEM_ID)
+        .agg(F.min(S.TS).alias(S.TS))  # one position per (user, item): its first interaction
+    )
+    seq = first.withColumn(
+        "_pos", F.row_number().over(Window.partitionBy(S.USER_ID).orderBy(S.TS, S.ITEM_ID))
+    )
+    a, b = seq.alias("a"), seq.alias("b")
+    joined = a.join(
+        b,
+        (F.col("a." + S.USER_ID) == F.col("b." + S.USER_ID))
+        & (F.col("b._pos") > F.col("a._pos"))
+        & (F.col("b._pos") <= F.col("a._pos") + ft.window),
+    )
+    left, right = F.col("a." + S.ITEM_ID), F.col("b." + S.ITEM_ID)
+    pairs = joined.select(
+        F.col("a." + S.USER_ID).alias(S.USER_ID),
+        F.least(left, right).alias("i"),
+        F.greatest(left, right).alias("j"),
+    )
+    counted = pairs.groupBy("i", "j").agg(F.countDistinct(S.USER_ID).alias("n_ij"))
+    users_per_item = first.groupBy(S.ITEM_ID).agg(F.count(F.lit(1)).alias("n"))
+    weighted = (
+        counted.join(users_per_item.select(F.col(S.ITEM_ID).alias("i"), F.col("n").alias("n_i")), "i")
+        .join(users_per_item.select(F.col(S.ITEM_ID).alias("j"), F.col("n").alias("n_j")), "j")
+        .withColumn("_w", F.col("n_ij") / F.pow(F.col("n_i") * F.col("n_j"), F.lit(ft.head_damping / 2.0)))
+        # weighted sampling without replacement (Efraimidis-Spirakis): the smallest -log(u) / w
+        .withColumn("_key", -F.log(F.rand(ft.seed) + F.lit(1e-12)) / F.col("_w"))
+        .persist()
+    )
+    try:
+        n_candidates = weighted.count()
+        rows = weighted.orderBy("_key", "i", "j").limit(ft.max_pairs).select("i", "j", "n_ij").collect()
+        n_users = seq.where(F.col("_pos") == 2).count()
+    finally:
+        weighted.unpersist()
+    chosen = [(r["i"], r["j"]) for r in rows]
+    ids = sorted({x for pair in chosen for x in pair})
+    texts = {
+        r[S.ITEM_ID]: encoder_text(r[S.TITLE], r[S.DESCRIPTION])
+        for r in items.where(F.col(S.ITEM_ID).isin(ids)).select(S.ITEM_ID, S.TITLE, S.DESCRIPTION).collect()
+    }
+    return Pairs(
+        pairs=chosen,
+        texts=texts,
+        candidates=n_candidates,
+        users=n_users,
+        stats={"pairs_seen_by_more_than_one_user": sum(1 for r in rows if r["n_ij"] > 1)},
+    )
+
+
+def batches(pairs: Sequence[tuple[str, str]], size: int, rng: random.Random) -> list[list[tuple[str, str]]]:
+    """Shuffle ``pairs`` and cut them into batches of ``size`` in which no item appears twice; a pair
+    that would repeat an item waits for a later batch. The last batches may be shorter."""
+    pending = list(pairs)
+    rng.shuffle(pending)
+    out: list[list[tuple[str, str]]] = []
+    while pending:
+        batch: list[tuple[str, str]] = []
+        used: set[str] = set()
+        rest = []
+        for pair in pending:
+            if len(batch) < size and pair[0] not in used and pair[1] not in used:
+                batch.append(pair)
+                used.update(pair)
+            else:
+                rest.append(pair)
+        out.append(batch)
+        pending = rest
+    return out
+
+
+def ranking_loss(left: Any, right: Any, scale: float) -> Any:
+    """The symmetric multiple-negatives ranking loss of ``[B, d]`` left and right vectors: each row
+    of ``left`` must pick its own row of ``right`` among all B (and back); cosine similarity x scale."""
+    import torch
+
+    a = torch.nn.functional.normalize(left, dim=1)
+    b = torch.nn.functional.normalize(right, dim=1)
+    logits = scale * (a @ b.T)
+    target = torch.arange(len(a), device=a.device)
+    return 0.5 * (
+        torch.nn.functional.cross_entropy(logits, target)
+        + torch.nn.functional.cross_entropy(logits.T, target)
+    )
+
+
+def _trainable(net: Any, ft: FinetuneConfig) -> Any:
+    """``net`` with only the parameters of ``ft.method`` trainable (LoRA: wrapped by peft)."""
+    if ft.method == "lora":
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError as exc:
+            raise FinetuneError(
+                "finetune.method=lora needs the peft package (pip install peft, or the 'finetune' extra); "
+                "or use finetune.method=top_layers"
+            ) from exc
+        names = {n.rsplit(".", 1)[-1] for n, _ in net.named_modules()}
+        targets = [t for t in LORA_TARGETS if t in names]
+        if not targets:
+            raise FinetuneError(
+                f"no module named {list(LORA_TARGETS)} in the model: use finetune.method=top_layers"
+            )
+        lora = LoraConfig(r=ft.lora_rank, lora_alpha=ft.lora_alpha, lora_dropout=0.1, target_modules=targets)
+        return get_peft_model(net, lora)
+    layers = getattr(getattr(net, "encoder", None), "layer", None)
+    if layers is None:
+        raise FinetuneError("finetune.method=top_layers needs a BERT-style model (model.encoder.layer)")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for layer in list(layers)[-ft.top_layers :]:
+        for p in layer.parameters():
+            p.requires_grad_(True)
+    return net
+
+
+def train(
+    base_dir: Path, data: Pairs, ft: FinetuneConfig, *, pooling: str
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Steps 2-3 of the module doc. Returns ``(model, tokenizer, info)``; the model is the peft
+    wrapper for LoRA (unmerged) or the plain model for ``top_layers``."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    if len(data.pairs) < 2:
+        raise FinetuneError(
+            f"finetune: {len(data.pairs)} co-consumed item pair(s) in the interactions; at least 2 are "
+            "needed (users with two or more items)"
+        )
+    device = torch.device(pick_device(ft.device))
+    torch.manual_seed(ft.seed)
+    rng = random.Random(ft.seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir), use_fast=True, trust_remote_code=False)
+    net = AutoModel.from_pretrained(str(base_dir), use_safetensors=True, trust_remote_code=False)
+    model = _trainable(net, ft).to(device)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in params)
+    per_epoch = math.ceil(len(data.pairs) / ft.batch_size)
+    steps = max(1, math.ceil(ft.epochs * per_epoch))
+    if device.type == "cpu":
+        steps = min(steps, ft.cpu_max_steps)
+    optimizer = torch.optim.AdamW(params, lr=ft.learning_rate, weight_decay=0.01)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
+    )
+
+    def embed(texts: list[str]) -> Any:
+        tok = tokenizer(texts, padding=True, truncation=True, max_length=ft.max_length, return_tensors="pt")
+        tok = {
+            k: v.to(device) for k, v in tok.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+        }
+        hidden = model(**tok).last_hidden_state
+        return pool(hidden, tok["attention_mask"], pooling)
+
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    queue: list[list[tuple[str, str]]] = []
+    for step in range(steps):
+        if not queue:
+            queue = [b for b in batches(data.pairs, ft.batch_size, rng) if len(b) >= 2]
+        batch = queue.pop(0)
+        left = embed([data.texts[i] for i, _ in batch])
+        right = embed([data.texts[j] for _, j in batch])
+        loss = ranking_loss(left, right, ft.scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        if step == 0 or (step + 1) % 25 == 0 or step + 1 == steps:
+            log.info("finetune: step %d/%d, loss %.4f", step + 1, steps, losses[-1])
+    model.eval()
+    tail = max(1, min(10, len(losses) // 5))
+    info = {
+        "device": str(device),
+        "steps": steps,
+        "steps_per_epoch": per_epoch,
+        "trainable_parameters": n_trainable,
+        "loss_first": round(sum(losses[:tail]) / tail, 4),
+        "loss_last": round(sum(losses[-tail:]) / tail, 4),
+        "train_seconds": round(time.perf_counter() - t0, 1),
+    }
+    return model, tokenizer, info
+
+
+def _copy_pooling_files(base_dir: Path, out: Path) -> None:
+    """The base's sentence-transformers files (modules.json and its module folders), so that the
+    fine-tuned folder resolves the same pooling; never its weights."""
+    for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"):
+        if (base_dir / name).is_file():
+            shutil.copy2(base_dir / name, out / name)
+    modules = base_dir / "modules.json"
+    if modules.is_file():
+        for module in json.loads(modules.read_text(encoding="utf-8")):
+            sub = str(module.get("path") or "")
+            if sub and (base_dir / sub).is_dir():
+                shutil.copytree(base_dir / sub, out / sub, dirs_exist_ok=True)
+
+
+def save(model: Any, tokenizer: Any, base_dir: Path, out: Path, card: dict[str, Any]) -> Path:
+    """Step 4 of the module doc: write the model folder ``out`` (created; must not exist)."""
+    out.mkdir(parents=True)
+    if hasattr(model, "merge_and_unload"):  # LoRA: the adapter on its own, then merged weights
+        model.save_pretrained(str(out / ADAPTER_DIR), safe_serialization=True)
+        merged = model.merge_and_unload()
+    else:
+        merged = model
+    merged.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    _copy_pooling_files(base_dir, out)
+    (out / CARD).write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return out
+
+
+def finetune(
+    interactions: DataFrame,
+    items: DataFrame,
+    encoder: EncoderConfig,
+    ft: FinetuneConfig,
+    out: Path,
+    *,
+    data_version: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Steps 1-4: sample pairs from ``interactions``, train on them, write the model folder ``out``.
+
+    Returns the card (also ``out/finetune.json``).
+    """
+    t0 = time.perf_counter()
+    base = inspect_model(encoder.model, pooling=encoder.pooling, max_length=encoder.max_length)
+    data = co_occurrence_pairs(interactions, items, ft)
+    pair_seconds = time.perf_counter() - t0
+    log.info(
+        "finetune: %d pairs sampled of %d (from %d users) in %.1f s",
+        len(data.pairs),
+        data.candidates,
+        data.users,
+        pair_seconds,
+    )
+    model, tokenizer, info = train(base.path, data, ft, pooling=base.pooling)
+    card = {
+        "base_model": base.name,
+        "base_model_id": base.model_id,
+        "method": ft.method,
+        "settings": {k: getattr(ft, k) for k in ft.__dataclass_fields__ if k != "enabled"},
+        "pairs": len(data.pairs),
+        "pair_candidates": data.candidates,
+        "users_with_pairs": data.users,
+        **data.stats,
+        **info,
+        "pair_seconds": round(pair_seconds, 1),
+        "data_version": data_version or {},
+        "torch_threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None,
+    }
+    save(model, tokenizer, base.path, out, card)
+    card["seconds"] = round(time.perf_counter() - t0, 1)
+    return card

@@ -1,0 +1,242 @@
+"""`finetune`: pair building, the loss, the adapter round-trip, the model id switch, the no-leak rule."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import synthetic
+import torch
+from helpers import make_tiny_bert
+
+from longtail.core import schema as S
+from longtail.core.config import FinetuneConfig
+from longtail.core.errors import MissingInputError
+from longtail.core.text import content_hash, encoder_text
+from longtail.lake import Lake
+from longtail.ml import finetune as FT
+from longtail.ml.encoder import TextEncoder, inspect_model, pool
+from longtail.ml.model import encoder_settings, finetuned_pointer
+from longtail.stages import encode, evaluate, finetune
+
+T0 = dt.datetime(2024, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(make_tiny_bert(tmp_path_factory.mktemp("tiny")))
+
+
+def _items(spark, ids):
+    rows = [(i, i.upper(), f"text of {i}", None, content_hash(f"text of {i}"), T0) for i in ids]
+    return spark.createDataFrame(rows, S.ITEMS_SCHEMA)
+
+
+def _events(spark, rows):
+    return spark.createDataFrame(
+        [(u, i, T0 + dt.timedelta(days=d), 1.0) for u, i, d in rows], S.INTERACTIONS_SCHEMA
+    )
+
+
+@pytest.mark.spark
+def test_pairs_are_distinct_items_within_the_window_counted_per_user(spark):
+    events = _events(
+        spark,
+        [
+            # u1: a b c d in time order (b twice: its first interaction places it)
+            ("u1", "a", 1), ("u1", "b", 2), ("u1", "c", 3), ("u1", "b", 4), ("u1", "d", 5),
+            # u2: d then c (the same unordered pair as u1's c, d), and x: not in the catalogue
+            ("u2", "d", 1), ("u2", "x", 2), ("u2", "c", 3),
+            ("u3", "a", 1),  # one item: no pair
+        ],
+    )  # fmt: skip
+    got = FT.co_occurrence_pairs(events, _items(spark, "abcd"), FinetuneConfig(window=2, max_pairs=100))
+    assert sorted(got.pairs) == [("a", "b"), ("a", "c"), ("b", "c"), ("b", "d"), ("c", "d")]
+    assert got.candidates == 5 and got.users == 2
+    assert got.stats["pairs_seen_by_more_than_one_user"] == 1  # (c, d): u1 and u2
+    assert got.texts == {i: encoder_text(i.upper(), f"text of {i}") for i in "abcd"}
+
+
+@pytest.mark.spark
+def test_the_pair_sample_is_bounded_seeded_and_damps_head_pairs(spark):
+    # one head pair (h1, h2) made by 40 users; 40 tail pairs made by one user each
+    rows = [(f"h{u}", "h1", 1) for u in range(40)] + [(f"h{u}", "h2", 2) for u in range(40)]
+    rows += [(f"t{u}", f"p{u}", 1) for u in range(40)] + [(f"t{u}", f"q{u}", 2) for u in range(40)]
+    events = _events(spark, rows)
+    ids = ["h1", "h2", *(f"p{u}" for u in range(40)), *(f"q{u}" for u in range(40))]
+    items = _items(spark, ids)
+
+    def head_share(damping: float) -> float:
+        hits = 0
+        for seed in range(10):
+            cfg = FinetuneConfig(max_pairs=5, head_damping=damping, seed=seed)
+            got = FT.co_occurrence_pairs(events, items, cfg)
+            assert len(got.pairs) == 5
+            hits += ("h1", "h2") in got.pairs
+        return hits / 10
+
+    # by count the head pair (weight 40 against 1) is nearly always drawn; damped (40 / 40 = 1) it
+    # is one pair among 41 of equal weight (5 draws: ~12%)
+    assert head_share(0.0) >= 0.9
+    assert head_share(2.0) <= 0.4
+    a = FT.co_occurrence_pairs(events, items, FinetuneConfig(max_pairs=5, seed=3)).pairs
+    assert a == FT.co_occurrence_pairs(events, items, FinetuneConfig(max_pairs=5, seed=3)).pairs
+
+
+def test_batches_hold_each_pair_once_and_no_item_twice():
+    rng = random.Random(0)
+    pairs = [(f"i{rng.randrange(30)}", f"j{rng.randrange(30)}") for _ in range(200)]
+    pairs = [p for p in dict.fromkeys(pairs)]
+    out = FT.batches(pairs, 8, random.Random(1))
+    assert sorted(p for b in out for p in b) == sorted(pairs)
+    for b in out:
+        assert len(b) <= 8
+        items = [x for p in b for x in p]
+        assert len(items) == len(set(items))
+
+
+def test_ranking_loss_on_a_hand_checked_case():
+    # two pairs whose vectors are orthonormal: logits are scale * I, so each row's softmax gives
+    # its own column e^s / (e^s + 1) and the loss (both ways alike) is log(1 + e^-s)
+    left = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # lengths do not matter: cosine
+    right = torch.tensor([[3.0, 0.0], [0.0, 1.0]])
+    assert float(FT.ranking_loss(left, right, 5.0)) == pytest.approx(math.log(1 + math.exp(-5.0)), rel=1e-6)
+    # swapped partners: each row's own column has cosine 0 against the other's 1
+    got = float(FT.ranking_loss(left, right.flip(0), 5.0))
+    assert got == pytest.approx(math.log(1 + math.exp(5.0)), rel=1e-6)
+
+
+def _pairs(n_items: int = 12) -> FT.Pairs:
+    # distinct two-word texts of the tiny BERT's vocabulary; six disjoint pairs (2k, 2k + 1)
+    words = [
+        "heist",
+        "cowboy",
+        "space",
+        "ranger",
+        "toy",
+        "city",
+        "night",
+        "love",
+        "war",
+        "man",
+        "woman",
+        "dark",
+    ]
+    ids = [f"i{k:02d}" for k in range(n_items)]
+    texts = {i: f"{words[k]} {words[(k * 5 + 1) % len(words)]}" for k, i in enumerate(ids)}
+    pairs = [(ids[k], ids[k + 1]) for k in range(0, n_items, 2)]
+    return FT.Pairs(pairs=pairs, texts=texts, candidates=len(pairs), users=3)
+
+
+@pytest.mark.parametrize("method", ["lora", "top_layers"])
+def test_the_saved_folder_loads_as_an_encoder_with_its_own_id_and_the_adapter_round_trips(tmp_path, method):
+    base = make_tiny_bert(tmp_path / "base", pooling="mean")
+    before = {p.name: p.read_bytes() for p in base.iterdir() if p.is_file()}
+    ft = FinetuneConfig(method=method, batch_size=4, cpu_max_steps=6, learning_rate=0.01, device="cpu")
+    model, tok, info = FT.train(base, _pairs(), ft, pooling="mean")
+    assert info["steps"] == 2  # ceil(6 pairs / 4) * 1 epoch, under cpu_max_steps
+    out = FT.save(model, tok, base, tmp_path / "ft", {"base_model": "tiny"})
+
+    assert {p.name: p.read_bytes() for p in base.iterdir() if p.is_file()} == before  # untouched
+    assert (out / "1_Pooling" / "config.json").is_file() and (out / FT.CARD).is_file()
+    assert inspect_model(str(out)).model_id != inspect_model(str(base)).model_id
+    assert inspect_model(str(out)).pooling == "mean"
+    texts = ["war story love", "space city", ""]
+    tuned = TextEncoder(str(out), device="cpu", cpu_linear="aten").encode(texts)
+    frozen = TextEncoder(str(base), device="cpu", cpu_linear="aten").encode(texts)
+    assert not np.allclose(tuned, frozen, atol=1e-4)  # training changed the vectors
+
+    if method == "lora":  # the adapter alone, applied to the base, gives the merged model's vectors
+        from peft import PeftModel
+        from transformers import AutoModel, AutoTokenizer
+
+        net = PeftModel.from_pretrained(
+            AutoModel.from_pretrained(str(base)), str(out / FT.ADAPTER_DIR)
+        ).eval()
+        t = AutoTokenizer.from_pretrained(str(base))(texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            v = pool(net(**t).last_hidden_state, t["attention_mask"], "mean")
+        v = torch.nn.functional.normalize(v, dim=1).numpy()
+        np.testing.assert_allclose(v, tuned, atol=1e-5)
+    else:
+        assert not (out / FT.ADAPTER_DIR).exists()
+
+
+def test_training_lowers_the_loss_on_a_learnable_pairing(tmp_path):
+    base = make_tiny_bert(tmp_path / "base")
+    ft = FinetuneConfig(batch_size=6, epochs=60, cpu_max_steps=60, learning_rate=0.01, device="cpu")
+    _, _, info = FT.train(base, _pairs(), ft, pooling="mean")
+    assert info["steps"] == 60
+    assert info["loss_last"] < 0.8 * info["loss_first"]
+
+
+def test_too_few_pairs_is_a_clear_error(tmp_path):
+    base = make_tiny_bert(tmp_path / "base")
+    one = FT.Pairs(pairs=[("a", "b")], texts={"a": "war", "b": "love"}, candidates=1, users=1)
+    with pytest.raises(FT.FinetuneError, match="at least 2"):
+        FT.train(base, one, FinetuneConfig(device="cpu"), pooling="mean")
+
+
+@pytest.mark.spark
+def test_finetune_switches_the_encoder_once_and_never_switches_back_at_no_cost(spark, tmp_path, model_dir):
+    root = str(tmp_path / "lake")
+    lake, base_id = synthetic.build_lake(spark, root, model_dir)
+    n_items = len(synthetic.item_ids())
+    cfg = synthetic.config(root, model_dir, "finetune.cpu_max_steps=4", "finetune.batch_size=8")
+    assert finetuned_pointer(cfg, spark) is None
+    assert encoder_settings(cfg, spark) == cfg.encoder
+    with pytest.raises(MissingInputError, match="run finetune first"):
+        encoder_settings(synthetic.config(root, model_dir, "encoder.use_finetuned=always"), spark)
+
+    summary = finetune.run(spark, cfg, lake=lake, run_id="ft-1")
+    assert summary["base_model_id"] == base_id and summary["model_id"] != base_id
+    assert summary["pairs"] > 10 and summary["steps"] == 4
+    assert Path(summary["path"]).parent == Path(root) / "models" / "encoder"
+    pointer = finetuned_pointer(cfg, spark)
+    assert pointer["model_id"] == summary["model_id"] and pointer["run_id"] == "ft-1"
+
+    first = encode.run(spark, cfg, lake=Lake(spark, root), run_id="e-1")
+    assert first["model_id"] == summary["model_id"] and first["encoded"] == n_items  # every item once
+    assert encode.run(spark, cfg, lake=Lake(spark, root), run_id="e-2")["encoded"] == 0
+    never = synthetic.config(root, model_dir, "encoder.use_finetuned=never")
+    back = encode.run(spark, never, lake=Lake(spark, root), run_id="e-3")
+    assert back["model_id"] == base_id and back["encoded"] == 0 and back["version"] is None
+    ids = {r[0] for r in Lake(spark, root).read(S.ITEM_EMBEDDINGS).select(S.MODEL_ID).distinct().collect()}
+    assert ids == {base_id, summary["model_id"]}
+
+
+@pytest.mark.spark
+def test_evaluate_fine_tunes_on_the_training_part_only_and_shows_both_encoders(
+    spark, tmp_path, model_dir, monkeypatch
+):
+    root = str(tmp_path / "lake")
+    lake, _ = synthetic.build_lake(spark, root, model_dir)
+    extra = ["finetune.cpu_max_steps=3", "finetune.batch_size=8", "recommend.fusion=blend"]
+    cfg = synthetic.config(
+        root, model_dir, *extra, "evaluate.k=[5]", "evaluate.variants=[cf, content, fused]", "evaluate.bootstrap=0",
+        "evaluate.report=false",
+    )  # fmt: skip
+    finetune.run(spark, cfg, lake=lake, run_id="ft-1")  # production: all interactions
+    seen = []
+    original = FT.co_occurrence_pairs
+
+    def spy(interactions, items, ft):
+        seen.append(interactions)
+        return original(interactions, items, ft)
+
+    monkeypatch.setattr(FT, "co_occurrence_pairs", spy)
+    summary = evaluate.run(spark, cfg, lake=Lake(spark, root), run_id="ev-1")
+    assert len(seen) == 1  # evaluate fine-tuned once, on what it passed
+    train_part, test_part = evaluate.split(lake.read(S.INTERACTIONS), cfg)
+    keys = [S.USER_ID, S.ITEM_ID, S.TS]
+    used = seen[0].select(*keys)
+    assert used.join(test_part.select(*keys), keys).count() == 0  # no test interaction
+    assert used.exceptAll(train_part.select(*keys)).count() == 0
+    assert used.count() == train_part.count()
+    variants = {r[0] for r in Lake(spark, root).read(S.METRICS).select(S.VARIANT).distinct().collect()}
+    assert variants == {"cf", "content", "fused", "content_ft", "fused_ft"}
+    assert summary["finetuned"]["model_id"] != summary["finetuned"]["base_model_id"]
