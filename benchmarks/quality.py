@@ -68,8 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--finetune",
         action="store_true",
-        help="run `finetune` before encode; evaluate then shows the fine-tuned encoder's variants (*_ft) "
-        "beside the base model's (fine-tuned again on the training part only)",
+        help="evaluate.finetuned=always: the encoder fine-tuned on each training part (docs/finetune.md) "
+        "ranks content_ft, fused_ft, fused_rerank_ft beside the base model's variants",
     )
     return p.parse_args(argv)
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     from longtail.lake import Lake
     from longtail.lake.runs import new_run_id
     from longtail.ml.model import encoder_model_id
-    from longtail.stages import encode, finetune, ingest
+    from longtail.stages import encode, ingest
     from longtail.stages import evaluate as E
 
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
@@ -168,11 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         lake_dir = Path(args.lake_root) / name
         lake_dir.mkdir(parents=True, exist_ok=True)
         confs, overrides = inputs(spark, name, args, lake_dir)
-        cfg = load_config([*confs, *args.conf], [f"lake.root={lake_dir}", *overrides])
+        tuned = ["evaluate.finetuned=always"] if args.finetune else []
+        cfg = load_config([*confs, *args.conf], [f"lake.root={lake_dir}", *overrides, *tuned])
         lake = Lake.from_config(spark, cfg)
         seconds: dict[str, float] = {}
-        steps = [("ingest", ingest), *([("finetune", finetune)] if args.finetune else []), ("encode", encode)]
-        for stage_name, stage in steps:
+        for stage_name, stage in (("ingest", ingest), ("encode", encode)):
             t0 = time.perf_counter()
             stage.run(spark, cfg, lake=lake, run_id=new_run_id())
             seconds[stage_name] = round(time.perf_counter() - t0, 1)
@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds["evaluate"] = round(time.perf_counter() - t0, 1)
         rows = headline(result["all_metrics"])
         diffs = differences(result["intervals"])
-        tuned = (result.get("finetuned") or {}).get("variants", [])
-        variants = [v for v in cfg.evaluate.variants if v in rows] + [v for v in tuned if v in rows]
+        ft_names = (result.get("finetuned") or {}).get("variants", [])
+        variants = [v for v in cfg.evaluate.variants if v in rows] + [v for v in ft_names if v in rows]
         paths = E.write_run_report(
             spark,
             cfg,

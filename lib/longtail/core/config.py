@@ -219,11 +219,11 @@ class FinetuneConfig:
     """Passes over the sampled pairs (on CPU at most `cpu_max_steps` steps)."""
     cpu_max_steps: int = 150
     """Steps at most when training on the CPU (it then finishes in minutes)."""
-    learning_rate: float = 0.0002
+    learning_rate: float = 0.001
     """AdamW learning rate (linear warm-up over the first 10% of steps, then linear decay)."""
     scale: float = 20.0
     """Cosine similarities are multiplied by this before the softmax of the ranking loss."""
-    max_length: int = 128
+    max_length: int = 64
     """Tokens per text in training (encoding keeps `encoder.max_length`)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto`: the driver's GPU if it has one, else CPU."""
@@ -478,6 +478,10 @@ class EvaluateConfig:
     """Paired bootstrap resamples of users for the 95% intervals of each variant's difference to `cf`; 0: none."""
     bootstrap_seed: int = 42
     """Seed of the bootstrap resampling."""
+    finetuned: Literal["auto", "always", "never"] = "auto"
+    """Rank `content_ft`, `fused_ft`, `fused_rerank_ft` with the encoder fine-tuned on the training part only
+    (docs/finetune.md): `auto` when the lake's fine-tuned encoder is in use, `always` even without one (to
+    decide whether fine-tuning pays), `never`."""
 
     def __post_init__(self) -> None:
         _check(self.bootstrap >= 0, "evaluate.bootstrap", "must be >= 0 (0: no intervals)")

@@ -282,7 +282,10 @@ def evaluate_lake(
     items = lake.read(S.ITEMS)
     embeddings = current_embeddings(lake, mid, items=items)
     # a fine-tuned encoder in use: the base model's variants beside the fine-tuned ones (step 6)
-    compare = encoder_settings(cfg, spark).model != cfg.encoder.model
+    wanted = cfg.evaluate.finetuned
+    compare = wanted == "always" or (
+        wanted == "auto" and encoder_settings(cfg, spark).model != cfg.encoder.model
+    )
     if compare:  # items that only the fine-tuned model encoded get their base vector now
         missing = items.join(embeddings.select(S.ITEM_ID), S.ITEM_ID, "left_anti")
         embeddings = embeddings.unionByName(encode_items(spark, cfg.encoder, missing, model_id=mid))
