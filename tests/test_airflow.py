@@ -89,7 +89,7 @@ def test_the_dag_imports_and_dag_test_runs_one_night(tmp_path):
         "recommend.block_items=64",
         # the DAG's wiring is the point: one cut-off, two variants, no intervals, no report
         "evaluate.k=[10]",
-        "evaluate.variants=[cf, fused]",
+        "evaluate.variants=[cf,fused]",  # LONGTAIL_SET is split on spaces
         "evaluate.bootstrap=0",
         "evaluate.report=false",
     ]
