@@ -2,8 +2,9 @@
 
 ``ingest``, ``encode``, ``train`` and ``recommend`` run on a sample whose catalogue and user base
 are far larger than the bound below, while every ``DataFrame.collect`` and ``toPandas`` (``first``,
-``take`` and ``head`` go through ``collect``) is counted. The one documented exception is the
-projection head's training set, capped by ``train.head.max_items`` (set low here). ``evaluate``
+``take`` and ``head`` go through ``collect``) is counted. The documented exceptions are the
+projection head's and the Mult-VAE's training sets, capped by ``train.head.max_items`` and
+``train.vae.max_interactions`` (set low here). ``evaluate``
 is a report over sampled lists and not covered (its bootstrap collects per-user metric rows;
 docs/evaluation.md). A new ``collect()`` of a whole table fails this test at any size.
 """
@@ -25,6 +26,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 ITEMS, USERS = 900, 600
 HEAD_CAP = 40  # train.head.max_items
+VAE_CAP = 50  # train.vae.max_interactions
 BOUND = 64  # rows any other driver-side result may have: far below ITEMS and USERS
 
 
@@ -53,6 +55,7 @@ def test_the_production_stages_bring_no_table_to_the_driver(spark, tmp_path, mon
         "train.als.rank=4",
         "train.als.max_iter=3",
         f"train.head.max_items={HEAD_CAP}",
+        f"train.vae.max_interactions={VAE_CAP}",
         "recommend.candidates=20",
         "recommend.ranker.model=logistic",
         "recommend.ranker.pop_penalty=0.1",
@@ -72,6 +75,8 @@ def test_the_production_stages_bring_no_table_to_the_driver(spark, tmp_path, mon
     assert summaries["recommend"]["users"] > BOUND
     assert seen, "no driver-side result was counted: the patch did not take"
     head = [(n, w) for n, w in seen if w.startswith("ml/cf.py")]
-    others = [(n, w) for n, w in seen if not w.startswith("ml/cf.py")]
+    vae = [(n, w) for n, w in seen if w.startswith("ml/vae.py")]
+    others = [(n, w) for n, w in seen if not w.startswith(("ml/cf.py", "ml/vae.py"))]
     assert max(n for n, _ in head) <= HEAD_CAP, head
+    assert vae and max(n for n, _ in vae) <= VAE_CAP, vae
     assert max(n for n, _ in others) <= BOUND, sorted(others, reverse=True)[:5]

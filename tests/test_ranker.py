@@ -52,6 +52,11 @@ def test_features_fill_missing_signals_with_zero_and_an_indicator(spark):
         "f_is_head": 0.0,
         "f_user_history": math.log1p(3),
         "f_z_gap": 3.0,
+        # no Mult-VAE columns in the rows: as a model without it, 0 and the indicator 0
+        "f_vae": 0.0,
+        "f_has_vae": 0.0,
+        "f_vae_z": 0.0,
+        "f_vae_rank": math.log1p(L.RANK_MISSING),
     }
     assert {f: got[f] for f in L.FEATURES} == pytest.approx(expected)
     with pytest.raises(ValueError, match="user_history"):

@@ -33,7 +33,7 @@ CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # lib/longtail/core/con
 BASE_CONF = CONF_DIR / "base.yaml"
 IN_CHECKOUT = (CONF_DIR.parent / "lib" / "longtail").is_dir()
 
-VARIANTS = ("popular", "cf", "content", "fused", "fused_rerank")
+VARIANTS = ("popular", "cf", "content", "vae", "fused", "fused_rerank")
 
 
 class ConfigError(ValueError):
@@ -298,13 +298,65 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
+class VaeConfig:
+    """The Mult-VAE signal (Liang et al. 2018; docs/scoring.md, "The Mult-VAE signal")."""
+
+    enabled: bool = True
+    """Fit the Mult-VAE in `train` (and in `evaluate` on its training part): a `vae` candidate
+    signal, ranker feature and variant. false: none of these."""
+    hidden: int = 256
+    """Units of the encoder's and the decoder's hidden layer."""
+    latent: int = 64
+    """Dimensions of the latent code."""
+    dropout: float = 0.5
+    """Dropout on the input (the paper's denoising of the user's history)."""
+    epochs: int = 100
+    """Passes over the users (cut by `max_steps`)."""
+    max_steps: int = 1500
+    """Optimisation steps at most (bounds the time on a large log; CPU: about 0.1 s a step at 18k items)."""
+    batch_size: int = 256
+    """Users per step."""
+    learning_rate: float = 1e-3
+    """Adam's learning rate."""
+    anneal_cap: float = 0.2
+    """Largest KL weight: annealed linearly from 0, reached at 80% of the steps."""
+    max_interactions: int = 5_000_000
+    """(user, item) pairs collected to the driver to train on at most (a seeded user sample beyond)."""
+    augment: bool = False
+    """Generated interactions for ALS: each long-tail item gets its `augment_users` most plausible
+    users by the VAE, added to ALS's input (never to `interactions`; written to
+    `synthetic_interactions`). Off: measured not to help (docs/scoring.md)."""
+    augment_users: int = 5
+    """`augment`: generated users per long-tail item."""
+    augment_weight: float = 0.25
+    """`augment`: the implicit rating of a generated pair (a real interaction's is its weight, >= 1)."""
+    seed: int = 42
+    """Seed of the initialisation, the batches, dropout and the user sample."""
+
+    def __post_init__(self) -> None:
+        _check(self.hidden >= 1, "train.vae.hidden", "must be >= 1")
+        _check(self.latent >= 1, "train.vae.latent", "must be >= 1")
+        _check(0 <= self.dropout < 1, "train.vae.dropout", "must be in [0, 1)")
+        _check(self.epochs >= 1, "train.vae.epochs", "must be >= 1")
+        _check(self.max_steps >= 1, "train.vae.max_steps", "must be >= 1")
+        _check(self.batch_size >= 1, "train.vae.batch_size", "must be >= 1")
+        _check(self.learning_rate > 0, "train.vae.learning_rate", "must be > 0")
+        _check(self.anneal_cap >= 0, "train.vae.anneal_cap", "must be >= 0")
+        _check(self.max_interactions >= 2, "train.vae.max_interactions", "must be >= 2")
+        _check(self.augment_users >= 1, "train.vae.augment_users", "must be >= 1")
+        _check(self.augment_weight > 0, "train.vae.augment_weight", "must be > 0")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    """What `train` fits: ALS and the projection head."""
+    """What `train` fits: ALS, the projection head and the Mult-VAE."""
 
     als: AlsConfig = field(default_factory=AlsConfig)
     """Spark MLlib ALS."""
     head: HeadConfig = field(default_factory=HeadConfig)
     """The projection head."""
+    vae: VaeConfig = field(default_factory=VaeConfig)
+    """The Mult-VAE signal."""
     checkpoint_dir: str | None = None  # None: <lake.root>/_checkpoints
     """ALS checkpoint directory (keeps its lineage short); null: `<lake.root>/_checkpoints`."""
 
@@ -342,6 +394,9 @@ class RankerConfig:
     accuracy_tolerance: float = 0.01  # pop_penalty auto: share of the ranker's NDCG it may give up
     """`pop_penalty: auto`: the share of the unpenalised ranker's validation NDCG@k the penalty may
     give up."""
+    use_vae: bool = True
+    """Whether the Mult-VAE's score, z-score and rank are ranker features and `vae` a single-signal
+    contender (with `train.vae.enabled`; without a VAE they are 0 either way)."""
     max_users: int = 50_000  # users whose inner-test labels train the ranker at most (seeded sample)
     """At most this many users' labels train the ranker (a seeded sample beyond)."""
     seed: int = 42
@@ -376,7 +431,7 @@ class RecommendConfig:
 
     k: int = 10
     """List length."""
-    variant: Literal["popular", "cf", "content", "fused", "fused_rerank"] = "fused_rerank"
+    variant: Literal["popular", "cf", "content", "vae", "fused", "fused_rerank"] = "fused_rerank"
     """Which ordering `recommend` writes."""
     candidates: int = 100  # CF top-N and content top-N per user
     """CF top-N and content top-N per user (their union is ranked)."""

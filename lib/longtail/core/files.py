@@ -69,13 +69,13 @@ def write_files(
     return _write_hadoop(spark, out_dir, files)
 
 
-def read_text(uri: str, *, spark: SparkSession | None = None) -> str | None:
-    """The UTF-8 text of the file at ``uri`` (a local path or any Hadoop FileSystem URI); None if absent."""
+def read_bytes(uri: str, *, spark: SparkSession | None = None) -> bytes | None:
+    """The bytes of the file at ``uri`` (a local path or any Hadoop FileSystem URI); None if absent."""
     if is_local(uri):
         path = local_path(uri)
         if not os.path.isfile(path):
             return None
-        with open(path, encoding="utf-8") as fh:
+        with open(path, "rb") as fh:
             return fh.read()
     if spark is None:
         raise ValueError(f"reading {uri!r} needs a SparkSession (its Hadoop FileSystem)")
@@ -88,7 +88,13 @@ def read_text(uri: str, *, spark: SparkSession | None = None) -> str | None:
         data = jvm.org.apache.commons.io.IOUtils.toByteArray(stream)
     finally:
         stream.close()
-    return bytes(data).decode("utf-8")
+    return bytes(data)
+
+
+def read_text(uri: str, *, spark: SparkSession | None = None) -> str | None:
+    """The UTF-8 text of the file at ``uri`` (a local path or any Hadoop FileSystem URI); None if absent."""
+    data = read_bytes(uri, spark=spark)
+    return None if data is None else data.decode("utf-8")
 
 
 def publish_dir(local_dir: str, out_dir: str, *, spark: SparkSession | None = None) -> str:

@@ -26,6 +26,7 @@ PROJECTION_HEAD = "projection_head"
 RECOMMENDATIONS = "recommendations"
 METRICS = "metrics"
 REMOVED_ITEMS = "removed_items"
+SYNTHETIC_INTERACTIONS = "synthetic_interactions"
 RUNS = "runs"
 # The stage that writes each table: what a missing-input error tells the user to run first.
 WRITTEN_BY = {
@@ -38,6 +39,7 @@ WRITTEN_BY = {
     ID_MAP_ITEMS: "train",
     USER_FACTORS: "train",
     ITEM_FACTORS: "train",
+    SYNTHETIC_INTERACTIONS: "train",
     PROJECTION_HEAD: "train",
     RECOMMENDATIONS: "recommend",
     METRICS: "evaluate",
@@ -197,6 +199,18 @@ PROJECTION_HEAD_SCHEMA = T.StructType(
     ]
 )
 
+SYNTHETIC_INTERACTIONS_SCHEMA = T.StructType(
+    [
+        T.StructField(USER_ID, T.StringType(), False),
+        T.StructField(ITEM_ID, T.StringType(), False),
+        T.StructField(WEIGHT, T.DoubleType(), False),
+        T.StructField("score", T.DoubleType(), True),  # the generator's score of the pair (VAE logit)
+        T.StructField("generator", T.StringType(), False),
+        T.StructField(RUN_ID, T.StringType(), False),
+    ]
+)
+"""Generated (user, item) pairs ALS trained with (``train.vae.augment``); never in ``interactions``."""
+
 SCHEMAS: dict[str, T.StructType] = {
     ITEMS: ITEMS_SCHEMA,
     INTERACTIONS: INTERACTIONS_SCHEMA,
@@ -210,6 +224,7 @@ SCHEMAS: dict[str, T.StructType] = {
     USER_FACTORS: USER_FACTORS_SCHEMA,
     ITEM_FACTORS: ITEM_FACTORS_SCHEMA,
     PROJECTION_HEAD: PROJECTION_HEAD_SCHEMA,
+    SYNTHETIC_INTERACTIONS: SYNTHETIC_INTERACTIONS_SCHEMA,
 }
 
 

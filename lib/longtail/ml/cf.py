@@ -14,8 +14,12 @@
    sample beyond). Stored in ``projection_head`` (one row: safetensors bytes, JSON spec) last,
    with the versions of the factor tables it belongs to, so ``recommend`` can tell a complete
    ``train`` run from one that failed half-way (:func:`load_model` checks it).
+4. **Mult-VAE** (:mod:`longtail.ml.vae`, ``train.vae.enabled``): on the same (user, item) pairs,
+   fitted before ALS; the `train` stage saves it under ``<lake.root>/models/vae/<run_id>`` and
+   records the path with the head. With ``train.vae.augment`` its generated pairs for long-tail
+   items (:mod:`longtail.ml.augment`) join ALS's input, down-weighted.
 
-:func:`fit` does steps 1-3 on DataFrames without writing anything (``evaluate`` trains on the
+:func:`fit` does steps 1-4 on DataFrames without writing anything (``evaluate`` trains on the
 training part of a hold-out this way); the `train` stage (:mod:`longtail.stages.train`) reads the lake, fits, writes.
 """
 
@@ -32,6 +36,8 @@ from pyspark.sql import types as T
 from longtail.core import schema as S
 from longtail.core.config import Config, HeadConfig
 from longtail.core.errors import MissingInputError
+from longtail.ml import augment as A
+from longtail.ml import vae as V
 from longtail.ml.head import HeadError, ProjectionHead
 from longtail.ml.model import Model
 
@@ -220,11 +226,27 @@ def fit(
             raise MissingInputError(
                 "train: no interactions to learn from; run ingest with an interaction log first"
             )
-        users_f, items_f = fit_als(spark, ratings, cfg)
+        vae = V.fit(spark, ratings, cfg.train.vae) if cfg.train.vae.enabled else None
+        synthetic = None
+        if vae is not None and cfg.train.vae.augment:
+            synthetic = A.synthetic_ratings(vae, ratings, cfg).persist()
+            users_f, items_f = fit_als(spark, ratings.unionByName(synthetic.drop(A.SCORE)), cfg)
+        else:
+            users_f, items_f = fit_als(spark, ratings, cfg)
     finally:
         ratings.unpersist()
     user_factors = users_f.join(user_map, S.USER_IDX).select(S.USER_ID, S.USER_IDX, S.FEATURES).persist()
     item_factors = items_f.join(item_map, S.ITEM_IDX).select(S.ITEM_ID, S.ITEM_IDX, S.FEATURES).persist()
     head = fit_head(item_factors, embeddings, item_counts(interactions), cfg.train.head, model_id=model_id)
-    model = Model(model_id, user_map, item_map, user_factors, item_factors, head, cfg.train.als.rank)
+    model = Model(
+        model_id,
+        user_map,
+        item_map,
+        user_factors,
+        item_factors,
+        head,
+        cfg.train.als.rank,
+        vae=vae,
+        synthetic=synthetic,
+    )
     return model, new_u, new_i

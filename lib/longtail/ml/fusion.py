@@ -169,7 +169,7 @@ def fit_ranker(
             "ranker: the inner split leaves no interaction to fit the feature model on "
             "(every user's history is within recommend.ranker.label_fraction); fused ranks by cf"
         )
-        ranker = L.Ranker(None, L.FEATURES, signal=L.CF, pop_penalty=fixed_penalty(rk))
+        ranker = L.Ranker(None, L.features_for(rk), signal=L.CF, pop_penalty=fixed_penalty(rk))
         ranker.info = {
             "model": L.CF,
             "pop_penalty": ranker.pop_penalty,
@@ -187,7 +187,8 @@ def fit_ranker(
         if needs_validation(rk):
             ranker, choice = _choose(rows, rk, k=cfg.recommend.k, validation=validation)
         else:
-            ranker = L.Ranker(L.fit_pipeline(rows, rk), L.FEATURES, pop_penalty=fixed_penalty(rk))
+            feats = L.features_for(rk)
+            ranker = L.Ranker(L.fit_pipeline(rows, rk, features=feats), feats, pop_penalty=fixed_penalty(rk))
         if ranker.pipeline is not None:
             train_auc = L.auc(L.probability(ranker.pipeline, rows))
         else:
@@ -245,6 +246,7 @@ def _choose(
     leaves either side without both classes: too few labelled users to hold any out.
     """
     held = validation_users(rk)
+    feats = L.features_for(rk)
     fit_rows = rows.where(~held).persist()
     val_rows = (validation if validation is not None else rows.where(held)).persist()
     try:
@@ -254,11 +256,13 @@ def _choose(
             log.warning(
                 "ranker: too few labelled users to hold out a validation part; fitting %s on all", kind
             )
-            ranker = L.Ranker(L.fit_pipeline(rows, rk, kind=kind), L.FEATURES, pop_penalty=fixed_penalty(rk))
+            ranker = L.Ranker(
+                L.fit_pipeline(rows, rk, features=feats, kind=kind), feats, pop_penalty=fixed_penalty(rk)
+            )
             return ranker, {"chosen": kind, "pop_penalty": ranker.pop_penalty, "validation": None}
         kinds = ("gbt", "logistic") if rk.model == "auto" else (rk.model,)
-        fitted = {kind: L.fit_pipeline(fit_rows, rk, kind=kind) for kind in kinds}
-        contenders = [c for c in CONTENDERS if c in kinds or c in L.SIGNALS]
+        fitted = {kind: L.fit_pipeline(fit_rows, rk, features=feats, kind=kind) for kind in kinds}
+        contenders = [c for c in CONTENDERS if c in kinds or c in L.signals_for(rk)]
         featured = _with_logits(val_rows.select(S.USER_IDX, S.ITEM_IDX, L.LABEL, *L.FEATURES), fitted)
         base = _sweep(featured, contenders, [0.0], k=k)
         scores = {name: round(base[(name, 0.0)]["ndcg"], 5) for name in contenders}
@@ -279,9 +283,9 @@ def _choose(
         fit_rows.unpersist()
         val_rows.unpersist()
     if chosen in fitted:
-        ranker = L.Ranker(fitted[chosen], L.FEATURES, pop_penalty=beta)
+        ranker = L.Ranker(fitted[chosen], feats, pop_penalty=beta)
     else:
-        ranker = L.Ranker(None, L.FEATURES, signal=chosen, pop_penalty=beta)
+        ranker = L.Ranker(None, feats, signal=chosen, pop_penalty=beta)
     return ranker, {
         "chosen": chosen,
         "pop_penalty": beta,

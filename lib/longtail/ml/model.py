@@ -21,8 +21,10 @@ from longtail.core.files import fetch_dir, read_text
 from longtail.core.uris import join_uri
 from longtail.lake import Lake
 from longtail.ml import ranker as L
+from longtail.ml import vae as V
 from longtail.ml.encoder import inspect_model
 from longtail.ml.head import ProjectionHead
+from longtail.ml.vae import VaeModel
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,9 @@ class Model:
         head: the text-to-CF projection head.
         rank: the ALS rank (factor size).
         ranker: the learned fusion (:mod:`longtail.ml.ranker`); None: not fitted.
+        vae: the Mult-VAE (:mod:`longtail.ml.vae`); None: not fitted (``train.vae.enabled: false``).
+        synthetic: the generated pairs ALS learned from too (:mod:`longtail.ml.augment`:
+            ``user_idx, item_idx, rating, n, score``); None: no augmentation.
     """
 
     model_id: str
@@ -48,10 +53,15 @@ class Model:
     head: ProjectionHead
     rank: int
     ranker: L.Ranker | None = None
+    vae: VaeModel | None = None
+    synthetic: DataFrame | None = None  # generated ALS input (train.vae.augment), persisted
 
     def unpersist(self) -> None:
-        for df in (self.user_map, self.item_map, self.user_factors, self.item_factors):
-            df.unpersist()
+        for df in (self.user_map, self.item_map, self.user_factors, self.item_factors, self.synthetic):
+            if df is not None:
+                df.unpersist()
+        if self.vae is not None:
+            self.vae.unpersist()
 
 
 # --- the stage -----------------------------------------------------------------------------------
@@ -165,6 +175,16 @@ def load_model(lake: Lake, *, model_id: str | None = None) -> Model:
                 f"the learned ranker recorded by train at {saved['path']!r} cannot be read ({exc}): "
                 "run train again"
             ) from exc
+    vae = None
+    saved_vae = head.spec.extra.get("vae")
+    if saved_vae:
+        try:
+            vae = V.load(lake.spark, saved_vae["path"])
+        except Exception as exc:  # any read failure means the same: train again
+            raise MissingInputError(
+                f"the Mult-VAE recorded by train at {saved_vae['path']!r} cannot be read ({exc}): "
+                "run train again"
+            ) from exc
     return Model(
         model_id=head.spec.model_id,
         user_map=lake.read(S.ID_MAP_USERS),
@@ -174,6 +194,7 @@ def load_model(lake: Lake, *, model_id: str | None = None) -> Model:
         head=head,
         rank=head.spec.out_dim,
         ranker=ranker,
+        vae=vae,
     )
 
 

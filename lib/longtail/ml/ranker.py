@@ -34,10 +34,11 @@ from longtail.core import schema as S
 from longtail.core.config import RankerConfig
 
 # candidate columns the features read (longtail.ml.scoring.Candidates.pairs)
-CF, CONTENT, POP = "cf", "content", "pop"
+CF, CONTENT, POP, VAE = "cf", "content", "pop", "vae"
 USER_HISTORY = "user_history"  # the user's number of training interactions (0: none)
 ITEM_AGE_DAYS = "item_age_days"  # days from the item's last interaction to the history's end (null: cold)
 
+VAE_COLUMNS = (VAE, f"{VAE}_rank", f"{VAE}_mean", f"{VAE}_std")  # null without a Mult-VAE
 LABEL = "label"
 FEATURES_VEC = "ranker_features"
 PROBABILITY = "ranker_p"  # P(chosen) from the ranker
@@ -61,6 +62,10 @@ FEATURES: tuple[str, ...] = (
     "f_is_head",
     "f_user_history",
     "f_z_gap",
+    "f_vae",
+    "f_has_vae",
+    "f_vae_z",
+    "f_vae_rank",
 )
 
 
@@ -74,7 +79,7 @@ class Ranker:
         features: the feature columns it reads, in order.
         info: what it was trained on (rows, positives, users, model kind); goes to the run summary.
         path: where it is saved (None until :func:`save`, and for a single signal).
-        signal: ``cf`` or ``content`` when that signal alone ranked the validation users best: the
+        signal: ``cf``, ``content`` or ``vae`` when that signal alone ranked the validation users best: the
             fusion is then that signal's order (its z-score is the log-odds).
         pop_penalty: subtracted from the log-odds, times ``log(1 + n_i)`` (``n_i`` the item's
             training interactions): the propensity correction that lets the fused list reach the
@@ -97,7 +102,21 @@ class Ranker:
             raise ValueError(f"ranker pop_penalty must be >= 0, got {self.pop_penalty!r}")
 
 
-SIGNALS = (CF, CONTENT)
+SIGNALS = (CF, CONTENT, VAE)
+VAE_FEATURES = ("f_vae", "f_has_vae", "f_vae_z", "f_vae_rank")
+
+
+def features_for(cfg: RankerConfig) -> tuple[str, ...]:
+    """The features a ranker fitted under ``cfg`` reads: :data:`FEATURES`, less the Mult-VAE's
+    when ``use_vae`` is false."""
+    return FEATURES if cfg.use_vae else tuple(f for f in FEATURES if f not in VAE_FEATURES)
+
+
+def signals_for(cfg: RankerConfig) -> tuple[str, ...]:
+    """The single signals that compete with the fitted models under ``cfg`` (``model: auto``)."""
+    return SIGNALS if cfg.use_vae else tuple(s for s in SIGNALS if s != VAE)
+
+
 MISSING_SIGNAL_SCORE = -1e3  # a single-signal ranker's score of an item the signal did not score
 
 
@@ -139,7 +158,7 @@ def _rank(signal: str) -> Column:
 def feature_columns() -> dict[str, Column]:
     """``{name: expression}`` of every feature of :data:`FEATURES` (all double, never null)."""
     n = F.coalesce(F.col(S.POPULARITY).cast("double"), F.lit(0.0))
-    has = {s: F.col(s).isNotNull().cast("double") for s in (CF, CONTENT)}
+    has = {s: F.col(s).isNotNull().cast("double") for s in SIGNALS}
     cols = {
         "f_cf": F.coalesce(F.col(CF).cast("double"), F.lit(0.0)),
         "f_has_cf": has[CF],
@@ -158,6 +177,10 @@ def feature_columns() -> dict[str, Column]:
         "f_is_head": (~F.coalesce(F.col(S.IS_LONG_TAIL), F.lit(True))).cast("double"),
         "f_user_history": F.log1p(F.coalesce(F.col(USER_HISTORY).cast("double"), F.lit(0.0))),
         "f_z_gap": _z(CONTENT) - _z(CF),
+        "f_vae": F.coalesce(F.col(VAE).cast("double"), F.lit(0.0)),
+        "f_has_vae": has[VAE],
+        "f_vae_z": _z(VAE),
+        "f_vae_rank": _rank(VAE),
     }
     assert tuple(cols) == FEATURES
     return cols
@@ -167,7 +190,7 @@ def with_features(pairs: DataFrame) -> DataFrame:
     """``pairs`` plus the :data:`FEATURES` columns.
 
     ``pairs`` needs the candidate columns (``cf, content, pop`` with ``*_rank``, ``cf_mean,
-    cf_std, content_mean, content_std``, ``popularity, is_long_tail``) and ``user_history``,
+    cf_std, content_mean, content_std`` and, when there is a Mult-VAE, :data:`VAE_COLUMNS`), ``popularity, is_long_tail``) and ``user_history``,
     ``item_age_days``; a missing one raises naming it.
     """
     needed = [
@@ -175,7 +198,17 @@ def with_features(pairs: DataFrame) -> DataFrame:
         f"{CONTENT}_mean", f"{CONTENT}_std", S.POPULARITY, S.IS_LONG_TAIL, USER_HISTORY, ITEM_AGE_DAYS,
     ]  # fmt: skip
     S.require_columns(pairs, needed, "ranker candidates")
+    pairs = with_vae_columns(pairs)
     return pairs.withColumns(feature_columns())
+
+
+def with_vae_columns(pairs: DataFrame) -> DataFrame:
+    """``pairs`` with the :data:`VAE_COLUMNS` it lacks, null (candidates of a model without the
+    Mult-VAE: every ``vae`` feature is then 0 and its indicator 0)."""
+    absent = [c for c in VAE_COLUMNS if c not in pairs.columns]
+    return pairs.withColumns(
+        {c: F.lit(None).cast("int" if c.endswith("_rank") else "double") for c in absent}
+    )
 
 
 def sample_negatives(labelled: DataFrame, *, negatives: int, seed: int) -> DataFrame:

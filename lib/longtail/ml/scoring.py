@@ -50,6 +50,7 @@ from longtail.core import schema as S
 from longtail.core.config import VARIANTS, RecommendConfig
 from longtail.core.errors import MissingInputError
 from longtail.ml import ranker as L
+from longtail.ml import vae as V
 from longtail.ml.cf import new_ids
 from longtail.ml.head import ProjectionHead
 from longtail.ml.model import Model
@@ -59,8 +60,8 @@ from longtail.ml.topk import Signal, blocked_top_k
 log = logging.getLogger(__name__)
 
 # candidate columns
-CF, CONTENT, POP = "cf", "content", "pop"
-CF_VEC, CONTENT_VEC, POP_VEC = "cf_vec", "content_vec", "pop_vec"
+CF, CONTENT, POP, VAE = "cf", "content", "pop", V.VAE
+CF_VEC, CONTENT_VEC, POP_VEC, VAE_VEC = "cf_vec", "content_vec", "pop_vec", V.VAE_VEC
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Candidates:
         items: ``(item_id, item_idx)`` of the catalogue.
         stats: :func:`item_stats` of the catalogue.
         ranker: the learned fusion (``model.ranker``); None: only ``recommend.fusion: blend`` works.
+        has_vae: whether the model had a Mult-VAE (else the ``vae*`` columns are null).
     """
 
     pairs: DataFrame
@@ -85,6 +87,7 @@ class Candidates:
     items: DataFrame
     stats: DataFrame
     ranker: L.Ranker | None = None
+    has_vae: bool = False
     _learned: DataFrame | None = field(default=None, repr=False)
 
     def learned(self) -> DataFrame:
@@ -296,6 +299,7 @@ def candidates(
     mean = mean_vector(embeddings, S.EMBEDDING) if cfg.centre else None
     content_vecs = centred(embeddings, mean)
     cf_vecs = cf_item_vectors(model, embeddings, stats, head_prior=cfg.head_prior)
+    vae = model.vae
     items = (
         item_idx.join(stats.select(S.ITEM_ID, S.POPULARITY), S.ITEM_ID)
         .join(cf_vecs, S.ITEM_ID, "left")
@@ -307,6 +311,8 @@ def candidates(
             F.array(F.col(S.POPULARITY).cast("float")).alias(POP_VEC),
         )
     )
+    if vae is not None:
+        items = items.join(V.item_vectors(vae), S.ITEM_IDX, "left")
     history = interactions.join(user_idx.select(S.USER_ID), S.USER_ID, "left_semi")
     profiles = content_profiles(
         history,
@@ -333,6 +339,12 @@ def candidates(
         Signal(CONTENT, CONTENT_VEC, CONTENT_VEC, cfg.candidates),
         Signal(POP, POP_VEC, POP_VEC, cfg.k),
     ]
+    moments = [CF, CONTENT]
+    if vae is not None:
+        seen = seen.persist()
+        queries = queries.join(V.user_vectors(vae, seen), S.USER_IDX, "left")
+        signals.append(Signal(VAE, VAE_VEC, VAE_VEC, cfg.candidates))
+        moments.append(VAE)
     pairs = blocked_top_k(
         queries,
         items,
@@ -342,8 +354,10 @@ def candidates(
         exclude=seen,
         block_queries=cfg.block_users,
         block_items=cfg.block_items,
-        moments=[CF, CONTENT],
+        moments=moments,
     )
+    if vae is None:  # the columns every consumer reads, as a model without the signal has them
+        pairs = L.with_vae_columns(pairs)
     pairs = (
         pairs.join(item_idx, S.ITEM_IDX)
         .join(stats.select(S.ITEM_ID, S.POPULARITY, S.IS_LONG_TAIL), S.ITEM_ID)
@@ -352,7 +366,11 @@ def candidates(
         .join(item_age(interactions, item_idx), S.ITEM_IDX, "left")
         .localCheckpoint(eager=True)  # see docs/decisions.md: the plans of every variant start here
     )
-    return Candidates(pairs=pairs, users=user_idx, items=item_idx, stats=stats, ranker=model.ranker)
+    if vae is not None:
+        seen.unpersist()
+    return Candidates(
+        pairs=pairs, users=user_idx, items=item_idx, stats=stats, ranker=model.ranker, has_vae=vae is not None
+    )
 
 
 def user_history(history: DataFrame, user_idx: DataFrame) -> DataFrame:
@@ -387,6 +405,8 @@ def candidates_at(cands: Candidates, *, k: int, n_candidates: int) -> Candidates
     own pairs when asked; free them with :meth:`Candidates.release_learned`.
     """
     ranks = {f"{CF}_rank": n_candidates, f"{CONTENT}_rank": n_candidates, f"{POP}_rank": k}
+    if f"{VAE}_rank" in cands.pairs.columns:
+        ranks[f"{VAE}_rank"] = n_candidates
     keep = functools.reduce(lambda a, b: a | b, [F.col(c) <= n for c, n in ranks.items()])
     pairs = cands.pairs.where(keep)
     for col, n in ranks.items():
@@ -531,6 +551,13 @@ def rank_variant(
         return top_k(pairs, F.when(F.col(f"{CF}_rank").isNotNull(), F.col(CF)), cfg.k)
     if variant == "content":
         return top_k(pairs, F.when(F.col(f"{CONTENT}_rank").isNotNull(), F.col(CONTENT)), cfg.k)
+    if variant == "vae":
+        if not cands.has_vae:
+            raise MissingInputError(
+                "the variant 'vae' needs the Mult-VAE, which the model does not have: set "
+                "train.vae.enabled=true and run train again, or choose another variant"
+            )
+        return top_k(pairs, F.when(F.col(f"{VAE}_rank").isNotNull(), F.col(VAE)), cfg.k)
     if variant in ("fused", "fused_rerank") and cfg.fusion == "learned":
         learned = cands.learned()
         if variant == "fused":

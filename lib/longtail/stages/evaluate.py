@@ -164,6 +164,9 @@ def evaluate(
         catalogue=items,
     )
     specs = list(specs) if specs is not None else list_specs(ev)
+    if model.vae is None and any(p.variant == "vae" for p in specs):
+        log.info("evaluate: no 'vae' list (train.vae.enabled is false)")
+        specs = [p for p in specs if p.variant != "vae"]
     names = [p.name for p in specs]
     if len(set(names)) != len(names) or all(p.sweep is not None for p in specs):
         raise ValueError(f"evaluate: list names must be unique and one at least no sweep point: {names}")
@@ -214,6 +217,7 @@ def evaluate(
     for df in (*lists, all_metrics, train_part, test_part):
         df.unpersist()
     cands.unpersist()
+    vae_spec = None if model.vae is None else model.vae.spec
     model.unpersist()
     return {
         "metrics": table,
@@ -225,6 +229,7 @@ def evaluate(
         "split": split_counts,
         "users": users,
         "ranker": ranker_info,
+        "vae": vae_spec,
         "finetuned": finetuned,
         "seconds": {k: round(v, 2) for k, v in times.items()},
     }

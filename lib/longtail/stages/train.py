@@ -3,8 +3,8 @@
 Reads `interactions`, `items` and the current `item_embeddings`; fits with
 :func:`longtail.ml.cf.fit` (id maps, implicit ALS, projection head: the module doc there explains
 each step) and, with ``recommend.fusion: learned``, :func:`longtail.ml.fusion.fit_ranker`; writes
-`user_ids`, `item_ids`, `user_factors`, `item_factors`, the ranker (MLlib persistence under
-``<lake.root>/models/ranker/<run_id>``) and `projection_head` last, so that a run that failed half-way
+`user_ids`, `item_ids`, `user_factors`, `item_factors`, the Mult-VAE (``<lake.root>/models/vae/<run_id>``),
+the ranker (MLlib persistence under ``<lake.root>/models/ranker/<run_id>``) and `projection_head` last, so that a run that failed half-way
 is recognised by :func:`longtail.ml.model.load_model`.
 """
 
@@ -21,7 +21,9 @@ from longtail.core import schema as S
 from longtail.core.config import Config, join_uri
 from longtail.lake import Lake
 from longtail.lake.runs import new_run_id
+from longtail.ml import augment as A
 from longtail.ml import ranker as L
+from longtail.ml import vae as V
 from longtail.ml.cf import fit
 from longtail.ml.fusion import fit_ranker
 from longtail.ml.head import ProjectionHead
@@ -59,20 +61,22 @@ def run(
         items_existing=items_existing,
     )
     ranker_summary: dict[str, Any] | None = None
-    ranker_extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    run_id = run_id or new_run_id()
+    if model.vae is not None:
+        model.vae = V.save(spark, model.vae, join_uri(lake.root, "models", "vae", run_id))
+        extra["vae"] = {"path": model.vae.path, "spec": model.vae.spec}
     if cfg.recommend.fusion == "learned":
         ranker = fit_ranker(spark, cfg, interactions, items, embeddings, model_id=mid)
-        path = join_uri(lake.root, "models", "ranker", run_id or new_run_id())
+        path = join_uri(lake.root, "models", "ranker", run_id)
         ranker = L.save(ranker, path)
         ranker_summary = {"path": ranker.path, "features": list(ranker.features), **ranker.info}
-        ranker_extra = {
-            "ranker": {
-                "path": ranker.path,
-                "signal": ranker.signal,
-                "pop_penalty": ranker.pop_penalty,
-                "features": list(ranker.features),
-                "info": {k: v for k, v in ranker.info.items() if k != "importances"},
-            }
+        extra["ranker"] = {
+            "path": ranker.path,
+            "signal": ranker.signal,
+            "pop_penalty": ranker.pop_penalty,
+            "features": list(ranker.features),
+            "info": {k: v for k, v in ranker.info.items() if k != "importances"},
         }
     try:
         for table, rows in ((S.ID_MAP_USERS, new_u), (S.ID_MAP_ITEMS, new_i)):
@@ -87,9 +91,13 @@ def run(
             S.USER_FACTORS: lake.overwrite(S.USER_FACTORS, model.user_factors),
             S.ITEM_FACTORS: lake.overwrite(S.ITEM_FACTORS, model.item_factors),
         }
-        spec = dataclasses.replace(
-            spec, extra={**spec.extra, "run_id": run_id, "tables": versions, **ranker_extra}
-        )
+        if model.synthetic is not None:
+            rows = A.synthetic_rows(model.synthetic, model.user_map, model.item_map, run_id)
+            versions[S.SYNTHETIC_INTERACTIONS] = lake.overwrite(
+                S.SYNTHETIC_INTERACTIONS, S.conform(rows, S.SYNTHETIC_INTERACTIONS_SCHEMA)
+            )
+            extra["vae"]["synthetic_rows"] = model.synthetic.count()
+        spec = dataclasses.replace(spec, extra={**spec.extra, "run_id": run_id, "tables": versions, **extra})
         head = ProjectionHead(spec, model.head.params)
         lake.overwrite(S.PROJECTION_HEAD, head_row(spark, head, run_id or ""))
         counts = {
@@ -105,6 +113,7 @@ def run(
         "head": {"trained_items": spec.trained_items, "validation": spec.validation, "hidden": spec.hidden},
         "versions": versions,
         "ranker": ranker_summary,
+        "vae": extra.get("vae"),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     log.info("train: %s", summary)

@@ -1,0 +1,336 @@
+"""Mult-VAE: a generative collaborative signal that models each user's whole item distribution.
+
+Liang, Krishnan, Hoffman and Jebara, "Variational Autoencoders for Collaborative Filtering"
+(WWW 2018). A user is the multi-hot vector ``x`` of the items they interacted with; the model is
+
+    h = tanh(W_enc . normalise(dropout(x)) + b_enc)        encoder, ``hidden`` units
+    mu, logvar = W_lat . h + b_lat                         ``latent`` dimensions
+    z = mu + eps * exp(logvar / 2)  (mu when scoring)
+    d = tanh(W_dec . z + b_dec)                            decoder, ``hidden`` units
+    logits = W_out . d + b_out                             one logit per item
+
+trained on the multinomial log-likelihood of ``x`` under ``softmax(logits)`` plus ``beta`` times
+the KL divergence of ``N(mu, exp(logvar))`` from ``N(0, 1)``, with ``beta`` annealed linearly from
+0 to ``anneal_cap`` (the paper's "partially regularised" objective). The multinomial likelihood
+spreads one unit of probability over the whole catalogue, so a user's mass is not spent on the
+few head items a per-item (Bernoulli or squared) loss would favour: the reason this signal is
+here, next to ALS, for the long tail.
+
+**Where it runs.** Training is single-process PyTorch on the driver: the ``(user, item)`` pairs of
+at most ``train.vae.max_interactions`` interactions (a seeded sample of users beyond) are collected,
+the documented exception to the no-collect rule (like the projection head's training set).
+Scoring never holds the catalogue on the driver: the item side of the model is a DataFrame of
+per-item rows (the encoder's input column ``vae_enc`` and the output layer's row plus its bias,
+``vae_dec``), saved as Parquet; a user's vector is computed on the executors by summing the
+``vae_enc`` rows of the user's items (the first layer of a multi-hot input is exactly that sum,
+scaled by ``1 / sqrt(n)`` for the L2 normalisation) and applying the small dense layers; it is
+``[d, 1]``, so that ``user . item = W_out_i . d + b_out_i`` is the item's logit, and the
+blocked top-K ranks users by it like any other signal. The softmax is monotone per user, so the
+logit order is the probability order.
+
+Items without a training interaction have no output row (the model knows nothing of them): their
+``vae`` score is null, and the other signals (content, the head's CF vectors) carry them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from longtail.core import schema as S
+from longtail.core.config import VaeConfig
+from longtail.core.files import read_bytes, write_files
+
+log = logging.getLogger(__name__)
+
+VAE = "vae"  # the signal's name in the candidates
+VAE_VEC = "vae_vec"  # user and item vectors of the blocked top-K
+ENC, DEC = "vae_enc", "vae_dec"  # per-item rows of the encoder's first and the decoder's last layer
+DENSE_FILE, CARD_FILE, ITEMS_DIR = "dense.safetensors", "vae.json", "items"
+DENSE = ("enc_b", "lat_w", "lat_b", "dec_w", "dec_b")  # the dense weights' names (numpy, (out, in))
+
+
+class VaeError(ValueError):
+    """The VAE cannot be trained on this input (too little data) or its files are unreadable."""
+
+
+@dataclass
+class VaeModel:
+    """A trained Mult-VAE: the small dense weights on the driver, the item side as a DataFrame.
+
+    Attributes:
+        spec: ``hidden``, ``latent``, ``items`` (output columns), ``users`` and ``interactions``
+            trained on, ``steps``, ``epochs``, ``loss`` (first and last epoch), ``seconds``, ``seed``.
+        dense: :data:`DENSE` -> float32 arrays, ``torch.nn.Linear`` layout ``(out, in)``.
+        items: ``(item_idx, vae_enc, vae_dec)``: per item, the encoder's input column (``hidden``
+            floats) and the output layer's row with its bias appended (``hidden + 1`` floats).
+        path: where :func:`save` wrote it (None: not saved).
+    """
+
+    spec: dict[str, Any]
+    dense: dict[str, np.ndarray]
+    items: DataFrame
+    path: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def unpersist(self) -> None:
+        self.items.unpersist()
+
+
+# --- the network ---------------------------------------------------------------------------------
+def network(n_items: int, hidden: int, latent: int, dropout: float) -> Any:
+    """The Mult-VAE module (``torch.nn.Module``); ``forward(x) -> (logits, mu, logvar)``."""
+    import torch
+    from torch import nn
+
+    class MultVae(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.drop = nn.Dropout(dropout)
+            self.enc = nn.Linear(n_items, hidden)
+            self.lat = nn.Linear(hidden, 2 * latent)
+            self.dec = nn.Linear(latent, hidden)
+            self.out = nn.Linear(hidden, n_items)
+
+        def forward(self, x: Any) -> tuple[Any, Any, Any]:
+            h = nn.functional.normalize(x, dim=1)
+            h = torch.tanh(self.enc(self.drop(h)))
+            mu, logvar = self.lat(h).chunk(2, dim=1)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+            return self.out(torch.tanh(self.dec(z))), mu, logvar
+
+    return MultVae()
+
+
+def loss(logits: Any, x: Any, mu: Any, logvar: Any, beta: float) -> Any:
+    """The Mult-VAE objective, averaged over the users of the batch: the multinomial negative
+    log-likelihood ``-sum_i x_i log softmax(logits)_i`` plus ``beta`` times
+    ``KL(N(mu, exp(logvar)) || N(0, 1)) = -1/2 sum (1 + logvar - mu^2 - exp(logvar))``."""
+    import torch
+
+    nll = -(torch.log_softmax(logits, dim=1) * x).sum(dim=1).mean()
+    kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
+    return nll + beta * kl
+
+
+def beta_at(step: int, total: int, cap: float) -> float:
+    """KL weight at optimisation ``step`` of ``total``: linear from 0, reaching ``cap`` at 80% of
+    the steps and staying there."""
+    return cap * min(1.0, step / max(1.0, 0.8 * total))
+
+
+# --- training ------------------------------------------------------------------------------------
+def training_pairs(ratings: DataFrame, cfg: VaeConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``(user_idx, item_idx)`` arrays of at most ``cfg.max_interactions`` distinct pairs, on the
+    driver: every user when they fit, else a seeded hash sample of users (whole histories), cut at
+    the cap. Also returns the counts before sampling."""
+    pairs = ratings.select(S.USER_IDX, S.ITEM_IDX).distinct()
+    total = pairs.count()
+    fraction = min(1.0, cfg.max_interactions / max(total, 1))
+    if fraction < 1.0:
+        bucket = F.abs(F.xxhash64(F.col(S.USER_IDX), F.lit(cfg.seed))) % 1_000_000
+        pairs = pairs.where(bucket < math.floor(fraction * 1_000_000))
+    got = cast(pd.DataFrame, pairs.orderBy(S.USER_IDX, S.ITEM_IDX).limit(cfg.max_interactions).toPandas())
+    users = got[S.USER_IDX].to_numpy(np.int64)
+    items = got[S.ITEM_IDX].to_numpy(np.int64)
+    return users, items, {"interactions_total": int(total), "user_fraction": round(fraction, 6)}
+
+
+def fit(spark: SparkSession, ratings: DataFrame, cfg: VaeConfig) -> VaeModel:
+    """Train the Mult-VAE on ``ratings`` (``user_idx, item_idx``, one row per interaction or per
+    pair) and return it with its item side as a DataFrame (not persisted, not saved).
+
+    Raises :class:`VaeError` when fewer than 2 users or 2 items remain.
+    """
+    import torch
+
+    t0 = time.perf_counter()
+    users, items, counts = training_pairs(ratings, cfg)
+    item_ids, cols = np.unique(items, return_inverse=True)
+    user_ids, rows = np.unique(users, return_inverse=True)
+    if len(user_ids) < 2 or len(item_ids) < 2:
+        raise VaeError(
+            f"train.vae: {len(user_ids)} users and {len(item_ids)} items to learn from; at least 2 "
+            "of each are needed (set train.vae.enabled=false for such a log)"
+        )
+    order = np.argsort(rows, kind="stable")
+    rows, cols = rows[order], cols[order]
+    starts = np.searchsorted(rows, np.arange(len(user_ids) + 1))
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    net = network(len(item_ids), cfg.hidden, cfg.latent, cfg.dropout)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
+    n_users = len(user_ids)
+    per_epoch = math.ceil(n_users / cfg.batch_size)
+    total = min(cfg.epochs * per_epoch, cfg.max_steps)
+    epochs = math.ceil(total / per_epoch)
+    losses: list[float] = []
+    step = 0
+    net.train()
+    for _ in range(epochs):
+        perm = rng.permutation(n_users)
+        running, seen = 0.0, 0
+        for lo in range(0, n_users, cfg.batch_size):
+            if step >= total:
+                break
+            batch = perm[lo : lo + cfg.batch_size]
+            x = torch.zeros(len(batch), len(item_ids))
+            for r, u in enumerate(batch):
+                x[r, torch.from_numpy(cols[starts[u] : starts[u + 1]])] = 1.0
+            logits, mu, logvar = net(x)
+            value = loss(logits, x, mu, logvar, beta_at(step, total, cfg.anneal_cap))
+            opt.zero_grad()
+            value.backward()
+            opt.step()
+            step += 1
+            running += value.item() * len(batch)
+            seen += len(batch)
+        if seen:
+            losses.append(running / seen)
+    net.eval()
+    with torch.no_grad():
+        enc = net.enc.weight.detach().numpy().T.astype(np.float32)  # (items, hidden)
+        out = np.concatenate(
+            [net.out.weight.detach().numpy(), net.out.bias.detach().numpy()[:, None]], axis=1
+        ).astype(np.float32)  # (items, hidden + 1)
+        dense = {
+            "enc_b": net.enc.bias.detach().numpy().astype(np.float32),
+            "lat_w": net.lat.weight.detach().numpy().astype(np.float32),
+            "lat_b": net.lat.bias.detach().numpy().astype(np.float32),
+            "dec_w": net.dec.weight.detach().numpy().astype(np.float32),
+            "dec_b": net.dec.bias.detach().numpy().astype(np.float32),
+        }
+    spec = {
+        "hidden": cfg.hidden,
+        "latent": cfg.latent,
+        "items": len(item_ids),
+        "users": n_users,
+        "interactions": len(users),
+        **counts,
+        "steps": step,
+        "epochs": len(losses),
+        "loss": [round(losses[0], 4), round(losses[-1], 4)] if losses else None,
+        "anneal_cap": cfg.anneal_cap,
+        "seed": cfg.seed,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    log.info("vae: %s", spec)
+    return VaeModel(spec, dense, item_rows(spark, item_ids, enc, out))
+
+
+def item_rows(spark: SparkSession, item_ids: np.ndarray, enc: np.ndarray, out: np.ndarray) -> DataFrame:
+    """``(item_idx, vae_enc, vae_dec)`` from the trained matrices (the one driver-to-executor
+    transfer of catalogue size, at training time only)."""
+    pdf = pd.DataFrame({S.ITEM_IDX: item_ids.astype(np.int32), ENC: list(enc), DEC: list(out)})
+    return spark.createDataFrame(pdf, ITEMS_SCHEMA)
+
+
+ITEMS_SCHEMA = T.StructType(
+    [
+        T.StructField(S.ITEM_IDX, T.IntegerType(), False),
+        T.StructField(ENC, T.ArrayType(T.FloatType(), False), False),
+        T.StructField(DEC, T.ArrayType(T.FloatType(), False), False),
+    ]
+)
+
+
+# --- scoring -------------------------------------------------------------------------------------
+def item_vectors(model: VaeModel) -> DataFrame:
+    """``(item_idx, vae_vec)``: the output layer's row of each item with its bias."""
+    return model.items.select(S.ITEM_IDX, F.col(DEC).alias(VAE_VEC))
+
+
+def user_vectors(model: VaeModel, history: DataFrame) -> DataFrame:
+    """``(user_idx, vae_vec)`` of every user of ``history`` (``user_idx, item_idx``) with at least
+    one item the model knows: ``[d, 1]``, ``d`` the decoder's hidden layer at the posterior mean."""
+    from pyspark.ml.functions import array_to_vector, vector_to_array
+    from pyspark.ml.stat import Summarizer
+
+    rows = (
+        history.select(S.USER_IDX, S.ITEM_IDX)
+        .distinct()
+        .join(model.items.select(S.ITEM_IDX, array_to_vector(F.col(ENC)).alias("_e")), S.ITEM_IDX)
+    )
+    summed = rows.groupBy(S.USER_IDX).agg(
+        vector_to_array(Summarizer.sum(F.col("_e")), "float32").alias("_s"), F.count(F.lit(1)).alias("_n")
+    )
+    dense = {k: v.astype(np.float32) for k, v in model.dense.items()}
+    latent = int(model.spec["latent"])
+    out = T.StructType(
+        [T.StructField(S.USER_IDX, T.IntegerType()), T.StructField(VAE_VEC, T.ArrayType(T.FloatType()))]
+    )
+
+    def apply(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in batches:
+            if pdf.empty:
+                continue
+            s = np.stack(pdf["_s"].to_numpy()).astype(np.float32)
+            n = pdf["_n"].to_numpy(np.float32)[:, None]
+            h = np.tanh(s / np.sqrt(n) + dense["enc_b"])
+            mu = h @ dense["lat_w"][:latent].T + dense["lat_b"][:latent]
+            d = np.tanh(mu @ dense["dec_w"].T + dense["dec_b"])
+            vec = np.concatenate([d, np.ones((len(d), 1), np.float32)], axis=1)
+            yield pd.DataFrame({S.USER_IDX: pdf[S.USER_IDX].astype(np.int32), VAE_VEC: list(vec)})
+
+    return summed.mapInPandas(apply, out)
+
+
+def score_users(model: VaeModel, histories: list[list[int]], item_ids: np.ndarray) -> np.ndarray:
+    """The logits of ``item_ids`` for each history (lists of item_idx), on the driver: the
+    reference the Spark path (:func:`user_vectors` . :func:`item_vectors`) is tested against.
+    ``item_ids`` must be items of the model; returns ``(len(histories), len(item_ids))``."""
+    rows = cast(pd.DataFrame, model.items.toPandas()).set_index(S.ITEM_IDX)
+    enc = np.stack(rows[ENC].to_numpy())
+    dec = np.stack(rows.loc[item_ids, DEC].to_numpy())
+    pos = {int(i): p for p, i in enumerate(rows.index)}
+    latent = int(model.spec["latent"])
+    d = model.dense
+    out = np.zeros((len(histories), len(item_ids)), np.float64)
+    for r, hist in enumerate(histories):
+        x = np.zeros(len(rows), np.float32)
+        x[[pos[i] for i in hist if i in pos]] = 1.0
+        h = np.tanh(enc.T @ (x / np.linalg.norm(x)) + d["enc_b"])
+        mu = d["lat_w"][:latent] @ h + d["lat_b"][:latent]
+        dd = np.tanh(d["dec_w"] @ mu + d["dec_b"])
+        out[r] = dec[:, :-1] @ dd + dec[:, -1]
+    return out
+
+
+# --- persistence ---------------------------------------------------------------------------------
+def save(spark: SparkSession, model: VaeModel, path: str) -> VaeModel:
+    """Write the model under ``path``: ``items/`` (Parquet, the item side), ``dense.safetensors``
+    (the dense weights) and ``vae.json`` (the spec), the card last. Returns it with ``path``."""
+    from safetensors.numpy import save as st_save
+
+    model.items.write.mode("overwrite").parquet(f"{path.rstrip('/')}/{ITEMS_DIR}")
+    blob = st_save({k: np.ascontiguousarray(model.dense[k]) for k in DENSE})
+    card = json.dumps({"format": "longtail-mult-vae/1", **model.spec}, sort_keys=True).encode()
+    write_files(path, [(DENSE_FILE, blob), (CARD_FILE, card)], spark=spark)
+    return VaeModel(model.spec, model.dense, model.items, path, model.info)
+
+
+def load(spark: SparkSession, path: str) -> VaeModel:
+    """Read a model :func:`save` wrote; :class:`VaeError` names what is missing."""
+    from safetensors.numpy import load as st_load
+
+    card = read_bytes(f"{path.rstrip('/')}/{CARD_FILE}", spark=spark)
+    blob = read_bytes(f"{path.rstrip('/')}/{DENSE_FILE}", spark=spark)
+    if card is None or blob is None:
+        raise VaeError(f"no Mult-VAE at {path!r} ({CARD_FILE} or {DENSE_FILE} missing)")
+    spec = json.loads(card)
+    spec.pop("format", None)
+    dense = st_load(blob)
+    items = spark.read.schema(ITEMS_SCHEMA).parquet(f"{path.rstrip('/')}/{ITEMS_DIR}")
+    return VaeModel(spec, dense, items, path)

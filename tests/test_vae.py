@@ -1,0 +1,261 @@
+"""The Mult-VAE signal: the loss by hand, a planted structure, Spark scoring against the driver's
+reference, persistence, the driver cap, its place in train/recommend/evaluate and the no-leak rule."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import synthetic
+from test_encoder import make_tiny_bert
+
+from longtail.core import schema as S
+from longtail.core.config import VaeConfig
+from longtail.core.errors import MissingInputError
+from longtail.ml import augment as A
+from longtail.ml import cf
+from longtail.ml import ranker as L
+from longtail.ml import scoring as R
+from longtail.ml import vae as V
+from longtail.ml.model import current_embeddings, load_model
+from longtail.stages import evaluate, recommend, train
+
+pytestmark = pytest.mark.spark
+
+SMALL = VaeConfig(hidden=16, latent=4, dropout=0.2, epochs=300, max_steps=300, batch_size=16, seed=3)
+
+
+def test_the_loss_is_the_multinomial_likelihood_plus_beta_times_the_kl_by_hand():
+    torch = pytest.importorskip("torch")
+    # user 1: logits (0, ln 2) -> softmax (1/3, 2/3); x = (1, 1): nll = ln 3 + ln 1.5 = ln 4.5
+    #         mu (1, 0), logvar (0, ln 2): KL = -1/2 [(1 + 0 - 1 - 1) + (1 + ln 2 - 0 - 2)] = 1 - ln(2)/2
+    # user 2: logits (0, 0), x = (0, 1): nll = ln 2; mu = logvar = 0: KL = 0
+    logits = torch.tensor([[0.0, math.log(2)], [0.0, 0.0]])
+    x = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    mu = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    logvar = torch.tensor([[0.0, math.log(2)], [0.0, 0.0]])
+    nll = (math.log(4.5) + math.log(2)) / 2
+    kl = (1 - math.log(2) / 2) / 2
+    assert float(V.loss(logits, x, mu, logvar, 0.0)) == pytest.approx(nll, rel=1e-6)
+    assert float(V.loss(logits, x, mu, logvar, 0.5)) == pytest.approx(nll + 0.5 * kl, rel=1e-6)
+    assert V.beta_at(0, 100, 0.2) == 0.0
+    assert V.beta_at(40, 100, 0.2) == pytest.approx(0.1)
+    assert V.beta_at(80, 100, 0.2) == V.beta_at(100, 100, 0.2) == pytest.approx(0.2)
+
+
+def _planted(spark, n_users: int = 60, seed: int = 0):
+    """Two clusters of 10 items (0-9, 10-19); each user takes 5 items of one cluster."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        base = 10 * (u % 2)
+        for i in rng.choice(10, size=5, replace=False):
+            rows.append((u, int(base + i)))
+    return spark.createDataFrame(rows, "user_idx int, item_idx int"), rows
+
+
+def test_the_vae_learns_a_planted_structure_and_spark_scores_equal_the_reference(spark):
+    pairs, rows = _planted(spark)
+    model = V.fit(spark, pairs, SMALL)
+    assert model.spec["users"] == 60 and model.spec["items"] == 20 and model.spec["interactions"] == 300
+    assert model.spec["steps"] == 300 and model.spec["loss"][1] < model.spec["loss"][0]
+    users = {r[S.USER_IDX]: np.asarray(r[V.VAE_VEC]) for r in V.user_vectors(model, pairs).collect()}
+    items = {r[S.ITEM_IDX]: np.asarray(r[V.VAE_VEC]) for r in V.item_vectors(model).collect()}
+    assert set(users) == set(range(60)) and set(items) == set(range(20))
+    item_ids = np.arange(20)
+    history = {u: sorted(i for uu, i in rows if uu == u) for u in range(60)}
+    reference = V.score_users(model, [history[u] for u in range(60)], item_ids)
+    spark_scores = np.stack([[users[u] @ items[i] for i in item_ids] for u in range(60)])
+    np.testing.assert_allclose(spark_scores, reference, rtol=1e-4, atol=1e-4)
+    # every user's unseen items of their own cluster outscore the other cluster's
+    right = 0
+    for u in range(60):
+        own = [i for i in range(10 * (u % 2), 10 * (u % 2) + 10) if i not in history[u]]
+        other = [i for i in range(20) if i // 10 != u % 2]
+        right += reference[u, own].min() > reference[u, other].max()
+    assert right >= 57, right
+
+
+def test_save_and_load_round_trip_the_weights_items_and_scores(spark, tmp_path):
+    pairs, _ = _planted(spark, n_users=20, seed=1)
+    model = V.fit(spark, pairs, dataclasses.replace(SMALL, max_steps=20))
+    saved = V.save(spark, model, str(tmp_path / "vae" / "run-1"))
+    assert saved.path.endswith("vae/run-1")
+    assert {p.name for p in (tmp_path / "vae" / "run-1").iterdir()} >= {
+        V.DENSE_FILE,
+        V.CARD_FILE,
+        V.ITEMS_DIR,
+    }
+    back = V.load(spark, saved.path)
+    assert back.spec == model.spec
+    assert set(back.dense) == set(V.DENSE)
+    for name in V.DENSE:
+        np.testing.assert_array_equal(back.dense[name], model.dense[name])
+    hist = [[0, 1, 2], [12, 15]]
+    np.testing.assert_array_equal(
+        V.score_users(back, hist, np.arange(5)), V.score_users(model, hist, np.arange(5))
+    )
+    with pytest.raises(V.VaeError, match="no Mult-VAE"):
+        V.load(spark, str(tmp_path / "nowhere"))
+
+
+def test_the_pairs_reaching_the_driver_are_capped_and_whole_users_sampled(spark):
+    pairs, rows = _planted(spark, n_users=60)
+    users, items, info = V.training_pairs(pairs, dataclasses.replace(SMALL, max_interactions=100))
+    assert info["interactions_total"] == 300 and info["user_fraction"] == pytest.approx(1 / 3, abs=1e-6)
+    assert 0 < len(users) <= 100
+    got = set(zip(users.tolist(), items.tolist(), strict=True))
+    assert got <= set(rows)
+    # hash-sampled users come whole; only the cut at the cap can shorten the last one
+    counts = np.bincount(users)
+    assert sorted(counts[counts > 0])[1:] == [5] * (len(set(users.tolist())) - 1)
+    with pytest.raises(V.VaeError, match="at least 2"):
+        V.fit(spark, spark.createDataFrame([(0, 1), (0, 2)], "user_idx int, item_idx int"), SMALL)
+
+
+@pytest.fixture(scope="module")
+def lake_cfg(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("vae_lake")
+    model_dir = make_tiny_bert(root / "tiny")
+    lake, mid = synthetic.build_lake(spark, str(root / "lake"), str(model_dir))
+    cfg = synthetic.config(
+        str(root / "lake"), model_dir, "recommend.fusion=blend", "train.vae.hidden=16", "train.vae.latent=4"
+    )
+    return lake, mid, cfg
+
+
+def test_train_saves_the_vae_and_recommend_ranks_its_variant_from_the_lake(spark, lake_cfg):
+    lake, mid, cfg = lake_cfg
+    summary = train.run(spark, cfg, lake=lake, run_id="t-vae")
+    assert summary["vae"]["path"].endswith("models/vae/t-vae") and summary["vae"]["spec"]["users"] == 30
+    model = load_model(lake, model_id=mid)
+    assert model.vae is not None and model.vae.path == summary["vae"]["path"]
+    vae_cfg = dataclasses.replace(cfg, recommend=dataclasses.replace(cfg.recommend, variant="vae"))
+    out = recommend.run(spark, vae_cfg, lake=lake, run_id="r-vae")
+    assert out["users"] == 30 and out["rows"] == 30 * cfg.recommend.k
+    # the candidates carry the vae signal, and its features reach the ranker's columns
+    lists, cands = R.recommend(
+        spark,
+        cfg.recommend,
+        model=model,
+        interactions=lake.read(S.INTERACTIONS),
+        embeddings=current_embeddings(lake, mid),
+        variants=["vae"],
+    )
+    try:
+        assert cands.has_vae
+        featured = L.with_features(cands.pairs)
+        rows = featured.where(featured["vae_rank"].isNotNull()).collect()
+        assert rows and all(r["f_has_vae"] == 1.0 and r["f_vae"] == r["vae"] for r in rows)
+        ranked = lists["vae"].collect()
+        assert len(ranked) == 30 * cfg.recommend.k
+    finally:
+        cands.unpersist()
+        model.unpersist()
+
+
+def test_without_the_vae_its_variant_is_refused_and_evaluate_leaves_it_out(spark, lake_cfg):
+    lake, mid, cfg = lake_cfg
+    off = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, vae=VaeConfig(enabled=False)))
+    train.run(spark, off, lake=lake, run_id="t-novae")
+    model = load_model(lake, model_id=mid)
+    assert model.vae is None
+    vae_cfg = dataclasses.replace(off, recommend=dataclasses.replace(off.recommend, variant="vae"))
+    with pytest.raises(MissingInputError, match=r"train\.vae\.enabled=true"):
+        recommend.run(spark, vae_cfg, lake=lake, run_id="r-novae")
+    ev = dataclasses.replace(off.evaluate, variants=("cf", "vae"), k=(5,), bootstrap=0)
+    got = evaluate.evaluate(
+        spark,
+        dataclasses.replace(off, evaluate=ev),
+        interactions=lake.read(S.INTERACTIONS),
+        items=lake.read(S.ITEMS),
+        embeddings=current_embeddings(lake, mid),
+        model_id=mid,
+        run_id="e-novae",
+    )
+    assert got["vae"] is None
+    assert {r[S.VARIANT] for r in got["metrics"].select(S.VARIANT).distinct().collect()} == {"cf"}
+    got["metrics"].unpersist()
+
+
+def test_evaluate_fits_the_vae_on_the_training_part_only(spark, lake_cfg, monkeypatch):
+    lake, mid, cfg = lake_cfg
+    fitted_on = []
+    real = V.fit
+
+    def spy(spark_, ratings, vcfg):
+        fitted_on.append(ratings)
+        return real(spark_, ratings, vcfg)
+
+    monkeypatch.setattr(V, "fit", spy)
+    ev = dataclasses.replace(cfg.evaluate, variants=("cf", "vae"), k=(5,), bootstrap=0)
+    ecfg = dataclasses.replace(cfg, evaluate=ev)
+    inter = lake.read(S.INTERACTIONS)
+    got = evaluate.evaluate(
+        spark,
+        ecfg,
+        interactions=inter,
+        items=lake.read(S.ITEMS),
+        embeddings=current_embeddings(lake, mid),
+        model_id=mid,
+        run_id="e-vae",
+    )
+    try:
+        train_part, test_part = evaluate.split(inter, ecfg)
+        assert len(fitted_on) == 1  # blend fusion: no ranker, so one VAE, on evaluate's training part
+        seen = {(r[0], r[1]) for r in fitted_on[0].select(S.USER_IDX, S.ITEM_IDX).collect()}
+        assert len(seen) == got["vae"]["interactions"]
+        # by construction: the pairs the VAE saw are exactly the training part's (no test pair)
+        n_train_pairs = train_part.select(S.USER_ID, S.ITEM_ID).distinct().count()
+        assert (
+            got["vae"]["interactions"]
+            == n_train_pairs
+            < inter.select(S.USER_ID, S.ITEM_ID).distinct().count()
+        )
+        assert test_part.count() > 0
+        assert "vae" in {r[S.VARIANT] for r in got["metrics"].select(S.VARIANT).distinct().collect()}
+    finally:
+        got["metrics"].unpersist()
+
+
+def test_generated_interactions_go_to_their_own_table_and_into_als_only(spark, lake_cfg, monkeypatch):
+    lake, _, cfg = lake_cfg
+    on = dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(
+            cfg.train,
+            vae=dataclasses.replace(cfg.train.vae, augment=True, augment_users=3, augment_weight=0.25),
+        ),
+    )
+    als_inputs = []
+    real_als = cf.fit_als
+
+    def spy(spark_, ratings, cfg_):
+        als_inputs.append(ratings)
+        return real_als(spark_, ratings, cfg_)
+
+    monkeypatch.setattr(cf, "fit_als", spy)
+    before = lake.read(S.INTERACTIONS).count()
+    summary = train.run(spark, on, lake=lake, run_id="t-aug")
+    real = {(r[0], r[1]) for r in lake.read(S.INTERACTIONS).select(S.USER_ID, S.ITEM_ID).collect()}
+    assert lake.read(S.INTERACTIONS).count() == before  # nothing synthetic in the log
+    rows = lake.read(S.SYNTHETIC_INTERACTIONS).collect()
+    assert rows and summary["vae"]["synthetic_rows"] == len(rows)
+    assert {r[S.RUN_ID] for r in rows} == {"t-aug"} and {r["generator"] for r in rows} == {A.GENERATOR}
+    assert {r[S.WEIGHT] for r in rows} == {0.25}
+    assert not {(r[S.USER_ID], r[S.ITEM_ID]) for r in rows} & real  # only pairs that never happened
+    per_item: dict[str, int] = {}
+    for r in rows:
+        per_item[r[S.ITEM_ID]] = per_item.get(r[S.ITEM_ID], 0) + 1
+    assert max(per_item.values()) <= 3
+    # only long-tail items get users: none of the head by the recommend section's rule
+    stats = R.item_stats(lake.read(S.INTERACTIONS), lake.read(S.ITEMS), head_rule=cfg.recommend.head_rule)
+    head = {r[S.ITEM_ID] for r in stats.where(~stats[S.IS_LONG_TAIL]).collect()}
+    assert head and not set(per_item) & head
+    # ALS learned from the real pairs plus exactly these rows
+    assert len(als_inputs) == 1
+    n_real_pairs = len(real)
+    assert als_inputs[0].count() == n_real_pairs + len(rows)
+    assert als_inputs[0].where("n = 0").count() == len(rows)
