@@ -62,7 +62,7 @@ def make_tiny_bert(root: Path, *, seed: int = 0, pooling: str | None = None) -> 
 
 def small_pipeline_settings(model: Path) -> list[str]:
     """The config overrides of the whole-pipeline tests (three nights, the lake on S3): a 120-item,
-    40-user sample, the tiny BERT at ``model``, the cheapest ALS and the learned fusion with its
+    40-user sample, the tiny BERT at ``model``, the cheapest ALS, a small Mult-VAE and the learned fusion with its
     cheapest ranker; the caller adds ``lake.root`` and what its test is about."""
     return [
         f"encoder.model={model}",
@@ -72,6 +72,9 @@ def small_pipeline_settings(model: Path) -> list[str]:
         "train.als.rank=4",
         "train.als.max_iter=5",
         "train.head.min_count=2",
+        "train.vae.hidden=32",
+        "train.vae.latent=8",
+        "train.vae.epochs=50",
         "recommend.candidates=20",
         "recommend.ranker.model=logistic",
         "recommend.ranker.pop_penalty=0.1",

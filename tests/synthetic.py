@@ -68,13 +68,15 @@ def build_lake(spark, root: str, model_dir: str) -> tuple[Lake, str]:
 
 
 def config_overrides(root: str, model_dir: str | Path) -> list[str]:
-    """The ``--set`` overrides of :func:`config` (small ALS, lists and blocks for the tiny lake)."""
+    """The ``--set`` overrides of :func:`config` (small ALS and Mult-VAE, lists and blocks for the tiny lake)."""
     return [
         f"lake.root={root}",
         f"encoder.model={model_dir}",
         "train.als.rank=4",
         "train.als.max_iter=8",
         "train.head.min_count=2",
+        "train.vae.hidden=16",
+        "train.vae.latent=4",
         "recommend.k=5",
         "recommend.candidates=8",
         "recommend.block_users=7",

@@ -29,7 +29,7 @@ from longtail.stages.generate_sample import generate_frames
 
 pytestmark = pytest.mark.spark
 
-VARIANTS = {"popular", "cf", "content", "fused", "fused_rerank"}
+VARIANTS = {"popular", "cf", "content", "vae", "fused", "fused_rerank"}
 REFRESHED = ("train", "recommend", "evaluate")
 BAD_ITEMS = 2  # generate_frames appends two bad items and three bad events (ingest quarantines them)
 

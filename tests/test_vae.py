@@ -120,9 +120,7 @@ def lake_cfg(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("vae_lake")
     model_dir = make_tiny_bert(root / "tiny")
     lake, mid = synthetic.build_lake(spark, str(root / "lake"), str(model_dir))
-    cfg = synthetic.config(
-        str(root / "lake"), model_dir, "recommend.fusion=blend", "train.vae.hidden=16", "train.vae.latent=4"
-    )
+    cfg = synthetic.config(str(root / "lake"), model_dir, "recommend.fusion=blend")
     return lake, mid, cfg
 
 
