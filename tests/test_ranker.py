@@ -298,11 +298,14 @@ def test_train_saves_the_ranker_in_the_lake_and_recommend_uses_it(spark, lake_cf
     model = load_model(lake, model_id=mid)
     assert model.ranker is not None and model.ranker.path == path
     assert model.ranker.features == L.FEATURES
-    # the loaded pipeline scores exactly like a fresh load of the same files
+    # the loaded pipeline scores exactly like a fresh load of the same files with the penalty
+    # train recorded (the penalty is chosen by the inner validation and may be 0 or not)
     rows = [(0, 1, 0.5, 2, 0.1, 5, None, None, 0.0, 1.0, 0.0, 0.5, 3, True, 4, 10.0)]
     pairs = spark.createDataFrame(rows, FEATURE_ROW_COLUMNS)
+    recorded = summary["ranker"].get("pop_penalty", 0.0)
+    assert model.ranker.pop_penalty == pytest.approx(recorded)
     p1 = L.score(pairs, model.ranker).first()[L.PROBABILITY]
-    p2 = L.score(pairs, L.load(path, L.FEATURES)).first()[L.PROBABILITY]
+    p2 = L.score(pairs, L.load(path, L.FEATURES, pop_penalty=recorded)).first()[L.PROBABILITY]
     assert 0 < p1 < 1 and p1 == pytest.approx(p2, abs=1e-12)
     out = recommend.run(spark, cfg, lake=lake, run_id="r-rank")
     assert out["users"] == 30 and out["rows"] == 30 * cfg.recommend.k
