@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import synthetic
+from helpers import make_tiny_bert
 from pyspark.sql import functions as F
-from test_encoder import make_tiny_bert
 from test_recommend import PAIR_COLUMNS, _candidates, _lists, _toy, toy_config
 
 from longtail.core import schema as S

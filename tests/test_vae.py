@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import synthetic
-from test_encoder import make_tiny_bert
+from helpers import make_tiny_bert
 
 from longtail.core import schema as S
 from longtail.core.config import VaeConfig
