@@ -78,6 +78,29 @@ def test_the_vae_learns_a_planted_structure_and_spark_scores_equal_the_reference
     assert right >= 57, right
 
 
+def test_the_text_side_ranks_rarely_seen_items_by_their_description(spark):
+    # items 20 and 21 are seen only by users 60 and 61, who take both: their interactions cannot
+    # tell the clusters apart. Their text can: 20 reads like cluster 0-9, 21 like cluster 10-19.
+    pairs, rows = _planted(spark)
+    extra = [(u, i) for u in (60, 61) for i in (20, 21)]
+    pairs = pairs.unionByName(spark.createDataFrame(extra, "user_idx int, item_idx int"))
+    e = np.eye(8, dtype=np.float32)
+    vectors = [(i, (e[0] if i < 10 or i == 20 else e[1]).tolist()) for i in range(22)]
+    text = spark.createDataFrame(vectors, "item_idx int, embedding array<float>")
+    model = V.fit(spark, pairs, dataclasses.replace(SMALL, text=True), text=text)
+    assert model.spec["text"] is True and model.spec["text_items"] == 22 and model.spec["items"] == 22
+    history = {u: sorted(i for uu, i in rows if uu == u) for u in range(60)}
+    logits = V.score_users(model, [history[u] for u in range(60)], np.array([20, 21]))
+    margin = np.where(np.arange(60) % 2 == 0, 1.0, -1.0) * (logits[:, 0] - logits[:, 1])
+    assert (margin > 0).sum() >= 57, margin
+    # the Spark path scores the text-conditioned rows like the reference
+    users = {r[S.USER_IDX]: np.asarray(r[V.VAE_VEC]) for r in V.user_vectors(model, pairs).collect()}
+    items = {r[S.ITEM_IDX]: np.asarray(r[V.VAE_VEC]) for r in V.item_vectors(model).collect()}
+    np.testing.assert_allclose(users[0] @ items[20], logits[0, 0], rtol=1e-4, atol=1e-4)
+    with pytest.raises(V.VaeError, match="no text vectors"):
+        V.fit(spark, pairs, dataclasses.replace(SMALL, text=True))
+
+
 def test_save_and_load_round_trip_the_weights_items_and_scores(spark, tmp_path):
     pairs, _ = _planted(spark, n_users=20, seed=1)
     model = V.fit(spark, pairs, dataclasses.replace(SMALL, max_steps=20))

@@ -226,7 +226,10 @@ def fit(
             raise MissingInputError(
                 "train: no interactions to learn from; run ingest with an interaction log first"
             )
-        vae = V.fit(spark, ratings, cfg.train.vae) if cfg.train.vae.enabled else None
+        vae = None
+        if cfg.train.vae.enabled:
+            text = embeddings.join(item_map, S.ITEM_ID).select(S.ITEM_IDX, S.EMBEDDING)
+            vae = V.fit(spark, ratings, cfg.train.vae, text=text)
         synthetic = None
         if vae is not None and cfg.train.vae.augment:
             synthetic = A.synthetic_ratings(vae, ratings, cfg).persist()

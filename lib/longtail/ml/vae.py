@@ -30,6 +30,13 @@ logit order is the probability order.
 
 Items without a training interaction have no output row (the model knows nothing of them): their
 ``vae`` score is null, and the other signals (content, the head's CF vectors) carry them.
+
+**The text side** (``train.vae.text``, off by default): the output row of item ``i`` becomes
+``W_out_i + P . t_i``, ``t_i`` its text vector and ``P`` one projection learned for all items, with
+``W_out`` starting at zero. An item seen a few times gets few gradient steps on its own row, so its
+row stays close to what its text predicts from all the other items: it decodes near items with
+similar descriptions instead of near its random initialisation. The sum is folded into the saved
+row, so scoring, persistence and the item side's size do not change.
 """
 
 from __future__ import annotations
@@ -89,8 +96,14 @@ class VaeModel:
 
 
 # --- the network ---------------------------------------------------------------------------------
-def network(n_items: int, hidden: int, latent: int, dropout: float) -> Any:
-    """The Mult-VAE module (``torch.nn.Module``); ``forward(x) -> (logits, mu, logvar)``."""
+def network(n_items: int, hidden: int, latent: int, dropout: float, text: np.ndarray | None = None) -> Any:
+    """The Mult-VAE module (``torch.nn.Module``); ``forward(x) -> (logits, mu, logvar)``.
+
+    ``text`` (``(n_items, dim)``, one text vector per output item, zeros where an item has none)
+    conditions the item side: item ``i``'s output row is ``W_out_i + P . t_i`` with ``P`` a
+    learned ``(hidden, dim)`` projection shared by all items and ``W_out`` starting at zero, so an
+    item's row is its text's until its own interactions move it (:meth:`item_rows` gives the sum).
+    """
     import torch
     from torch import nn
 
@@ -102,13 +115,25 @@ def network(n_items: int, hidden: int, latent: int, dropout: float) -> Any:
             self.lat = nn.Linear(hidden, 2 * latent)
             self.dec = nn.Linear(latent, hidden)
             self.out = nn.Linear(hidden, n_items)
+            self.proj: Any = None
+            if text is not None:
+                self.register_buffer("text", torch.from_numpy(np.asarray(text, np.float32)))
+                self.proj = nn.Linear(text.shape[1], hidden, bias=False)
+                nn.init.zeros_(self.out.weight)
+
+        def item_rows(self) -> Any:
+            """The output layer's weight, ``(n_items, hidden)``, text term included."""
+            if self.proj is None:
+                return self.out.weight
+            return self.out.weight + self.proj(self.text)
 
         def forward(self, x: Any) -> tuple[Any, Any, Any]:
             h = nn.functional.normalize(x, dim=1)
             h = torch.tanh(self.enc(self.drop(h)))
             mu, logvar = self.lat(h).chunk(2, dim=1)
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
-            return self.out(torch.tanh(self.dec(z))), mu, logvar
+            d = torch.tanh(self.dec(z))
+            return nn.functional.linear(d, self.item_rows(), self.out.bias), mu, logvar
 
     return MultVae()
 
@@ -147,11 +172,16 @@ def training_pairs(ratings: DataFrame, cfg: VaeConfig) -> tuple[np.ndarray, np.n
     return users, items, {"interactions_total": int(total), "user_fraction": round(fraction, 6)}
 
 
-def fit(spark: SparkSession, ratings: DataFrame, cfg: VaeConfig) -> VaeModel:
+def fit(
+    spark: SparkSession, ratings: DataFrame, cfg: VaeConfig, *, text: DataFrame | None = None
+) -> VaeModel:
     """Train the Mult-VAE on ``ratings`` (``user_idx, item_idx``, one row per interaction or per
     pair) and return it with its item side as a DataFrame (not persisted, not saved).
 
-    Raises :class:`VaeError` when fewer than 2 users or 2 items remain.
+    With ``cfg.text``, ``text`` (``item_idx, embedding``: the current text vectors) conditions the
+    item side (:func:`network`); the vectors of the items trained on are collected to the driver
+    with the pairs. Raises :class:`VaeError` when fewer than 2 users or 2 items remain, or when
+    ``cfg.text`` is on and ``text`` is None.
     """
     import torch
 
@@ -170,7 +200,12 @@ def fit(spark: SparkSession, ratings: DataFrame, cfg: VaeConfig) -> VaeModel:
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    net = network(len(item_ids), cfg.hidden, cfg.latent, cfg.dropout)
+    vectors, with_text = (None, 0)
+    if cfg.text:
+        if text is None:
+            raise VaeError("train.vae.text is on but no text vectors were given (run encode first)")
+        vectors, with_text = text_matrix(ratings, text, item_ids)
+    net = network(len(item_ids), cfg.hidden, cfg.latent, cfg.dropout, vectors)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
     n_users = len(user_ids)
     per_epoch = math.ceil(n_users / cfg.batch_size)
@@ -203,8 +238,8 @@ def fit(spark: SparkSession, ratings: DataFrame, cfg: VaeConfig) -> VaeModel:
     with torch.no_grad():
         enc = net.enc.weight.detach().numpy().T.astype(np.float32)  # (items, hidden)
         out = np.concatenate(
-            [net.out.weight.detach().numpy(), net.out.bias.detach().numpy()[:, None]], axis=1
-        ).astype(np.float32)  # (items, hidden + 1)
+            [net.item_rows().detach().numpy(), net.out.bias.detach().numpy()[:, None]], axis=1
+        ).astype(np.float32)  # (items, hidden + 1), the text term folded in
         dense = {
             "enc_b": net.enc.bias.detach().numpy().astype(np.float32),
             "lat_w": net.lat.weight.detach().numpy().astype(np.float32),
@@ -223,11 +258,32 @@ def fit(spark: SparkSession, ratings: DataFrame, cfg: VaeConfig) -> VaeModel:
         "epochs": len(losses),
         "loss": [round(losses[0], 4), round(losses[-1], 4)] if losses else None,
         "anneal_cap": cfg.anneal_cap,
+        "text": bool(cfg.text),
+        "text_items": with_text,
         "seed": cfg.seed,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     log.info("vae: %s", spec)
     return VaeModel(spec, dense, item_rows(spark, item_ids, enc, out))
+
+
+def text_matrix(ratings: DataFrame, text: DataFrame, item_ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(len(item_ids), dim)`` text vectors in ``item_ids``' order (zeros for an item without
+    one) and how many items have one. Only the items of ``ratings`` are collected: the same
+    catalogue-sized transfer as the training pairs, ``dim`` floats per item."""
+    rows = cast(
+        pd.DataFrame,
+        text.select(S.ITEM_IDX, S.EMBEDDING)
+        .join(ratings.select(S.ITEM_IDX).distinct(), S.ITEM_IDX, "left_semi")
+        .toPandas(),
+    )
+    rows = rows[rows[S.ITEM_IDX].isin(item_ids)]
+    if rows.empty:
+        raise VaeError("train.vae.text: none of the items trained on has a text vector (run encode first)")
+    vectors = np.stack(rows[S.EMBEDDING].to_numpy()).astype(np.float32)
+    out = np.zeros((len(item_ids), vectors.shape[1]), np.float32)
+    out[np.searchsorted(item_ids, rows[S.ITEM_IDX].to_numpy(np.int64))] = vectors
+    return out, len(rows)
 
 
 def item_rows(spark: SparkSession, item_ids: np.ndarray, enc: np.ndarray, out: np.ndarray) -> DataFrame:
