@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql import types as T
 
+from longtail.core import schema as S
 from longtail.core.config import load_config
 from longtail.lake import Lake
 from longtail.stages import maintain
@@ -85,3 +87,63 @@ def test_maintain_rejects_an_unknown_table_name(spark, lake_root):
     cfg = load_config(overrides=[f"lake.root={lake_root}", "maintain.tables=[items, nope]"])
     with pytest.raises(ValueError, match="unknown table"):
         maintain.run(spark, cfg, lake=Lake(spark, lake_root))
+
+
+def _model_folder(root: Path, kind: str, name: str, age_hours: float) -> Path:
+    """``<root>/models/<kind>/<name>`` with two files, the newest ``age_hours`` old."""
+    folder = root / "models" / kind / name
+    (folder / "metadata").mkdir(parents=True)
+    for i, f in enumerate((folder / "card.json", folder / "metadata" / "part-0")):
+        f.write_text("{}")
+        then = time.time() - (age_hours + i) * 3600  # the card is the newest file
+        os.utime(f, (then, then))
+    return folder
+
+
+def test_maintain_deletes_only_old_model_folders_that_nothing_references(spark, lake_root):
+    root = Path(lake_root)
+    lake = Lake(spark, lake_root)
+    cfg = load_config(overrides=[f"lake.root={lake_root}", "maintain.compact=false"])
+    f = {
+        (kind, name): _model_folder(root, kind, name, age)
+        for kind, name, age in [
+            ("ranker", "t-1", 400),  # old, replaced by t-2: goes
+            ("ranker", "t-2", 300),  # old but the current head's: stays
+            ("ranker", "t-3", 2),  # not referenced but young (a train still writing): stays
+            ("ranker", ".t-0.9f3a.tmp", 500),  # a killed run's hidden folder: goes
+            ("vae", "t-1", 400),
+            ("vae", "t-2", 300),
+            ("encoder", "mini-ft-a", 400),  # fine-tuned encoders: the pointer's stays
+            ("encoder", "mini-ft-b", 400),
+        ]
+    }
+    (root / "models" / "encoder" / "current.json").write_text(
+        json.dumps({"path": str(root / "models" / "encoder" / "mini-ft-b")})
+    )
+    # before any train committed a head, no ranker or VAE folder is known to be unused
+    first = maintain.run(spark, cfg, lake=lake)["models"]
+    assert first["ranker"]["deleted"] == [] and first["vae"]["deleted"] == []
+    assert first["encoder"] == {"deleted": ["mini-ft-a"], "kept": ["mini-ft-b"]}
+    assert not f["encoder", "mini-ft-a"].exists() and f["encoder", "mini-ft-b"].exists()
+
+    extra = {
+        "ranker": {"path": f"{lake_root}/models/ranker/t-2"},
+        "vae": {"path": f"{lake_root}/models/vae/t-2"},
+    }
+    row = ("t-2", "m", json.dumps({"extra": extra}), bytearray(b"x"), DAY)
+    lake.overwrite(S.PROJECTION_HEAD, spark.createDataFrame([row], S.PROJECTION_HEAD_SCHEMA))
+    got = maintain.run(spark, cfg, lake=lake)["models"]
+    assert got["ranker"] == {"deleted": [".t-0.9f3a.tmp", "t-1"], "kept": ["t-2", "t-3"]}
+    assert got["vae"] == {"deleted": ["t-1"], "kept": ["t-2"]}
+    assert got["encoder"] == {"deleted": [], "kept": ["mini-ft-b"]}
+    assert {k for k, p in f.items() if p.exists()} == {
+        ("ranker", "t-2"),
+        ("ranker", "t-3"),
+        ("vae", "t-2"),
+        ("encoder", "mini-ft-b"),
+    }
+    # maintain.models=false leaves every folder
+    _model_folder(root, "vae", "t-0", 400)
+    off = load_config(overrides=[f"lake.root={lake_root}", "maintain.compact=false", "maintain.models=false"])
+    assert maintain.run(spark, off, lake=lake)["models"] == {}
+    assert (root / "models" / "vae" / "t-0").exists()

@@ -577,6 +577,10 @@ class MaintainConfig:
     """Write a Delta log checkpoint at the current version."""
     tables: tuple[str, ...] = ()  # empty: every longtail table that exists under lake.root
     """Tables to maintain; empty: every longtail table that exists under `lake.root`."""
+    models: bool = True
+    """Delete the per-run model folders under `<lake.root>/models` (`ranker`, `vae`, fine-tuned
+    `encoder`) that the lake's current state does not reference and whose newest file is older
+    than `retention_hours`."""
 
     def __post_init__(self) -> None:
         _check(

@@ -150,3 +150,56 @@ def fetch_dir(uri: str, local_dir: str, *, spark: SparkSession | None = None) ->
     except OSError:  # another process made the copy first
         shutil.rmtree(tmp, ignore_errors=True)
     return local_dir
+
+
+def list_folders(uri: str, *, spark: SparkSession | None = None) -> dict[str, float]:
+    """The folders directly under ``uri`` -> the modification time (POSIX seconds) of the newest
+    file anywhere inside each, or the folder's own time when it holds no file. A folder's age is
+    its newest file's: object stores keep no folder times, and a local folder's time says when
+    an entry was last added, not when its content was written. Empty when ``uri`` does not exist."""
+    if is_local(uri):
+        root = local_path(uri)
+        if not os.path.isdir(root):
+            return {}
+        out: dict[str, float] = {}
+        for entry in os.scandir(root):
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            times = [
+                os.stat(os.path.join(folder, name), follow_symlinks=False).st_mtime
+                for folder, _, names in os.walk(entry.path)
+                for name in names
+            ]
+            out[entry.name] = max(times) if times else entry.stat(follow_symlinks=False).st_mtime
+        return out
+    if spark is None:
+        raise ValueError(f"listing {uri!r} needs a SparkSession (its Hadoop FileSystem)")
+    fs, path = hadoop_fs(spark, uri)
+    if not fs.exists(path):
+        return {}
+    out = {}
+    for status in fs.listStatus(path):
+        if not status.isDirectory():
+            continue
+        newest = None
+        files = fs.listFiles(status.getPath(), True)
+        while files.hasNext():
+            mtime = files.next().getModificationTime()
+            newest = mtime if newest is None else max(newest, mtime)
+        out[status.getPath().getName()] = (
+            status.getModificationTime() if newest is None else newest
+        ) / 1000.0
+    return out
+
+
+def delete_folder(uri: str, *, spark: SparkSession | None = None) -> None:
+    """Delete the folder at ``uri`` and everything in it (nothing if it does not exist)."""
+    if is_local(uri):
+        if os.path.isdir(local_path(uri)):
+            shutil.rmtree(local_path(uri))
+        return
+    if spark is None:
+        raise ValueError(f"deleting {uri!r} needs a SparkSession (its Hadoop FileSystem)")
+    fs, path = hadoop_fs(spark, uri)
+    if fs.exists(path) and not fs.delete(path, True):
+        raise OSError(f"could not delete {uri}")

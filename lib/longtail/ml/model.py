@@ -126,6 +126,33 @@ def encoder_settings(cfg: Config, spark: SparkSession | None = None) -> EncoderC
     return dataclasses.replace(enc, model=local)
 
 
+MODEL_FOLDERS = ("ranker", "vae", "encoder")  # under <lake.root>/models: one folder per run
+
+
+def model_folders_in_use(lake: Lake, cfg: Config) -> dict[str, set[str] | None]:
+    """Per kind of :data:`MODEL_FOLDERS`, the names of the folders the lake's current state
+    references: the ranker and the Mult-VAE of the current ``projection_head`` row (the last
+    complete `train`), the fine-tuned encoder of ``models/encoder/current.json``. None for a kind
+    whose reference cannot be read (no head, no pointer): nothing of that kind is known to be
+    unused."""
+
+    def name(path: Any) -> str:
+        return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+    out: dict[str, set[str] | None] = {"ranker": None, "vae": None, "encoder": None}
+    if lake.exists(S.PROJECTION_HEAD):
+        rows = lake.read(S.PROJECTION_HEAD).select("spec").collect()  # one row
+        if len(rows) == 1:
+            extra = json.loads(rows[0]["spec"]).get("extra", {})
+            for kind in ("ranker", "vae"):
+                path = (extra.get(kind) or {}).get("path")
+                out[kind] = {name(path)} if path else set()
+    pointer = finetuned_pointer(cfg, lake.spark)
+    if pointer is not None:
+        out["encoder"] = {name(pointer["path"])}
+    return out
+
+
 def head_row(spark: SparkSession, head: ProjectionHead, run_id: str) -> DataFrame:
     """The ``projection_head`` table's one row for ``head``."""
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)

@@ -42,7 +42,9 @@ STAGES: dict[str, StageInfo] = {
         StageInfo("recommend", "recommend", "fused top-K lists -> recommendations"),
         StageInfo("evaluate", "evaluate", "time-based hold-out, all variants, metrics + HTML report"),
         StageInfo(
-            "maintain", "maintain", "lake upkeep: compaction, log checkpoints, VACUUM of unreferenced files"
+            "maintain",
+            "maintain",
+            "lake upkeep: compaction, log checkpoints, VACUUM of unreferenced files and old model folders",
         ),
         StageInfo("pipeline", "pipeline", "all stages in order under one run id (the default)"),
     )

@@ -12,6 +12,16 @@ For each table (``maintain.tables``, default every longtail table that exists un
    are unaffected, so the stage is safe while other stages run: keep the retention above your
    longest run and your longest time-travel need.
 
+Then the **model folders** (``maintain.models``): every `train` writes ``models/ranker/<run_id>``
+and ``models/vae/<run_id>``, every `finetune` ``models/encoder/<name>``, and nothing removed them.
+A folder is deleted when the lake's current state does not reference it (the current
+``projection_head`` row for the ranker and the VAE, ``models/encoder/current.json`` for the
+encoder) and its newest file is older than ``retention_hours``: the same rule as VACUUM, so a
+`train` still writing its folder, or a `recommend` that read the previous head before a new one
+was committed, keeps its files. A kind whose reference cannot be read (no head yet, no pointer)
+is left alone. Hidden folders that killed runs left (``.<name>.<uuid>.tmp``) are unreferenced, so
+they go once old enough.
+
 Run it on a schedule after the nightly pipeline (see README "Scheduling"); it is idempotent.
 """
 
@@ -25,7 +35,10 @@ from pyspark.sql import SparkSession
 
 from longtail.core import schema as S
 from longtail.core.config import Config
+from longtail.core.files import delete_folder, list_folders
+from longtail.core.uris import join_uri
 from longtail.lake import Lake
+from longtail.ml.model import MODEL_FOLDERS, model_folders_in_use
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +53,8 @@ def run(
     Returns:
         ``tables``: per table ``version_before``, ``version_after``, ``files_added``,
         ``files_removed`` (compaction) and ``vacuumed`` (files deleted; delta-spark reports None);
-        ``seconds``.
+        ``models``: per kind of model folder, the folders ``deleted`` and ``kept`` (with
+        ``maintain.models``); ``seconds``.
     """
     t0 = time.perf_counter()
     lake = lake or Lake.from_config(spark, cfg)
@@ -63,8 +77,35 @@ def run(
         row["version_after"] = lake.version(table)
         out[table] = row
         log.info("maintain %s: %s", table, row)
+    models = prune_models(spark, cfg, lake) if m.models else {}
     return {
         "tables": out,
+        "models": models,
         "retention_hours": m.retention_hours,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def prune_models(spark: SparkSession, cfg: Config, lake: Lake) -> dict[str, dict[str, list[str]]]:
+    """Delete the model folders nothing references any more (module docstring); returns per kind
+    the folder names ``deleted`` and ``kept``."""
+    in_use = model_folders_in_use(lake, cfg)
+    now = time.time()
+    out: dict[str, dict[str, list[str]]] = {}
+    for kind in MODEL_FOLDERS:
+        base = join_uri(lake.root, "models", kind)
+        folders = list_folders(base, spark=spark)
+        live = in_use[kind]
+        if not folders:
+            continue
+        deleted, kept = [], []
+        for name, newest in sorted(folders.items()):
+            old = (now - newest) / 3600.0 >= cfg.maintain.retention_hours
+            if live is None or name in live or not old:
+                kept.append(name)
+                continue
+            delete_folder(join_uri(base, name), spark=spark)
+            deleted.append(name)
+        out[kind] = {"deleted": deleted, "kept": kept}
+        log.info("maintain models/%s: deleted %s, kept %s", kind, deleted, kept)
+    return out
