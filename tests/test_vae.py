@@ -206,9 +206,9 @@ def test_evaluate_fits_the_vae_on_the_training_part_only(spark, lake_cfg, monkey
     fitted_on = []
     real = V.fit
 
-    def spy(spark_, ratings, vcfg):
+    def spy(spark_, ratings, vcfg, **kwargs):
         fitted_on.append(ratings)
-        return real(spark_, ratings, vcfg)
+        return real(spark_, ratings, vcfg, **kwargs)
 
     monkeypatch.setattr(V, "fit", spy)
     ev = dataclasses.replace(cfg.evaluate, variants=("cf", "vae"), k=(5,), bootstrap=0)
