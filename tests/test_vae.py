@@ -24,7 +24,9 @@ from longtail.stages import evaluate, recommend, train
 
 pytestmark = pytest.mark.spark
 
-SMALL = VaeConfig(hidden=16, latent=4, dropout=0.2, epochs=300, max_steps=300, batch_size=16, seed=3)
+SMALL = VaeConfig(
+    hidden=16, latent=4, dropout=0.2, epochs=300, max_steps=300, batch_size=16, seed=3, text=False
+)
 
 
 def test_the_loss_is_the_multinomial_likelihood_plus_beta_times_the_kl_by_hand():

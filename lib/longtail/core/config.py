@@ -322,10 +322,11 @@ class VaeConfig:
     """Largest KL weight: annealed linearly from 0, reached at 80% of the steps."""
     max_interactions: int = 5_000_000
     """(user, item) pairs collected to the driver to train on at most (a seeded user sample beyond)."""
-    text: bool = False
+    text: bool = True
     """Condition the decoder's item side on the text vectors: an item's output row is its own row
     (starting at zero) plus a learned projection of its text vector, so an item with few
-    interactions decodes like items with similar text. Its vectors reach the driver with the pairs."""
+    interactions decodes like items with similar text. Its vectors reach the driver with the pairs.
+    On: chosen on validation splits (docs/evaluation.md)."""
     augment: bool = False
     """Generated interactions for ALS: each long-tail item gets its `augment_users` most plausible
     users by the VAE, added to ALS's input (never to `interactions`; written to

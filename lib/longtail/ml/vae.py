@@ -31,7 +31,7 @@ logit order is the probability order.
 Items without a training interaction have no output row (the model knows nothing of them): their
 ``vae`` score is null, and the other signals (content, the head's CF vectors) carry them.
 
-**The text side** (``train.vae.text``, off by default): the output row of item ``i`` becomes
+**The text side** (``train.vae.text``, on by default): the output row of item ``i`` becomes
 ``W_out_i + P . t_i``, ``t_i`` its text vector and ``P`` one projection learned for all items, with
 ``W_out`` starting at zero. An item seen a few times gets few gradient steps on its own row, so its
 row stays close to what its text predicts from all the other items: it decodes near items with
@@ -204,7 +204,7 @@ def fit(
     if cfg.text:
         if text is None:
             raise VaeError("train.vae.text is on but no text vectors were given (run encode first)")
-        vectors, with_text = text_matrix(ratings, text, item_ids)
+        vectors, with_text = text_matrix(spark, text, item_ids)
     net = network(len(item_ids), cfg.hidden, cfg.latent, cfg.dropout, vectors)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
     n_users = len(user_ids)
@@ -267,17 +267,16 @@ def fit(
     return VaeModel(spec, dense, item_rows(spark, item_ids, enc, out))
 
 
-def text_matrix(ratings: DataFrame, text: DataFrame, item_ids: np.ndarray) -> tuple[np.ndarray, int]:
+def text_matrix(spark: SparkSession, text: DataFrame, item_ids: np.ndarray) -> tuple[np.ndarray, int]:
     """``(len(item_ids), dim)`` text vectors in ``item_ids``' order (zeros for an item without
-    one) and how many items have one. Only the items of ``ratings`` are collected: the same
-    catalogue-sized transfer as the training pairs, ``dim`` floats per item."""
+    one) and how many items have one. Only the vectors of ``item_ids`` (the items of the pairs
+    trained on, at most ``max_interactions``) reach the driver, ``dim`` floats each."""
+    wanted = spark.createDataFrame(pd.DataFrame({S.ITEM_IDX: item_ids.astype(np.int32)}))
     rows = cast(
         pd.DataFrame,
-        text.select(S.ITEM_IDX, S.EMBEDDING)
-        .join(ratings.select(S.ITEM_IDX).distinct(), S.ITEM_IDX, "left_semi")
-        .toPandas(),
+        text.select(S.ITEM_IDX, S.EMBEDDING).join(wanted, S.ITEM_IDX, "left_semi").toPandas(),
     )
-    rows = rows[rows[S.ITEM_IDX].isin(item_ids)]
+    rows = rows.drop_duplicates(S.ITEM_IDX)
     if rows.empty:
         raise VaeError("train.vae.text: none of the items trained on has a text vector (run encode first)")
     vectors = np.stack(rows[S.EMBEDDING].to_numpy()).astype(np.float32)
