@@ -71,6 +71,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="evaluate.finetuned=always: the encoder fine-tuned on each training part (docs/finetune.md) "
         "ranks content_ft, fused_ft, fused_rerank_ft beside the base model's variants",
     )
+    p.add_argument(
+        "--ablate",
+        action="append",
+        default=[],
+        choices=["vae"],
+        help="evaluate.ablate: also rank fused and fused_rerank with the ranker fitted without this signal "
+        "(<variant>_no_<signal>) and print the paired difference it makes",
+    )
     return p.parse_args(argv)
 
 
@@ -125,6 +133,21 @@ def table(
     return "\n".join(lines)
 
 
+def ablation_table(diffs: dict[str, dict[str, str]], pairs: list[tuple[str, str]]) -> str:
+    """The paired difference each ablated signal makes: ``<variant>`` minus ``<variant>_no_<signal>``."""
+    diff_titles = [f"d{_short(m)}@{k}" for m, k in DIFFS]
+    lines = [
+        "",
+        "| with minus without | " + " | ".join(f"{t} [95% CI]" for t in diff_titles) + " |",
+        "|---|" + "---:|" * len(diff_titles),
+    ]
+    for full, without in pairs:
+        if full in diffs:
+            cells = " | ".join(diffs[full].get(t, "-") for t in diff_titles)
+            lines.append(f"| {full} - {without} | {cells} |")
+    return "\n".join(lines)
+
+
 def inputs(spark: Any, name: str, args: argparse.Namespace, lake_dir: Path) -> tuple[list[str], list[str]]:
     """``(conf files, overrides)`` that point the config at the dataset (generating a sample)."""
     from longtail.core.config import load_config
@@ -169,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         lake_dir.mkdir(parents=True, exist_ok=True)
         confs, overrides = inputs(spark, name, args, lake_dir)
         tuned = ["evaluate.finetuned=always"] if args.finetune else []
+        if args.ablate:
+            tuned.append(f"evaluate.ablate=[{','.join(args.ablate)}]")
         cfg = load_config([*confs, *args.conf], [f"lake.root={lake_dir}", *overrides, *tuned])
         lake = Lake.from_config(spark, cfg)
         seconds: dict[str, float] = {}
@@ -184,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = headline(result["all_metrics"])
         diffs = differences(result["intervals"])
         ft_names = (result.get("finetuned") or {}).get("variants", [])
-        variants = [v for v in cfg.evaluate.variants if v in rows] + [v for v in ft_names if v in rows]
+        ab_names = result["ablation"]["variants"]
+        variants = [v for v in [*cfg.evaluate.variants, *ab_names, *ft_names] if v in rows]
         paths = E.write_run_report(
             spark,
             cfg,
@@ -213,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"fine-tuned on the training part: { ({k: card.get(k) for k in keep}) }")
         print(table(rows, diffs, variants), flush=True)
+        ablation = differences(result["ablation"]["intervals"])
+        if ablation:
+            print(ablation_table(ablation, result["ablation"]["pairs"]), flush=True)
         report[name] = {
             "metrics": rows,
             "differences_to_cf": diffs,
@@ -220,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             "ranker": {k: v for k, v in (result["ranker"] or {}).items() if k != "importances"},
             "seconds": {**seconds, **result["seconds"]},
             "finetuned": (result.get("finetuned") or {}).get("card"),
+            "ablation": ablation,
             "report": paths,
         }
     machine = (

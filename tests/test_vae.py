@@ -243,6 +243,46 @@ def test_evaluate_fits_the_vae_on_the_training_part_only(spark, lake_cfg, monkey
         got["metrics"].unpersist()
 
 
+def test_evaluate_ablate_ranks_the_learned_fusion_again_without_the_vae(spark, lake_cfg, monkeypatch):
+    lake, mid, cfg = lake_cfg
+    fitted_with_vae = []
+    real = evaluate.fit_ranker
+
+    def spy(spark_, cfg_, *args, **kwargs):
+        fitted_with_vae.append(cfg_.train.vae.enabled)
+        return real(spark_, cfg_, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "fit_ranker", spy)
+    ev = dataclasses.replace(cfg.evaluate, variants=("cf", "fused"), k=(5,), bootstrap=50, ablate=("vae",))
+    ecfg = dataclasses.replace(
+        cfg, evaluate=ev, recommend=dataclasses.replace(cfg.recommend, fusion="learned")
+    )
+    got = evaluate.evaluate(
+        spark,
+        ecfg,
+        interactions=lake.read(S.INTERACTIONS),
+        items=lake.read(S.ITEMS),
+        embeddings=current_embeddings(lake, mid),
+        model_id=mid,
+        run_id="e-ablate",
+    )
+    try:
+        assert fitted_with_vae == [True, False]  # the production ranker, then one without the VAE
+        assert got["ablation"]["pairs"] == [("fused", "fused_no_vae")]
+        points = got["all_metrics"]
+        ndcg = points[(points.metric == "ndcg") & (points.segment == "all")].set_index("variant")["value"]
+        assert {"cf", "fused", "fused_no_vae"} <= set(ndcg.index)
+        # the paired interval's point estimate is the difference of the two lists' means
+        rows = got["ablation"]["intervals"]
+        row = rows[(rows.metric == "ndcg") & (rows.variant == "fused")].iloc[0]
+        assert row["diff"] == pytest.approx(ndcg["fused"] - ndcg["fused_no_vae"], abs=1e-9)
+        assert row["lo"] <= row["diff"] <= row["hi"]
+        # and the ablated list is measured against cf like every variant
+        assert "fused_no_vae" in set(got["intervals"]["variant"])
+    finally:
+        got["metrics"].unpersist()
+
+
 def test_generated_interactions_go_to_their_own_table_and_into_als_only(spark, lake_cfg, monkeypatch):
     lake, _, cfg = lake_cfg
     on = dataclasses.replace(

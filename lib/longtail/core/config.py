@@ -34,6 +34,7 @@ BASE_CONF = CONF_DIR / "base.yaml"
 IN_CHECKOUT = (CONF_DIR.parent / "lib" / "longtail").is_dir()
 
 VARIANTS = ("popular", "cf", "content", "vae", "fused", "fused_rerank")
+ABLATIONS = ("vae",)  # signals `evaluate.ablate` can leave out of the learned fusion
 
 
 class ConfigError(ValueError):
@@ -538,6 +539,10 @@ class EvaluateConfig:
     """Paired bootstrap resamples of users for the 95% intervals of each variant's difference to `cf`; 0: none."""
     bootstrap_seed: int = 42
     """Seed of the bootstrap resampling."""
+    ablate: tuple[str, ...] = ()
+    """Signals to leave out of a second fit of the learned fusion on the same training part: for each (allowed:
+    `vae`), `fused` and `fused_rerank` are ranked again without it as `<variant>_no_<signal>`, with intervals of
+    the difference it makes (docs/evaluation.md). Empty: none (each costs another ranker fit)."""
     finetuned: Literal["auto", "always", "never"] = "auto"
     """Rank `content_ft`, `fused_ft`, `fused_rerank_ft` with the encoder fine-tuned on the training part only
     (docs/finetune.md): `auto` when the lake's fine-tuned encoder is in use, `always` even without one (to
@@ -556,6 +561,11 @@ class EvaluateConfig:
                 dt.datetime.fromisoformat(self.cutoff.replace("Z", "+00:00"))
             except ValueError:
                 raise ConfigError("evaluate.cutoff", f"{self.cutoff!r} is not an ISO-8601 time") from None
+        _check(
+            all(a in ABLATIONS for a in self.ablate),
+            "evaluate.ablate",
+            f"allowed: {list(ABLATIONS)}; got {list(self.ablate)}",
+        )
         bad = [v for v in self.variants if v not in VARIANTS]
         _check(
             not bad and len(self.variants) >= 1, "evaluate.variants", f"allowed: {list(VARIANTS)}; got {bad}"

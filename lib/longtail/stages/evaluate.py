@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -51,7 +52,7 @@ from longtail.ml import metrics as M
 from longtail.ml import scoring as R
 from longtail.ml.encoding import encode_items
 from longtail.ml.fusion import fit_ranker
-from longtail.ml.model import current_embeddings, encoder_model_id, encoder_settings
+from longtail.ml.model import Model, current_embeddings, encoder_model_id, encoder_settings
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,15 @@ def evaluate(
         raise ValueError(f"evaluate: list names must be unique and one at least no sweep point: {names}")
     lists = ranked_lists(cands, specs, cfg, ks=ks)
     times["recommend"] = time.perf_counter() - t0
+    ablated: dict[str, Any] = {"variants": [], "pairs": []}
+    if ev.ablate and cfg.recommend.fusion == "learned":
+        t0 = time.perf_counter()
+        ab_lists, ablated = _ablated_lists(
+            spark, cfg, model, train_part, items, embeddings, specs, ks=ks, users=test_users, rec_cfg=rec_cfg
+        )
+        specs = [*specs, *(ListSpec(name, name) for name in ablated["variants"])]
+        lists = [*lists, *ab_lists]
+        times["ablate"] = time.perf_counter() - t0
     finetuned = None
     if finetune_from is not None:
         t0 = time.perf_counter()
@@ -212,6 +222,23 @@ def evaluate(
     intervals = bootstrap.intervals(
         main_recs, test_pairs, stats, ks=ks, baseline=BASELINE, n_boot=ev.bootstrap, seed=ev.bootstrap_seed
     )
+    ablation = [
+        bootstrap.intervals(
+            main_recs.where(F.col(S.VARIANT).isin(full, without)),
+            test_pairs,
+            stats,
+            ks=ks,
+            baseline=without,
+            n_boot=ev.bootstrap,
+            seed=ev.bootstrap_seed,
+        )
+        for full, without in ablated["pairs"]
+    ]
+    ablation_intervals = (
+        pd.concat(ablation, ignore_index=True)
+        if ablation
+        else pd.DataFrame([], columns=list(bootstrap.INTERVAL_COLUMNS))
+    )
     times["intervals"] = time.perf_counter() - t0
     table.count()  # materialise before the inputs go
     for df in (*lists, all_metrics, train_part, test_part):
@@ -224,6 +251,7 @@ def evaluate(
         "sweep": sweep,
         "all_metrics": points,
         "intervals": intervals,
+        "ablation": {**ablated, "intervals": ablation_intervals},
         "lorenz": lorenz,
         "deciles": deciles,
         "split": split_counts,
@@ -276,6 +304,64 @@ def _finetuned_lists(
     cands.unpersist()
     model.unpersist()
     return lists, {"variants": [s.name for s in ft_specs], "card": card, "model_id": mid}
+
+
+def ablation_name(variant: str, signal: str) -> str:
+    """``fused`` without ``vae`` -> ``fused_no_vae``."""
+    return f"{variant}_no_{signal}"
+
+
+ABLATED_VARIANTS = ("fused", "fused_rerank")  # the variants the learned fusion ranks
+
+
+def _ablated_lists(
+    spark: SparkSession,
+    cfg: Config,
+    model: Model,
+    train_part: DataFrame,
+    items: DataFrame,
+    embeddings: DataFrame,
+    specs: Sequence[ListSpec],
+    *,
+    ks: Sequence[int],
+    users: DataFrame,
+    rec_cfg: Any,
+) -> tuple[list[DataFrame], dict[str, Any]]:
+    """``evaluate.ablate``: for each signal, the learned fusion fitted again on ``train_part``
+    without it (its candidates, features and single-signal contender gone) and ``fused`` /
+    ``fused_rerank`` ranked with that ranker as ``<name>_no_<signal>``. ALS, the head and the other
+    signals are the ones ``model`` holds (with ``train.vae.augment`` off ALS does not depend on the
+    VAE; with it on, ALS keeps the generated pairs, which is said in the log). Returns the
+    materialised lists and ``{"variants": names, "pairs": [(full, without), ...]}``."""
+    wanted = [s for s in specs if s.sweep is None and s.variant in ABLATED_VARIANTS]
+    out: list[DataFrame] = []
+    info: dict[str, Any] = {"variants": [], "pairs": []}
+    for signal in cfg.evaluate.ablate:
+        if signal == "vae" and model.vae is None:
+            log.info("evaluate.ablate: no VAE was fitted (train.vae.enabled is false); nothing to leave out")
+            continue
+        if signal == "vae" and cfg.train.vae.augment:
+            log.warning("evaluate.ablate: ALS keeps the VAE's generated pairs (train.vae.augment is on)")
+        without = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, vae=dataclasses.replace(cfg.train.vae, enabled=False))
+        )
+        ranker = fit_ranker(spark, without, train_part, items, embeddings, model_id=model.model_id)
+        reduced = dataclasses.replace(model, vae=None, ranker=ranker)
+        cands = R.candidates(
+            spark,
+            rec_cfg,
+            model=reduced,
+            interactions=train_part,
+            embeddings=embeddings,
+            users=users,
+            catalogue=items,
+        )
+        named = [dataclasses.replace(s, name=ablation_name(s.name, signal)) for s in wanted]
+        out += ranked_lists(cands, named, cfg, ks=ks)
+        cands.unpersist()
+        info["variants"] += [s.name for s in named]
+        info["pairs"] += [(s.name, ablation_name(s.name, signal)) for s in wanted]
+    return out, info
 
 
 def evaluate_lake(
@@ -427,6 +513,8 @@ def run(
         )
     summary["sweep"] = result["sweep"].to_dict(orient="records")
     summary["intervals"] = result["intervals"].to_dict(orient="records")
+    if result["ablation"]["pairs"]:  # evaluate.ablate: each full variant's difference to its ablation
+        summary["ablation"] = result["ablation"]["intervals"].to_dict(orient="records")
     summary["seconds"]["total"] = round(time.perf_counter() - t0, 2)
     log.info("evaluate: %s", summary)
     return summary
