@@ -142,6 +142,16 @@ def test_maintain_deletes_only_old_model_folders_that_nothing_references(spark, 
         ("vae", "t-2"),
         ("encoder", "mini-ft-b"),
     }
+    # a killed distributed VAE fit's shards under _staging go once old, a running one's stay
+    for name, age in (("vae-old", 400), ("vae-running", 1)):
+        shard = root / "_staging" / name / "pairs" / "shard=0"
+        shard.mkdir(parents=True)
+        (shard / "part-0.parquet").write_text("x")
+        then = time.time() - age * 3600
+        os.utime(shard / "part-0.parquet", (then, then))
+    got = maintain.run(spark, cfg, lake=lake)["models"]
+    assert got["_staging"] == {"deleted": ["vae-old"], "kept": ["vae-running"]}
+    assert not (root / "_staging" / "vae-old").exists() and (root / "_staging" / "vae-running").exists()
     # maintain.models=false leaves every folder
     _model_folder(root, "vae", "t-0", 400)
     off = load_config(overrides=[f"lake.root={lake_root}", "maintain.compact=false", "maintain.models=false"])

@@ -311,3 +311,30 @@ def test_an_s3a_lake_without_the_s3a_connector_is_refused_with_the_flag_to_add(s
     status = json.loads(done.stdout.strip().splitlines()[-1])
     assert status["status"] == "failed" and status["exit_code"] == 2
     assert s3.keys("nowhere/") == []
+
+
+def test_the_distributed_vae_stages_its_shards_on_s3_and_its_processes_read_them(spark, s3):
+    # TorchDistributor's processes read the shards with pyarrow, with the session's S3A credentials
+    import numpy as np
+
+    from longtail.core.config import VaeConfig
+    from longtail.ml import vae as V
+
+    rng = np.random.default_rng(0)
+    rows = [(u, int(10 * (u % 2) + i)) for u in range(40) for i in rng.choice(10, size=5, replace=False)]
+    pairs = spark.createDataFrame(rows, "user_idx int, item_idx int")
+    cfg = VaeConfig(
+        hidden=8,
+        latent=4,
+        epochs=20,
+        max_steps=20,
+        batch_size=16,
+        text=False,
+        processes=2,
+        max_interactions=10,
+    )
+    staging = f"s3a://{s3.bucket}/lake/_staging/vae-1"
+    model = V.fit(spark, pairs, cfg, staging=staging)
+    assert (model.spec["processes"], model.spec["users"], model.spec["interactions"]) == (2, 40, 200)
+    assert model.spec["steps"] == 20
+    assert s3.keys("lake/_staging/vae-1") == []  # deleted once trained

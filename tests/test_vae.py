@@ -140,6 +140,43 @@ def test_the_pairs_reaching_the_driver_are_capped_and_whole_users_sampled(spark)
         V.fit(spark, spark.createDataFrame([(0, 1), (0, 2)], "user_idx int, item_idx int"), SMALL)
 
 
+def test_beyond_max_interactions_torch_distributor_trains_on_every_pair_in_shards(spark, tmp_path):
+    # the text-side case above, trained by 2 processes (Spark barrier tasks, DDP over gloo) on
+    # their own shards of users instead of a driver-side sample of max_interactions pairs
+    pairs, rows = _planted(spark)
+    extra = [(u, i) for u in (60, 61) for i in (20, 21)]
+    pairs = pairs.unionByName(spark.createDataFrame(extra, "user_idx int, item_idx int"))
+    e = np.eye(8, dtype=np.float32)
+    vectors = [(i, (e[0] if i < 10 or i == 20 else e[1]).tolist()) for i in range(22)]
+    text = spark.createDataFrame(vectors, "item_idx int, embedding array<float>")
+    cfg = dataclasses.replace(SMALL, text=True, processes=2, max_interactions=100, gpu="never")
+    staging = tmp_path / "_staging" / "vae-1"
+    model = V.fit(spark, pairs, cfg, text=text, staging=str(staging))
+    spec = model.spec
+    assert spec["processes"] == 2 and spec["user_fraction"] == 1.0
+    assert (spec["users"], spec["items"], spec["interactions"], spec["text_items"]) == (62, 22, 304, 22)
+    assert spec["steps"] == 300 and spec["loss"][1] < spec["loss"][0]
+    assert not staging.exists()  # the shards are deleted once trained
+    history = {u: sorted(i for uu, i in rows if uu == u) for u in range(60)}
+    reference = V.score_users(model, [history[u] for u in range(60)], np.arange(22))
+    right = 0
+    for u in range(60):
+        own = [i for i in range(10 * (u % 2), 10 * (u % 2) + 10) if i not in history[u]]
+        other = [i for i in range(20) if i // 10 != u % 2]
+        right += reference[u, own].min() > reference[u, other].max()
+    assert right >= 57, right
+    margin = np.where(np.arange(60) % 2 == 0, 1.0, -1.0) * (reference[:, 20] - reference[:, 21])
+    assert (margin > 0).sum() >= 57, margin
+    with pytest.raises(V.VaeError, match="fewer users than processes"):  # 2 users, 3 shards
+        V.fit(
+            spark,
+            pairs.where("user_idx < 2"),
+            dataclasses.replace(cfg, text=False, processes=3, max_interactions=2),
+            staging=str(staging),
+        )
+    assert not staging.exists()
+
+
 @pytest.fixture(scope="module")
 def lake_cfg(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("vae_lake")

@@ -322,7 +322,15 @@ class VaeConfig:
     anneal_cap: float = 0.2
     """Largest KL weight: annealed linearly from 0, reached at 80% of the steps."""
     max_interactions: int = 5_000_000
-    """(user, item) pairs collected to the driver to train on at most (a seeded user sample beyond)."""
+    """(user, item) pairs trained on the driver at most; beyond: a seeded user sample of this many, or every
+    pair on the executors when `processes` is set."""
+    processes: int = 0
+    """Beyond `max_interactions` pairs, train on every pair with TorchDistributor over this many Spark barrier
+    tasks (one shard of users each, DistributedDataParallel; the executors need torch). 0: on the driver, on
+    the user sample (docs/scoring.md)."""
+    gpu: Literal["auto", "always", "never"] = "auto"
+    """`processes`: train on the executors' GPUs (NCCL): `auto` when `spark.task.resource.gpu.amount` is set,
+    `always`, `never` (CPU, gloo)."""
     text: bool = True
     """Condition the decoder's item side on the text vectors: an item's output row is its own row
     (starting at zero) plus a learned projection of its text vector, so an item with few
@@ -349,6 +357,8 @@ class VaeConfig:
         _check(self.learning_rate > 0, "train.vae.learning_rate", "must be > 0")
         _check(self.anneal_cap >= 0, "train.vae.anneal_cap", "must be >= 0")
         _check(self.max_interactions >= 2, "train.vae.max_interactions", "must be >= 2")
+        _check(self.processes >= 0, "train.vae.processes", "must be >= 0 (0: train on the driver)")
+        _check(self.gpu in ("auto", "always", "never"), "train.vae.gpu", "allowed: auto, always, never")
         _check(self.augment_users >= 1, "train.vae.augment_users", "must be >= 1")
         _check(self.augment_weight > 0, "train.vae.augment_weight", "must be > 0")
 

@@ -116,3 +116,32 @@ def s3_storage_options(spark: SparkSession, uri: str) -> dict[str, str]:
     if path_style is not None:
         options["AWS_VIRTUAL_HOSTED_STYLE_REQUEST"] = "false" if path_style.lower() == "true" else "true"
     return options
+
+
+def arrow_filesystem(uri: str, storage_options: dict[str, str] | None = None) -> tuple[Any, str]:
+    """``(pyarrow FileSystem, path)`` for reading ``uri`` outside Spark (e.g. in a training process).
+
+    Local paths and ``file:`` URIs, and S3 (``s3a://``, ``s3://``) with ``storage_options`` as
+    :func:`s3_storage_options` gives them (unset keys: pyarrow's default AWS credential chain).
+    Raises ValueError for other schemes.
+    """
+    import pyarrow.fs as pafs
+
+    if is_local(uri):
+        return pafs.LocalFileSystem(), local_path(uri)
+    if RS_SCHEMES.get(scheme(uri), scheme(uri)) != "s3":
+        raise ValueError(f"{uri!r}: only local paths and S3 can be read outside Spark (not {scheme(uri)}://)")
+    opts = storage_options or {}
+    kwargs: dict[str, Any] = {
+        "access_key": opts.get("AWS_ACCESS_KEY_ID"),
+        "secret_key": opts.get("AWS_SECRET_ACCESS_KEY"),
+        "session_token": opts.get("AWS_SESSION_TOKEN"),
+        "region": opts.get("AWS_REGION"),
+    }
+    endpoint = opts.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        kwargs["scheme"], _, kwargs["endpoint_override"] = endpoint.partition("://")
+    if opts.get("AWS_VIRTUAL_HOSTED_STYLE_REQUEST") == "true":
+        kwargs["force_virtual_addressing"] = True
+    fs = pafs.S3FileSystem(**{k: v for k, v in kwargs.items() if v is not None})
+    return fs, uri.split("://", 1)[1]

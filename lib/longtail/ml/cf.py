@@ -26,6 +26,7 @@ training part of a hold-out this way); the `train` stage (:mod:`longtail.stages.
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from longtail.core import schema as S
-from longtail.core.config import Config, HeadConfig
+from longtail.core.config import Config, HeadConfig, join_uri
 from longtail.core.errors import MissingInputError
 from longtail.ml import augment as A
 from longtail.ml import vae as V
@@ -44,6 +45,9 @@ from longtail.ml.model import Model
 log = logging.getLogger(__name__)
 
 MAX_IDX = 2**31 - 1  # ALS ids are Java ints
+# <lake.root>/_staging/<job>: short-lived files of a running fit (the distributed VAE's shards),
+# deleted when it ends; `maintain` removes what a killed one left once older than retention_hours
+STAGING = "_staging"
 RATING = "rating"
 COUNT = "n"
 
@@ -229,7 +233,8 @@ def fit(
         vae = None
         if cfg.train.vae.enabled:
             text = embeddings.join(item_map, S.ITEM_ID).select(S.ITEM_IDX, S.EMBEDDING)
-            vae = V.fit(spark, ratings, cfg.train.vae, text=text)
+            staging = join_uri(cfg.lake.root, STAGING, f"vae-{uuid.uuid4().hex}")
+            vae = V.fit(spark, ratings, cfg.train.vae, text=text, staging=staging)
         synthetic = None
         if vae is not None and cfg.train.vae.augment:
             synthetic = A.synthetic_ratings(vae, ratings, cfg).persist()

@@ -18,7 +18,9 @@ here, next to ALS, for the long tail.
 
 **Where it runs.** Training is single-process PyTorch on the driver: the ``(user, item)`` pairs of
 at most ``train.vae.max_interactions`` interactions (a seeded sample of users beyond) are collected,
-the documented exception to the no-collect rule (like the projection head's training set).
+the documented exception to the no-collect rule (like the projection head's training set). With
+``train.vae.processes`` set, a larger log is trained on whole by :func:`fit_distributed`
+(``TorchDistributor`` over Spark barrier tasks, one shard of users each) instead of sampled.
 Scoring never holds the catalogue on the driver: the item side of the model is a DataFrame of
 per-item rows (the encoder's input column ``vae_enc`` and the output layer's row plus its bias,
 ``vae_dec``), saved as Parquet; a user's vector is computed on the executors by summing the
@@ -41,9 +43,12 @@ row, so scoring, persistence and the item side's size do not change.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -173,98 +178,361 @@ def training_pairs(ratings: DataFrame, cfg: VaeConfig) -> tuple[np.ndarray, np.n
 
 
 def fit(
-    spark: SparkSession, ratings: DataFrame, cfg: VaeConfig, *, text: DataFrame | None = None
+    spark: SparkSession,
+    ratings: DataFrame,
+    cfg: VaeConfig,
+    *,
+    text: DataFrame | None = None,
+    staging: str | None = None,
 ) -> VaeModel:
     """Train the Mult-VAE on ``ratings`` (``user_idx, item_idx``, one row per interaction or per
     pair) and return it with its item side as a DataFrame (not persisted, not saved).
 
     With ``cfg.text``, ``text`` (``item_idx, embedding``: the current text vectors) conditions the
     item side (:func:`network`); the vectors of the items trained on are collected to the driver
-    with the pairs. Raises :class:`VaeError` when fewer than 2 users or 2 items remain, or when
-    ``cfg.text`` is on and ``text`` is None.
+    with the pairs. When the log holds more than ``cfg.max_interactions`` pairs and
+    ``cfg.processes`` is set, training runs on the executors instead (:func:`fit_distributed`,
+    staging the pairs under ``staging``). Raises :class:`VaeError` when fewer than 2 users or 2
+    items remain, or when ``cfg.text`` is on and ``text`` is None.
     """
+    if cfg.text and text is None:
+        raise VaeError("train.vae.text is on but no text vectors were given (run encode first)")
+    if cfg.processes > 0:
+        total = ratings.select(S.USER_IDX, S.ITEM_IDX).distinct().count()
+        if total > cfg.max_interactions:
+            if staging is None:
+                raise VaeError("train.vae.processes: distributed training needs a staging folder (lake.root)")
+            return fit_distributed(spark, ratings, cfg, text=text, staging=staging, total=total)
     import torch
 
     t0 = time.perf_counter()
     users, items, counts = training_pairs(ratings, cfg)
     item_ids, cols = np.unique(items, return_inverse=True)
     user_ids, rows = np.unique(users, return_inverse=True)
-    if len(user_ids) < 2 or len(item_ids) < 2:
-        raise VaeError(
-            f"train.vae: {len(user_ids)} users and {len(item_ids)} items to learn from; at least 2 "
-            "of each are needed (set train.vae.enabled=false for such a log)"
-        )
-    order = np.argsort(rows, kind="stable")
-    rows, cols = rows[order], cols[order]
-    starts = np.searchsorted(rows, np.arange(len(user_ids) + 1))
-
+    _check_size(len(user_ids), len(item_ids))
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     vectors, with_text = (None, 0)
     if cfg.text:
-        if text is None:
-            raise VaeError("train.vae.text is on but no text vectors were given (run encode first)")
+        assert text is not None
         vectors, with_text = text_matrix(spark, text, item_ids)
     net = network(len(item_ids), cfg.hidden, cfg.latent, cfg.dropout, vectors)
+    total = total_steps(len(user_ids), cfg)
+    steps, losses = train_steps(
+        net,
+        net,
+        UserRows(rows, cols, len(item_ids)),
+        cfg,
+        total=total,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+    )
+    enc, out, dense = export(net)
+    spec = _spec(cfg, len(item_ids), len(user_ids), len(users), counts, steps, losses, with_text, t0)
+    log.info("vae: %s", spec)
+    return VaeModel(spec, dense, item_rows(spark, item_ids, enc, out))
+
+
+def _check_size(n_users: int, n_items: int) -> None:
+    if n_users < 2 or n_items < 2:
+        raise VaeError(
+            f"train.vae: {n_users} users and {n_items} items to learn from; at least 2 "
+            "of each are needed (set train.vae.enabled=false for such a log)"
+        )
+
+
+def total_steps(n_users: int, cfg: VaeConfig) -> int:
+    """Optimisation steps: ``epochs`` passes of ``batch_size`` users, at most ``max_steps``."""
+    return min(cfg.epochs * math.ceil(n_users / cfg.batch_size), cfg.max_steps)
+
+
+class UserRows:
+    """Users' histories as CSR: ``rows`` (dense user positions) and ``cols`` (item columns) of the
+    pairs; :meth:`batch` builds the multi-hot input of some users."""
+
+    def __init__(self, rows: np.ndarray, cols: np.ndarray, n_items: int) -> None:
+        order = np.argsort(rows, kind="stable")
+        self.cols = cols[order]
+        self.n_users = int(rows.max()) + 1 if len(rows) else 0
+        self.starts = np.searchsorted(rows[order], np.arange(self.n_users + 1))
+        self.n_items = n_items
+
+    def batch(self, users: np.ndarray, device: Any = None) -> Any:
+        import torch
+
+        x = torch.zeros(len(users), self.n_items)
+        for r, u in enumerate(users):
+            x[r, torch.from_numpy(self.cols[self.starts[u] : self.starts[u + 1]])] = 1.0
+        return x if device is None else x.to(device)
+
+
+def train_steps(
+    net: Any,
+    module: Any,
+    data: UserRows,
+    cfg: VaeConfig,
+    *,
+    total: int,
+    batch_size: int,
+    seed: int,
+    device: Any = None,
+) -> tuple[int, list[float]]:
+    """Exactly ``total`` Adam steps of ``batch_size`` users, passes over ``data``'s users in seeded
+    random order (every process of a distributed run takes the same number of steps). ``net`` is
+    what is called (the module, or its DistributedDataParallel wrapper), ``module`` the model.
+    Returns the steps taken and the mean loss of each pass."""
+    import torch
+
     opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
-    n_users = len(user_ids)
-    per_epoch = math.ceil(n_users / cfg.batch_size)
-    total = min(cfg.epochs * per_epoch, cfg.max_steps)
-    epochs = math.ceil(total / per_epoch)
+    rng = np.random.default_rng(seed)
     losses: list[float] = []
     step = 0
-    net.train()
-    for _ in range(epochs):
-        perm = rng.permutation(n_users)
+    module.train()
+    while step < total:
+        perm = rng.permutation(data.n_users)
         running, seen = 0.0, 0
-        for lo in range(0, n_users, cfg.batch_size):
+        for lo in range(0, data.n_users, batch_size):
             if step >= total:
                 break
-            batch = perm[lo : lo + cfg.batch_size]
-            x = torch.zeros(len(batch), len(item_ids))
-            for r, u in enumerate(batch):
-                x[r, torch.from_numpy(cols[starts[u] : starts[u + 1]])] = 1.0
+            x = data.batch(perm[lo : lo + batch_size], device)
             logits, mu, logvar = net(x)
             value = loss(logits, x, mu, logvar, beta_at(step, total, cfg.anneal_cap))
             opt.zero_grad()
             value.backward()
             opt.step()
             step += 1
-            running += value.item() * len(batch)
-            seen += len(batch)
+            running += value.item() * len(x)
+            seen += len(x)
         if seen:
             losses.append(running / seen)
-    net.eval()
+    module.eval()
+    return step, losses
+
+
+def export(net: Any) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """``(enc, out, dense)`` of a trained :func:`network`: the encoder's input columns
+    ``(items, hidden)``, the output rows with the text term folded in and the bias appended
+    ``(items, hidden + 1)``, and the dense weights (:data:`DENSE`)."""
+    import torch
+
+    def host(t: Any) -> np.ndarray:
+        return np.asarray(t.detach().cpu().numpy(), np.float32)
+
     with torch.no_grad():
-        enc = net.enc.weight.detach().numpy().T.astype(np.float32)  # (items, hidden)
-        out = np.concatenate(
-            [net.item_rows().detach().numpy(), net.out.bias.detach().numpy()[:, None]], axis=1
-        ).astype(np.float32)  # (items, hidden + 1), the text term folded in
+        enc = host(net.enc.weight).T.copy()
+        out = np.concatenate([host(net.item_rows()), host(net.out.bias)[:, None]], axis=1)
         dense = {
-            "enc_b": net.enc.bias.detach().numpy().astype(np.float32),
-            "lat_w": net.lat.weight.detach().numpy().astype(np.float32),
-            "lat_b": net.lat.bias.detach().numpy().astype(np.float32),
-            "dec_w": net.dec.weight.detach().numpy().astype(np.float32),
-            "dec_b": net.dec.bias.detach().numpy().astype(np.float32),
+            "enc_b": host(net.enc.bias),
+            "lat_w": host(net.lat.weight),
+            "lat_b": host(net.lat.bias),
+            "dec_w": host(net.dec.weight),
+            "dec_b": host(net.dec.bias),
         }
-    spec = {
+    return enc, out, dense
+
+
+def _spec(
+    cfg: VaeConfig,
+    n_items: int,
+    n_users: int,
+    n_pairs: int,
+    counts: dict[str, Any],
+    steps: int,
+    losses: list[float],
+    with_text: int,
+    t0: float,
+    processes: int = 1,
+) -> dict[str, Any]:
+    return {
         "hidden": cfg.hidden,
         "latent": cfg.latent,
-        "items": len(item_ids),
+        "items": n_items,
         "users": n_users,
-        "interactions": len(users),
+        "interactions": n_pairs,
         **counts,
-        "steps": step,
+        "steps": steps,
         "epochs": len(losses),
         "loss": [round(losses[0], 4), round(losses[-1], 4)] if losses else None,
         "anneal_cap": cfg.anneal_cap,
         "text": bool(cfg.text),
         "text_items": with_text,
+        "processes": processes,
         "seed": cfg.seed,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    log.info("vae: %s", spec)
-    return VaeModel(spec, dense, item_rows(spark, item_ids, enc, out))
+
+
+# --- training on the executors (TorchDistributor) ------------------------------------------------
+SHARD = "shard"
+
+
+def fit_distributed(
+    spark: SparkSession,
+    ratings: DataFrame,
+    cfg: VaeConfig,
+    *,
+    text: DataFrame | None,
+    staging: str,
+    total: int | None = None,
+) -> VaeModel:
+    """Train on every pair with ``TorchDistributor`` over ``cfg.processes`` Spark barrier tasks.
+
+    Spark stages the distinct pairs under ``staging`` as Parquet partitioned into one shard per
+    process (whole users, by a seeded hash), with the items trained on (and their text vectors);
+    each process reads only its shard and the items, builds the same network (same seed) and takes
+    the same number of steps of ``batch_size / processes`` users, DistributedDataParallel
+    averaging the gradients (gloo on CPU, NCCL on GPUs: ``cfg.gpu``). Nothing of log size reaches
+    the driver; the trained weights (catalogue size, as on the driver path) come back from rank 0.
+    The staging folder is deleted afterwards. The lake must be local or on S3 (the processes read
+    it with pyarrow, S3 credentials from the session's S3A settings).
+    """
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    from longtail.core.files import delete_folder
+    from longtail.core.uris import join_uri, s3_storage_options
+
+    t0 = time.perf_counter()
+    n = cfg.processes
+    pairs = ratings.select(S.USER_IDX, S.ITEM_IDX).distinct()
+    pairs = pairs.withColumn(
+        SHARD, F.pmod(F.xxhash64(F.col(S.USER_IDX), F.lit(cfg.seed)), F.lit(n)).cast("int")
+    )
+    items = pairs.select(S.ITEM_IDX).distinct()
+    if cfg.text:
+        assert text is not None
+        vectors = text.select(S.ITEM_IDX, S.EMBEDDING).dropDuplicates([S.ITEM_IDX])
+        items = items.join(vectors, S.ITEM_IDX, "left")
+    try:
+        pairs.repartition(n, SHARD).write.mode("overwrite").partitionBy(SHARD).parquet(
+            join_uri(staging, "pairs")
+        )
+        items.write.mode("overwrite").parquet(join_uri(staging, "items"))
+        written = spark.read.parquet(join_uri(staging, "pairs"))
+        per_shard = {
+            int(r[SHARD]): (int(r["u"]), int(r["p"]))
+            for r in written.groupBy(SHARD)
+            .agg(F.countDistinct(S.USER_IDX).alias("u"), F.count(F.lit(1)).alias("p"))
+            .collect()
+        }  # one row per process
+        n_users = sum(u for u, _ in per_shard.values())
+        n_items = spark.read.parquet(join_uri(staging, "items")).count()
+        _check_size(n_users, n_items)
+        empty = [s for s in range(n) if s not in per_shard]
+        if empty:
+            raise VaeError(
+                f"train.vae.processes={n}: shards {empty} have no user (fewer users than processes); "
+                "lower train.vae.processes"
+            )
+        job = {
+            "gpu": uses_gpu(spark, cfg),
+            "staging": staging,
+            "storage": s3_storage_options(spark, staging),
+            "cfg": dataclasses.asdict(cfg),
+            "total": total_steps(n_users, cfg),
+            "batch_size": math.ceil(cfg.batch_size / n),
+        }
+        got = cast(
+            dict[str, Any],
+            TorchDistributor(num_processes=n, local_mode=False, use_gpu=bool(job["gpu"])).run(
+                train_process, job
+            ),
+        )
+    finally:
+        delete_folder(staging, spark=spark)
+    item_ids = got["item_ids"]
+    with_text = got["text_items"]
+    counts = {
+        "interactions_total": int(total if total is not None else sum(p for _, p in per_shard.values())),
+        "user_fraction": 1.0,
+    }
+    spec = _spec(
+        cfg,
+        len(item_ids),
+        n_users,
+        sum(p for _, p in per_shard.values()),
+        counts,
+        got["steps"],
+        got["losses"],
+        with_text,
+        t0,
+        processes=n,
+    )
+    log.info("vae (TorchDistributor, %d processes): %s", n, spec)
+    return VaeModel(spec, got["dense"], item_rows(spark, item_ids, got["enc"], got["out"]))
+
+
+def uses_gpu(spark: SparkSession, cfg: VaeConfig) -> bool:
+    """``train.vae.gpu`` resolved: ``auto`` is True when Spark schedules GPUs to tasks."""
+    if cfg.gpu != "auto":
+        return cfg.gpu == "always"
+    try:
+        return float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
+    except ValueError:
+        return False
+
+
+def train_process(job: dict[str, Any]) -> dict[str, Any] | None:
+    """One process of :func:`fit_distributed` (run by TorchDistributor, on an executor): read the
+    items and this rank's shard, train with DistributedDataParallel; rank 0 returns the weights."""
+    import pyarrow.parquet as pq
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from longtail.core.uris import arrow_filesystem, join_uri
+
+    cfg = VaeConfig(**job["cfg"])
+    gpu = bool(job["gpu"])
+    dist.init_process_group("nccl" if gpu else "gloo")
+    try:
+        rank = dist.get_rank()
+        device = (
+            torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}") if gpu else torch.device("cpu")
+        )
+        fs, root = arrow_filesystem(job["staging"], job["storage"])
+        items = pq.read_table(join_uri(root, "items"), filesystem=fs).to_pandas().sort_values(S.ITEM_IDX)
+        item_ids = items[S.ITEM_IDX].to_numpy(np.int64)
+        vectors, with_text = None, 0
+        if cfg.text:
+            have = items[S.EMBEDDING].notna().to_numpy()
+            with_text = int(have.sum())
+            dim = len(items[S.EMBEDDING][have].iloc[0]) if with_text else 1
+            vectors = np.zeros((len(items), dim), np.float32)
+            if with_text:
+                vectors[have] = np.stack(items[S.EMBEDDING][have].to_numpy()).astype(np.float32)
+        shard = pq.read_table(join_uri(root, "pairs", f"{SHARD}={rank}"), filesystem=fs).to_pandas()
+        _, rows = np.unique(shard[S.USER_IDX].to_numpy(np.int64), return_inverse=True)
+        cols = np.searchsorted(item_ids, shard[S.ITEM_IDX].to_numpy(np.int64))
+        torch.manual_seed(cfg.seed)  # the same initial weights in every process
+        net = network(len(item_ids), cfg.hidden, cfg.latent, cfg.dropout, vectors).to(device)
+        # the text buffer is the same in every process: not broadcast at every step (the keyword
+        # was renamed in recent torch)
+        params = inspect.signature(DistributedDataParallel.__init__).parameters
+        sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+        ddp = DistributedDataParallel(net, **cast(dict[str, Any], {sync: False}))
+        steps, losses = train_steps(
+            ddp,
+            net,
+            UserRows(rows, cols, len(item_ids)),
+            cfg,
+            total=int(job["total"]),
+            batch_size=int(job["batch_size"]),
+            seed=cfg.seed + rank,
+            device=device,
+        )
+        if rank != 0:
+            return None
+        enc, out, dense = export(net)
+        return {
+            "item_ids": item_ids,
+            "enc": enc,
+            "out": out,
+            "dense": dense,
+            "steps": steps,
+            "losses": losses,
+            "text_items": with_text,
+        }
+    finally:
+        dist.destroy_process_group()
 
 
 def text_matrix(spark: SparkSession, text: DataFrame, item_ids: np.ndarray) -> tuple[np.ndarray, int]:

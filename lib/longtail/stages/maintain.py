@@ -20,7 +20,8 @@ encoder) and its newest file is older than ``retention_hours``: the same rule as
 `train` still writing its folder, or a `recommend` that read the previous head before a new one
 was committed, keeps its files. A kind whose reference cannot be read (no head yet, no pointer)
 is left alone. Hidden folders that killed runs left (``.<name>.<uuid>.tmp``) are unreferenced, so
-they go once old enough.
+they go once old enough. So do the folders under ``_staging`` (a distributed VAE fit's shards,
+deleted by the fit itself unless it was killed) once older than ``retention_hours``.
 
 Run it on a schedule after the nightly pipeline (see README "Scheduling"); it is idempotent.
 """
@@ -38,6 +39,7 @@ from longtail.core.config import Config
 from longtail.core.files import delete_folder, list_folders
 from longtail.core.uris import join_uri
 from longtail.lake import Lake
+from longtail.ml.cf import STAGING
 from longtail.ml.model import MODEL_FOLDERS, model_folders_in_use
 
 log = logging.getLogger(__name__)
@@ -87,13 +89,15 @@ def run(
 
 
 def prune_models(spark: SparkSession, cfg: Config, lake: Lake) -> dict[str, dict[str, list[str]]]:
-    """Delete the model folders nothing references any more (module docstring); returns per kind
-    the folder names ``deleted`` and ``kept``."""
+    """Delete the model folders nothing references any more, and what a killed fit left in
+    ``_staging`` (module docstring); returns per kind the folder names ``deleted`` and ``kept``."""
     in_use = model_folders_in_use(lake, cfg)
+    bases = {kind: join_uri(lake.root, "models", kind) for kind in MODEL_FOLDERS}
+    in_use[STAGING] = set()  # a running fit's folder is young; none outlives its fit
+    bases[STAGING] = join_uri(lake.root, STAGING)
     now = time.time()
     out: dict[str, dict[str, list[str]]] = {}
-    for kind in MODEL_FOLDERS:
-        base = join_uri(lake.root, "models", kind)
+    for kind, base in bases.items():
         folders = list_folders(base, spark=spark)
         live = in_use[kind]
         if not folders:
@@ -107,5 +111,5 @@ def prune_models(spark: SparkSession, cfg: Config, lake: Lake) -> dict[str, dict
             delete_folder(join_uri(base, name), spark=spark)
             deleted.append(name)
         out[kind] = {"deleted": deleted, "kept": kept}
-        log.info("maintain models/%s: deleted %s, kept %s", kind, deleted, kept)
+        log.info("maintain %s: deleted %s, kept %s", base, deleted, kept)
     return out
