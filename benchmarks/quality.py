@@ -242,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         ablation = differences(result["ablation"]["intervals"])
         if ablation:
             print(ablation_table(ablation, result["ablation"]["pairs"]), flush=True)
+            for signal, info in result["ablation"]["rankers"].items():
+                print(
+                    f"ranker without {signal}: {info.get('model')}; inner validation: {info.get('validation')}"
+                )
         report[name] = {
             "metrics": rows,
             "differences_to_cf": diffs,
@@ -249,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             "ranker": {k: v for k, v in (result["ranker"] or {}).items() if k != "importances"},
             "seconds": {**seconds, **result["seconds"]},
             "finetuned": (result.get("finetuned") or {}).get("card"),
-            "ablation": ablation,
+            "ablation": {"differences": ablation, "rankers": result["ablation"]["rankers"]},
             "report": paths,
         }
     machine = (

@@ -173,7 +173,7 @@ def evaluate(
         raise ValueError(f"evaluate: list names must be unique and one at least no sweep point: {names}")
     lists = ranked_lists(cands, specs, cfg, ks=ks)
     times["recommend"] = time.perf_counter() - t0
-    ablated: dict[str, Any] = {"variants": [], "pairs": []}
+    ablated: dict[str, Any] = {"variants": [], "pairs": [], "rankers": {}}
     if ev.ablate and cfg.recommend.fusion == "learned":
         t0 = time.perf_counter()
         ab_lists, ablated = _ablated_lists(
@@ -332,10 +332,11 @@ def _ablated_lists(
     ``fused_rerank`` ranked with that ranker as ``<name>_no_<signal>``. ALS, the head and the other
     signals are the ones ``model`` holds (with ``train.vae.augment`` off ALS does not depend on the
     VAE; with it on, ALS keeps the generated pairs, which is said in the log). Returns the
-    materialised lists and ``{"variants": names, "pairs": [(full, without), ...]}``."""
+    materialised lists and ``{"variants": names, "pairs": [(full, without), ...], "rankers":
+    {signal: what the ranker without it learned and chose}}``."""
     wanted = [s for s in specs if s.sweep is None and s.variant in ABLATED_VARIANTS]
     out: list[DataFrame] = []
-    info: dict[str, Any] = {"variants": [], "pairs": []}
+    info: dict[str, Any] = {"variants": [], "pairs": [], "rankers": {}}
     for signal in cfg.evaluate.ablate:
         if signal == "vae" and model.vae is None:
             log.info("evaluate.ablate: no VAE was fitted (train.vae.enabled is false); nothing to leave out")
@@ -359,6 +360,7 @@ def _ablated_lists(
         named = [dataclasses.replace(s, name=ablation_name(s.name, signal)) for s in wanted]
         out += ranked_lists(cands, named, cfg, ks=ks)
         cands.unpersist()
+        info["rankers"][signal] = {k: v for k, v in (ranker.info or {}).items() if k != "importances"}
         info["variants"] += [s.name for s in named]
         info["pairs"] += [(s.name, ablation_name(s.name, signal)) for s in wanted]
     return out, info
