@@ -123,6 +123,22 @@ def test_ndcg_by_hand(spark):
     assert L.ndcg(df, k=1) == pytest.approx(1 / 3, abs=1e-12)
 
 
+def test_ndcg_breaks_ties_like_recommend_popular_first_then_item_idx(spark):
+    # a user without history: a single signal scores none of the candidates (every score tied),
+    # so recommend ships them in popularity order; the positive is the most popular item (pop
+    # rank 1), whose item_idx is the largest
+    rows = [(0, 0, 0, 0.5, math.log1p(3)), (0, 1, 0, 0.5, math.log1p(2)), (0, 2, 1, 0.5, math.log1p(1))]
+    df = spark.createDataFrame(
+        rows, f"user_idx int, item_idx int, label int, {L.PROBABILITY} double, f_pop_rank double"
+    )
+    assert L.ndcg(df, k=1) == pytest.approx(1.0, abs=1e-12)
+    # without a popularity rank, item_idx decides: the positive comes third
+    assert L.ndcg(df.drop("f_pop_rank"), k=3) == pytest.approx(1 / math.log2(4), abs=1e-12)
+    # a real score difference still comes first
+    better = df.withColumn(L.PROBABILITY, F.when(F.col(S.ITEM_IDX) == 0, 0.9).otherwise(0.5))
+    assert L.ndcg(better, k=1) == 0.0
+
+
 def test_auto_chooses_on_held_out_users_and_can_choose_a_single_signal(spark):
     # On every user, the label follows f_cf_z (the top-2 of 10 candidates by f_cf_z are positives),
     # except that on the users the fit part gets, a noise feature (f_item_age) says the same more

@@ -316,7 +316,7 @@ def _sweep(
 ) -> dict[tuple[str, float], dict[str, float]]:
     """NDCG@k and top-k tail share of each ranker of ``names`` at each popularity penalty, in one
     job over the validation candidates."""
-    keep = [S.USER_IDX, S.ITEM_IDX, L.LABEL, "f_is_head", "f_item_evidence", "f_user_history"]
+    keep = [S.USER_IDX, S.ITEM_IDX, L.LABEL, "f_is_head", "f_item_evidence", "f_user_history", "f_pop_rank"]
     stacked = functools.reduce(
         DataFrame.unionByName,
         [

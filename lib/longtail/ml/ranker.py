@@ -308,8 +308,12 @@ def ndcg_by(
     """:func:`ndcg` for each group of the ``by`` columns (e.g. model x popularity penalty), in one
     job: ``{group values: {"ndcg": ..., "tail_share": ...}}``, ``tail_share`` being the mean share
     of the top-k places held by non-head items (``f_is_head = 0``; only where ``scored`` has it).
-    One row per group comes back to the driver."""
-    order = Window.partitionBy(S.USER_IDX, *by).orderBy(F.col(score_col).desc(), F.col(S.ITEM_IDX))
+    One row per group comes back to the driver. Ties in the score are broken as ``recommend``
+    breaks them (:func:`longtail.ml.scoring.top_k`): the more popular item first (``f_pop_rank``,
+    where ``scored`` has it), then item_idx; so a single signal that does not score a user's items
+    (a user without history) is measured on the popular list it ships, not on item ids."""
+    ties = [F.col("f_pop_rank").asc()] if "f_pop_rank" in scored.columns else []
+    order = Window.partitionBy(S.USER_IDX, *by).orderBy(F.col(score_col).desc(), *ties, F.col(S.ITEM_IDX))
     top = F.col("_r") <= k
     tail = (F.col("f_is_head") == 0) if "f_is_head" in scored.columns else F.lit(False)
     per_user = (
