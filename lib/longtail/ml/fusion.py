@@ -22,7 +22,9 @@ from:
    small log (the synthetic tests' 30 users) or one where a signal is all there is to learn then
    gets that signal's order, not a tree ensemble extrapolating from a few dozen labels; a large
    one gets the model that beats both signals on users it never saw. The held-out users are
-   ranked over their whole candidate lists (unsampled), as ``recommend`` ranks them.
+   ranked over their whole candidate lists (unsampled), as ``recommend`` ranks them, ties in the
+   score included (popular first: a single signal that scores none of a user's candidates, e.g.
+   for a user without inner history, is measured on the popular list it would ship).
 5. **Popularity penalty** (``recommend.ranker.pop_penalty: auto``, the default): a classifier of
    "was it chosen" learns that popular items are chosen more often, so its top lists follow
    popularity. The fused score is the log-odds less ``beta * log(1 + n_i)`` (a propensity
