@@ -188,3 +188,24 @@ def test_hadoop_filesystem_writer(spark, tmp_path: Path):
     folder = tmp_path / "hadoop" / "run"
     assert (folder / "x.bin").read_bytes() == b"\x00\x01second"
     assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".crc")) == ["report.html", "x.bin"]
+
+
+def test_report_shows_what_an_ablated_signal_adds_only_when_there_is_one(tmp_path: Path):
+    from longtail.ml.bootstrap import INTERVAL_COLUMNS
+    from longtail.stages.evaluate import ablation_table
+
+    inputs = fake_inputs()
+    rows = pd.DataFrame(
+        [("fused", "ndcg", 10, "all", 0.0017, -0.0078, 0.0120, 610, 1000)], columns=list(INTERVAL_COLUMNS)
+    )
+    ablation = ablation_table({"pairs": [("fused", "fused_no_vae")], "intervals": rows})
+    assert ablation is not None and list(ablation["variant"]) == ["fused - fused_no_vae"]
+    paths = write_report(str(tmp_path / "a"), run_id="r", k=10, ablation=ablation, **inputs)
+    page = Path(paths["html"]).read_text(encoding="utf-8")
+    md = Path(paths["md"]).read_text(encoding="utf-8")
+    for text in (page, md):
+        assert "What ablated signals add" in text and "fused - fused_no_vae" in text
+        assert "+0.0017 [-0.0078, +0.0120]" in text
+    assert ablation_table({"pairs": [], "intervals": rows.iloc[:0]}) is None
+    plain = write_report(str(tmp_path / "b"), run_id="r", k=10, **inputs)
+    assert "What ablated signals add" not in Path(plain["html"]).read_text(encoding="utf-8")

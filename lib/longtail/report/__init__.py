@@ -66,6 +66,7 @@ def write_report(
     k: int,
     spark: SparkSession | None = None,
     intervals: pd.DataFrame | None = None,
+    ablation: pd.DataFrame | None = None,
 ) -> dict[str, str]:
     """Write ``report.html`` (self-contained) and ``report.md`` with its PNGs into ``out_dir``.
 
@@ -83,6 +84,8 @@ def write_report(
         spark: needed only when ``out_dir`` is not local.
         intervals: each variant's difference to ``cf`` with its bootstrap interval
             (:func:`longtail.ml.bootstrap.intervals`), or None for none.
+        ablation: the same columns, ``variant`` naming a difference (``fused - fused_no_vae``):
+            what an ablated signal adds (``evaluate.ablate``); None or empty: no such section.
 
     Returns:
         ``{"html": ..., "md": ..., "tradeoff_png": ..., "lorenz_png": ..., "deciles_png": ...}``:
@@ -103,7 +106,7 @@ def write_report(
     }
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     common = {"run_id": run_id, "k": k, "main": main, "beyond": beyond, "segments": segments, "context": context,
-              "generated": generated, "intervals": intervals}  # fmt: skip
+              "generated": generated, "intervals": intervals, "ablation": ablation}  # fmt: skip
     md = render_markdown(png_names=pngs, **common)
     page = render_html(pngs=pngs, **common)
     # the HTML last: once it exists, the report is complete

@@ -166,6 +166,10 @@ def _plain_md(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+_ABLATION_NOTE = (
+    "Each variant with the signal minus the same variant ranked by a learned fusion fitted without it "
+    "(evaluate.ablate), on the same users and resamples: what the signal adds to the fusion."
+)
 _INTERVAL_NOTE = (
     "Each variant minus cf on the same users, with a paired bootstrap 95% percentile interval over users "
     "(NDCG and Recall: means of per-user values; long-tail coverage: recomputed on each resample, which "
@@ -492,10 +496,20 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def _ablation_html(ablation: pd.DataFrame | None) -> str:
+    if ablation is None or ablation.empty:
+        return ""
+    return (
+        "<h2>What ablated signals add (paired bootstrap)</h2>"
+        f"<div class='wrap'>{_plain_html(interval_table(ablation))}</div>"
+        f"<p class='note'>{html.escape(_ABLATION_NOTE)}</p>"
+    )
+
+
 def render_html(
     *, run_id: str, k: int, main: pd.DataFrame, beyond: pd.DataFrame, segments: pd.DataFrame,
     pngs: Mapping[str, bytes], context: Mapping[str, Any], generated: str,
-    intervals: pd.DataFrame | None = None,
+    intervals: pd.DataFrame | None = None, ablation: pd.DataFrame | None = None,
 ) -> str:  # fmt: skip
     """The report as one self-contained HTML page."""
     title = f"longtail evaluation — {run_id}"
@@ -536,6 +550,7 @@ def render_html(
 <h2>Differences to cf (paired bootstrap)</h2>
 <div class="wrap">{_plain_html(interval_table(intervals))}</div>
 <p class="note">{html.escape(_INTERVAL_NOTE)}</p>
+{_ablation_html(ablation)}
 <h2>Accuracy by segment of the test item</h2>
 <div class="wrap">{_html_table(segments, index_names=["variant", "segment"], group_best_by_level=1)}</div>
 <p class="note">{html.escape(_SEGMENT_NOTE)}</p>
@@ -548,7 +563,7 @@ def render_html(
 def render_markdown(
     *, run_id: str, k: int, main: pd.DataFrame, beyond: pd.DataFrame, segments: pd.DataFrame,
     png_names: Iterable[str], context: Mapping[str, Any], generated: str,
-    intervals: pd.DataFrame | None = None,
+    intervals: pd.DataFrame | None = None, ablation: pd.DataFrame | None = None,
 ) -> str:  # fmt: skip
     """The report as Markdown, the plots referenced by relative path."""
     names = set(png_names)
@@ -568,6 +583,15 @@ def render_markdown(
         "## Differences to cf (paired bootstrap)\n",
         _plain_md(interval_table(intervals)),
         _INTERVAL_NOTE + "\n",
+        *(
+            [
+                "## What ablated signals add (paired bootstrap)\n",
+                _plain_md(interval_table(ablation)),
+                _ABLATION_NOTE + "\n",
+            ]
+            if ablation is not None and not ablation.empty
+            else []
+        ),
         "## Accuracy by segment of the test item\n",
         _md_table(segments, index_names=["variant", "segment"]),
         _SEGMENT_NOTE + "\n",

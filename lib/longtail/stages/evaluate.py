@@ -566,4 +566,14 @@ def write_run_report(
         k=sorted(cfg.evaluate.k)[0],
         spark=spark,
         intervals=result.get("intervals"),
+        ablation=ablation_table(result.get("ablation")),
     )
+
+
+def ablation_table(ablation: dict[str, Any] | None) -> pd.DataFrame | None:
+    """The ablation intervals with ``variant`` naming the difference (``fused - fused_no_vae``)."""
+    if not ablation or not ablation.get("pairs"):
+        return None
+    names = {full: f"{full} - {without}" for full, without in ablation["pairs"]}
+    rows = ablation["intervals"]
+    return rows.assign(variant=rows[S.VARIANT].map(names).fillna(rows[S.VARIANT]))
