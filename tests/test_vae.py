@@ -286,7 +286,7 @@ def test_evaluate_ablate_ranks_the_learned_fusion_again_without_the_vae(spark, l
     real = evaluate.fit_ranker
 
     def spy(spark_, cfg_, *args, **kwargs):
-        fitted_with_vae.append(cfg_.train.vae.enabled)
+        fitted_with_vae.append((cfg_.train.vae.enabled, cfg_.recommend.ranker.use_vae))
         return real(spark_, cfg_, *args, **kwargs)
 
     monkeypatch.setattr(evaluate, "fit_ranker", spy)
@@ -304,7 +304,8 @@ def test_evaluate_ablate_ranks_the_learned_fusion_again_without_the_vae(spark, l
         run_id="e-ablate",
     )
     try:
-        assert fitted_with_vae == [True, False]  # the production ranker, then one without the VAE
+        # the production ranker, then one without the VAE: no VAE fitted, no VAE feature or contender
+        assert fitted_with_vae == [(True, True), (False, False)]
         assert got["ablation"]["pairs"] == [("fused", "fused_no_vae")]
         points = got["all_metrics"]
         ndcg = points[(points.metric == "ndcg") & (points.segment == "all")].set_index("variant")["value"]

@@ -343,8 +343,11 @@ def _ablated_lists(
             continue
         if signal == "vae" and cfg.train.vae.augment:
             log.warning("evaluate.ablate: ALS keeps the VAE's generated pairs (train.vae.augment is on)")
+        ranker_cfg = dataclasses.replace(cfg.recommend.ranker, use_vae=False)
         without = dataclasses.replace(
-            cfg, train=dataclasses.replace(cfg.train, vae=dataclasses.replace(cfg.train.vae, enabled=False))
+            cfg,
+            train=dataclasses.replace(cfg.train, vae=dataclasses.replace(cfg.train.vae, enabled=False)),
+            recommend=dataclasses.replace(cfg.recommend, ranker=ranker_cfg),
         )
         ranker = fit_ranker(spark, without, train_part, items, embeddings, model_id=model.model_id)
         reduced = dataclasses.replace(model, vae=None, ranker=ranker)
