@@ -58,6 +58,29 @@ def _planted(spark, n_users: int = 60, seed: int = 0):
     return spark.createDataFrame(rows, "user_idx int, item_idx int"), rows
 
 
+def _planted_with_text(spark):
+    """:func:`_planted` plus items 20 and 21, seen only by users 60 and 61 (who take both), and text
+    vectors in which 20 reads like cluster 0-9 and 21 like cluster 10-19."""
+    pairs, rows = _planted(spark)
+    extra = [(u, i) for u in (60, 61) for i in (20, 21)]
+    pairs = pairs.unionByName(spark.createDataFrame(extra, "user_idx int, item_idx int"))
+    e = np.eye(8, dtype=np.float32)
+    vectors = [(i, (e[0] if i < 10 or i == 20 else e[1]).tolist()) for i in range(22)]
+    text = spark.createDataFrame(vectors, "item_idx int, embedding array<float>")
+    return pairs, rows, text
+
+
+def _own_cluster_first(reference, history) -> int:
+    """How many of the 60 planted users score every unseen item of their own cluster above every
+    item of the other cluster (``reference``: users x items, items 0-19 at least)."""
+    right = 0
+    for u in range(60):
+        own = [i for i in range(10 * (u % 2), 10 * (u % 2) + 10) if i not in history[u]]
+        other = [i for i in range(20) if i // 10 != u % 2]
+        right += reference[u, own].min() > reference[u, other].max()
+    return right
+
+
 def test_the_vae_learns_a_planted_structure_and_spark_scores_equal_the_reference(spark):
     pairs, rows = _planted(spark)
     model = V.fit(spark, pairs, SMALL)
@@ -72,23 +95,14 @@ def test_the_vae_learns_a_planted_structure_and_spark_scores_equal_the_reference
     spark_scores = np.stack([[users[u] @ items[i] for i in item_ids] for u in range(60)])
     np.testing.assert_allclose(spark_scores, reference, rtol=1e-4, atol=1e-4)
     # every user's unseen items of their own cluster outscore the other cluster's
-    right = 0
-    for u in range(60):
-        own = [i for i in range(10 * (u % 2), 10 * (u % 2) + 10) if i not in history[u]]
-        other = [i for i in range(20) if i // 10 != u % 2]
-        right += reference[u, own].min() > reference[u, other].max()
+    right = _own_cluster_first(reference, history)
     assert right >= 57, right
 
 
 def test_the_text_side_ranks_rarely_seen_items_by_their_description(spark):
     # items 20 and 21 are seen only by users 60 and 61, who take both: their interactions cannot
     # tell the clusters apart. Their text can: 20 reads like cluster 0-9, 21 like cluster 10-19.
-    pairs, rows = _planted(spark)
-    extra = [(u, i) for u in (60, 61) for i in (20, 21)]
-    pairs = pairs.unionByName(spark.createDataFrame(extra, "user_idx int, item_idx int"))
-    e = np.eye(8, dtype=np.float32)
-    vectors = [(i, (e[0] if i < 10 or i == 20 else e[1]).tolist()) for i in range(22)]
-    text = spark.createDataFrame(vectors, "item_idx int, embedding array<float>")
+    pairs, rows, text = _planted_with_text(spark)
     model = V.fit(spark, pairs, dataclasses.replace(SMALL, text=True), text=text)
     assert model.spec["text"] is True and model.spec["text_items"] == 22 and model.spec["items"] == 22
     history = {u: sorted(i for uu, i in rows if uu == u) for u in range(60)}
@@ -143,12 +157,7 @@ def test_the_pairs_reaching_the_driver_are_capped_and_whole_users_sampled(spark)
 def test_beyond_max_interactions_torch_distributor_trains_on_every_pair_in_shards(spark, tmp_path):
     # the text-side case above, trained by 2 processes (Spark barrier tasks, DDP over gloo) on
     # their own shards of users instead of a driver-side sample of max_interactions pairs
-    pairs, rows = _planted(spark)
-    extra = [(u, i) for u in (60, 61) for i in (20, 21)]
-    pairs = pairs.unionByName(spark.createDataFrame(extra, "user_idx int, item_idx int"))
-    e = np.eye(8, dtype=np.float32)
-    vectors = [(i, (e[0] if i < 10 or i == 20 else e[1]).tolist()) for i in range(22)]
-    text = spark.createDataFrame(vectors, "item_idx int, embedding array<float>")
+    pairs, rows, text = _planted_with_text(spark)
     cfg = dataclasses.replace(SMALL, text=True, processes=2, max_interactions=100, gpu="never")
     staging = tmp_path / "_staging" / "vae-1"
     model = V.fit(spark, pairs, cfg, text=text, staging=str(staging))
@@ -159,11 +168,7 @@ def test_beyond_max_interactions_torch_distributor_trains_on_every_pair_in_shard
     assert not staging.exists()  # the shards are deleted once trained
     history = {u: sorted(i for uu, i in rows if uu == u) for u in range(60)}
     reference = V.score_users(model, [history[u] for u in range(60)], np.arange(22))
-    right = 0
-    for u in range(60):
-        own = [i for i in range(10 * (u % 2), 10 * (u % 2) + 10) if i not in history[u]]
-        other = [i for i in range(20) if i // 10 != u % 2]
-        right += reference[u, own].min() > reference[u, other].max()
+    right = _own_cluster_first(reference, history)
     assert right >= 57, right
     margin = np.where(np.arange(60) % 2 == 0, 1.0, -1.0) * (reference[:, 20] - reference[:, 21])
     assert (margin > 0).sum() >= 57, margin
