@@ -202,7 +202,7 @@ def fit(
         if total > cfg.max_interactions:
             if staging is None:
                 raise VaeError("train.vae.processes: distributed training needs a staging folder (lake.root)")
-            return fit_distributed(spark, ratings, cfg, text=text, staging=staging, total=total)
+            return fit_distributed(spark, ratings, cfg, text=text, staging=staging)
     import torch
 
     t0 = time.perf_counter()
@@ -372,7 +372,6 @@ def fit_distributed(
     *,
     text: DataFrame | None,
     staging: str,
-    total: int | None = None,
 ) -> VaeModel:
     """Train on every pair with ``TorchDistributor`` over ``cfg.processes`` Spark barrier tasks.
 
@@ -414,6 +413,7 @@ def fit_distributed(
             .collect()
         }  # one row per process
         n_users = sum(u for u, _ in per_shard.values())
+        n_pairs = sum(p for _, p in per_shard.values())  # every distinct pair of the log
         n_items = spark.read.parquet(join_uri(staging, "items")).count()
         _check_size(n_users, n_items)
         empty = [s for s in range(n) if s not in per_shard]
@@ -440,15 +440,12 @@ def fit_distributed(
         delete_folder(staging, spark=spark)
     item_ids = got["item_ids"]
     with_text = got["text_items"]
-    counts = {
-        "interactions_total": int(total if total is not None else sum(p for _, p in per_shard.values())),
-        "user_fraction": 1.0,
-    }
+    counts = {"interactions_total": n_pairs, "user_fraction": 1.0}
     spec = _spec(
         cfg,
         len(item_ids),
         n_users,
-        sum(p for _, p in per_shard.values()),
+        n_pairs,
         counts,
         got["steps"],
         got["losses"],
