@@ -172,6 +172,10 @@ def test_beyond_max_interactions_torch_distributor_trains_on_every_pair_in_shard
     assert right >= 57, right
     margin = np.where(np.arange(60) % 2 == 0, 1.0, -1.0) * (reference[:, 20] - reference[:, 21])
     assert (margin > 0).sum() >= 57, margin
+    # as on the driver path: refused before any process starts when no item has a text vector
+    elsewhere = spark.createDataFrame([(99, [1.0] * 8)], "item_idx int, embedding array<float>")
+    with pytest.raises(V.VaeError, match="none of the items trained on has a text vector"):
+        V.fit(spark, pairs, cfg, text=elsewhere, staging=str(staging))
     with pytest.raises(V.VaeError, match="fewer users than processes"):  # 2 users, 3 shards
         V.fit(
             spark,

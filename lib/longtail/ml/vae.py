@@ -414,8 +414,10 @@ def fit_distributed(
         }  # one row per process
         n_users = sum(u for u, _ in per_shard.values())
         n_pairs = sum(p for _, p in per_shard.values())  # every distinct pair of the log
-        n_items = spark.read.parquet(join_uri(staging, "items")).count()
-        _check_size(n_users, n_items)
+        staged = spark.read.parquet(join_uri(staging, "items"))
+        _check_size(n_users, staged.count())
+        if cfg.text and staged.where(F.col(S.EMBEDDING).isNotNull()).isEmpty():
+            raise VaeError(NO_TEXT)  # as on the driver path, before any process starts
         empty = [s for s in range(n) if s not in per_shard]
         if empty:
             raise VaeError(
@@ -490,12 +492,7 @@ def train_process(job: dict[str, Any]) -> dict[str, Any] | None:
         item_ids = items[S.ITEM_IDX].to_numpy(np.int64)
         vectors, with_text = None, 0
         if cfg.text:
-            have = items[S.EMBEDDING].notna().to_numpy()
-            with_text = int(have.sum())
-            dim = len(items[S.EMBEDDING][have].iloc[0]) if with_text else 1
-            vectors = np.zeros((len(items), dim), np.float32)
-            if with_text:
-                vectors[have] = np.stack(items[S.EMBEDDING][have].to_numpy()).astype(np.float32)
+            vectors, with_text = vectors_in_order(items, item_ids)
         shard = pq.read_table(join_uri(root, "pairs", f"{SHARD}={rank}"), filesystem=fs).to_pandas()
         _, rows = np.unique(shard[S.USER_IDX].to_numpy(np.int64), return_inverse=True)
         cols = np.searchsorted(item_ids, shard[S.ITEM_IDX].to_numpy(np.int64))
@@ -541,9 +538,19 @@ def text_matrix(spark: SparkSession, text: DataFrame, item_ids: np.ndarray) -> t
         pd.DataFrame,
         text.select(S.ITEM_IDX, S.EMBEDDING).join(wanted, S.ITEM_IDX, "left_semi").toPandas(),
     )
-    rows = rows.drop_duplicates(S.ITEM_IDX)
+    return vectors_in_order(rows, item_ids)
+
+
+NO_TEXT = "train.vae.text: none of the items trained on has a text vector (run encode first)"
+
+
+def vectors_in_order(rows: pd.DataFrame, item_ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(len(item_ids), dim)`` from ``rows`` (``item_idx, embedding``; null embeddings and
+    repeated ids ignored) in the order of the sorted ``item_ids``, zeros where an item has none,
+    and how many have one. :class:`VaeError` when none has."""
+    rows = rows.dropna(subset=[S.EMBEDDING]).drop_duplicates(S.ITEM_IDX)
     if rows.empty:
-        raise VaeError("train.vae.text: none of the items trained on has a text vector (run encode first)")
+        raise VaeError(NO_TEXT)
     vectors = np.stack(rows[S.EMBEDDING].to_numpy()).astype(np.float32)
     out = np.zeros((len(item_ids), vectors.shape[1]), np.float32)
     out[np.searchsorted(item_ids, rows[S.ITEM_IDX].to_numpy(np.int64))] = vectors
