@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from pyspark.sql import Window
+from pyspark.sql import functions as F
 
 from longtail.ml import metrics as M
 from longtail.ml.segments import item_segments
@@ -107,3 +109,54 @@ def test_unknown_rule_names_the_key(sparse_catalogue):
     log, catalogue, _ = sparse_catalogue
     with pytest.raises(ValueError, match=r"recommend\.head_rule"):
         item_segments(log, catalogue, rule="top")
+
+
+def _children(node) -> list:
+    children = node.children()
+    return [children.apply(i) for i in range(children.size())]
+
+
+def _over_popularity_values(window) -> bool:
+    """Whether a Window's input is one row per distinct popularity value: below it (through
+    projections, sorts, filters, other windows) an aggregate grouped by ``popularity`` alone."""
+    node = window
+    while node.nodeName() in ("Window", "Sort", "Project", "Filter", "Exchange"):
+        node = _children(node)[0]
+    if not node.nodeName().endswith("Aggregate"):
+        return False
+    keys = node.groupingExpressions()
+    return keys.size() == 1 and keys.apply(0).name() == "popularity"
+
+
+def _whole_table_windows(df) -> list[str]:
+    """The Window operators of ``df``'s physical plan that have no partition spec (Spark moves all
+    their input to one partition and logs "No Partition Defined for Window operation") and whose
+    input is not the distinct popularity values: those are few by construction, as d distinct
+    values need d (d + 1) / 2 interactions (d <= 44,721 at 10^9), and stay single-partition."""
+    found, todo = [], [df._jdf.queryExecution().sparkPlan()]
+    while todo:
+        node = todo.pop()
+        if (
+            node.nodeName() == "Window"
+            and node.partitionSpec().isEmpty()
+            and not _over_popularity_values(node)
+        ):
+            found.append(node.toString())
+        todo.extend(_children(node))
+    return found
+
+
+def test_no_window_moves_a_whole_table_to_one_partition(spark, sparse_catalogue):
+    log, catalogue, _ = sparse_catalogue
+    stats = item_segments(log, catalogue, rule="mass", head_share=0.8)
+    recs = spark.createDataFrame([("V", "u1", "a", 1), ("V", "u2", "x01", 1)], RECS)
+    plans = {
+        "item_segments": stats,
+        "items rule": item_segments(log, catalogue, rule="items", head_fraction=0.5),
+        "popularity_deciles": M.popularity_deciles(stats),
+        "gini": M.gini(recs, stats, ks=[1]),
+        "long_tail_coverage": M.long_tail_coverage(recs, stats, ks=[1]),
+    }
+    # the check sees a whole-table window where there is one
+    assert _whole_table_windows(stats.withColumn("_r", F.row_number().over(Window.orderBy("item_id"))))
+    assert {name: _whole_table_windows(df) for name, df in plans.items()} == {name: [] for name in plans}
