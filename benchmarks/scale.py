@@ -17,7 +17,9 @@ The RSS figures are sampled every 0.25 s from ``/proc`` (Linux). Between consecu
 table gives each stage's growth exponent ``log(t2/t1) / log(N2/N1)``. The encoder is the real
 all-MiniLM-L6-v2 up to ``--real-encoder-max`` items and a 2-layer BERT with random weights and the
 same tokenizer beyond (the Spark plumbing measured without hours of CPU inference); the table says
-which. Run under the benchmark lock::
+which. ``--max-users`` caps the users of a size (the candidate top-K costs users x items, so the
+growth table gives exponents in both), ``--stages`` runs a subset, ``--merge`` adds the sizes of
+earlier runs' ``--json`` files to the tables and the plot. Run under the benchmark lock::
 
     flock /tmp/longtail-bench.lock .venv/bin/python benchmarks/scale.py --sizes 2000 20000 \\
         --lake-root /tmp/lt_scale --json /tmp/lt_scale.json --plot docs/scaling-curves.png
@@ -35,6 +37,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +62,35 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=[10_000, 100_000, 1_000_000],
+        help="catalogue sizes to run; none (with --merge): only print the tables of earlier runs",
+    )
     p.add_argument("--users-per-item", type=float, default=2.0)
+    p.add_argument(
+        "--max-users",
+        type=int,
+        default=0,
+        help="at most this many users per size (0: no cap). The candidate top-K is users x items by "
+        "nature; a cap keeps the largest sizes within a small machine's hours, and the growth table "
+        "then gives exponents in items and in users x items",
+    )
+    p.add_argument(
+        "--stages",
+        nargs="+",
+        choices=STAGES,
+        default=list(STAGES),
+        help="the stages to run, in pipeline order (default: all; e.g. leave out evaluate at 10^6)",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="*",
+        default=[],
+        help="--json files of earlier runs whose sizes join this run's tables and plot (the same machine)",
+    )
     p.add_argument("--real-encoder-max", type=int, default=100_000)
     p.add_argument(
         "--warmup",
@@ -144,13 +174,23 @@ def shuffle_totals(spark: Any) -> tuple[int, int]:
 
 
 # --- one size --------------------------------------------------------------------------------------
-def run_size(spark: Any, n: int, args: argparse.Namespace, small_model: str | None) -> dict[str, Any]:
+def run_size(
+    spark: Any,
+    n: int,
+    args: argparse.Namespace,
+    small_model: str | None,
+    done: Callable[[dict[str, Any]], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Generate size ``n`` (unless its lake has the sample) and run the stages; ``done`` gets the
+    size's figures so far after every stage (a long size leaves its finished stages on disk)."""
     from longtail.core.config import load_config
     from longtail.lake.runs import run_stage
     from longtail.stages import load_stage
 
     root = Path(args.lake_root) / f"n{n}"
     users = int(n * args.users_per_item)
+    if args.max_users:
+        users = min(users, args.max_users)
     encoder = "real all-MiniLM-L6-v2" if small_model is None else "random 2-layer BERT (MiniLM tokenizer)"
     overrides = [
         f"lake.root={root}",
@@ -180,7 +220,7 @@ def run_size(spark: Any, n: int, args: argparse.Namespace, small_model: str | No
         "generate_s": generated,
         "stages": {},
     }
-    for stage in STAGES:
+    for stage in [s for s in STAGES if s in args.stages]:
         read0, write0 = shuffle_totals(spark)
         with PeakRss() as rss:
             record = run_stage(spark, cfg, stage, load_stage(stage).run, run_id=f"scale-{n}")
@@ -193,12 +233,19 @@ def run_size(spark: Any, n: int, args: argparse.Namespace, small_model: str | No
             "shuffle_write_mb": (write1 - write0) / 2**20,
         }
         print(f"  n={n:>9,} {stage:<10} {record.seconds:8.1f} s", flush=True)
+        done(out)
         spark.catalog.clearCache()
     return out
 
 
 def exponent(a: float, b: float, n_a: int, n_b: int) -> float | None:
-    return math.log(b / a) / math.log(n_b / n_a) if a > 0 and b > 0 else None
+    """log(b / a) / log(n_b / n_a); None where a time is 0 or the sizes are equal."""
+    return math.log(b / a) / math.log(n_b / n_a) if a > 0 and b > 0 and n_a != n_b else None
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    """A figure, or "n/a" where a run did not record it."""
+    return "n/a" if value is None else format(value, fmt)
 
 
 def print_tables(results: list[dict[str, Any]]) -> None:
@@ -207,29 +254,44 @@ def print_tables(results: list[dict[str, Any]]) -> None:
     print("|---:|---:|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         for stage, s in r["stages"].items():
-            m = s["peak_rss_mb"]
+            m = s.get("peak_rss_mb") or {}
+            cells = [_cell(m.get(p), ".0f") for p in ("driver_python", "driver_jvm", "python_worker")] + [
+                _cell(s.get(k), ".1f") for k in ("shuffle_read_mb", "shuffle_write_mb")
+            ]
             print(
                 f"| {r['items']:,} | {r['users']:,} | {r['encoder']} | {stage} | {s['seconds']:.1f} | "
-                f"{m['driver_python']:.0f} | {m['driver_jvm']:.0f} | {m['python_worker']:.0f} | "
-                f"{s['shuffle_read_mb']:.1f} | {s['shuffle_write_mb']:.1f} |"
+                + " | ".join(cells)
+                + " |"
             )
     if len(results) < 2:
         return
-    print("\nGrowth exponent of wall time between consecutive sizes (1.0 = linear in items):\n")
     pairs = list(itertools.pairwise(results))
-    print("| stage | " + " | ".join(f"{a['items']:,} -> {b['items']:,}" for a, b in pairs) + " |")
-    print("|---|" + "---:|" * len(pairs))
-    for stage in STAGES:
-        cells = []
-        for a, b in pairs:
-            e = exponent(a["stages"][stage]["seconds"], b["stages"][stage]["seconds"], a["items"], b["items"])
-            cells.append("-" if e is None else f"{e:.2f}")
-        print(f"| {stage} | " + " | ".join(cells) + " |")
+    if len(results) > 2:  # and end to end
+        pairs.append((results[0], results[-1]))
+    for title, size in (
+        ("items", lambda r: r["items"]),
+        ("users x items (the candidate top-K's input)", lambda r: r["items"] * r["users"]),
+    ):
+        print(f"\nGrowth exponent of wall time between sizes, in {title} (1.0 = linear):\n")
+        print("| stage | " + " | ".join(f"{a['items']:,} -> {b['items']:,}" for a, b in pairs) + " |")
+        print("|---|" + "---:|" * len(pairs))
+        for stage in STAGES:
+            cells = []
+            for a, b in pairs:
+                sa, sb = a["stages"].get(stage), b["stages"].get(stage)
+                e = exponent(sa["seconds"], sb["seconds"], size(a), size(b)) if sa and sb else None
+                cells.append("-" if e is None else f"{e:.2f}")
+            print(f"| {stage} | " + " | ".join(cells) + " |")
     first, last = results[0], results[-1]
-    ratio = max(s["peak_rss_mb"]["driver_jvm"] for s in last["stages"].values()) / max(
-        s["peak_rss_mb"]["driver_jvm"] for s in first["stages"].values()
-    )
-    print(f"\nPeak driver JVM RSS at {last['items']:,} items / at {first['items']:,}: {ratio:.2f}x")
+    common = [s for s in first["stages"] if s in last["stages"]]
+    for proc in ("driver_jvm", "driver_python"):
+        peaks = [[(r["stages"][s].get("peak_rss_mb") or {}).get(proc) for s in common] for r in (first, last)]
+        if not all(peaks) or any(v is None for p in peaks for v in p):
+            continue
+        ratio = max(peaks[1]) / max(peaks[0])
+        print(
+            f"\nPeak {proc} RSS at {last['items']:,} items / at {first['items']:,} ({', '.join(common)}): {ratio:.2f}x"
+        )
 
 
 def plot(results: list[dict[str, Any]], path: str) -> None:
@@ -238,13 +300,17 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = [r["items"] for r in results]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for stage in STAGES:
-        ax1.plot(sizes, [r["stages"][stage]["seconds"] for r in results], marker="o", label=stage)
-        ax2.plot(
-            sizes, [r["stages"][stage]["peak_rss_mb"]["driver_jvm"] for r in results], marker="o", label=stage
+        runs = [r for r in results if stage in r["stages"]]
+        if not runs:
+            continue
+        ax1.plot(
+            [r["items"] for r in runs], [r["stages"][stage]["seconds"] for r in runs], marker="o", label=stage
         )
+        rss = [(r["items"], (r["stages"][stage].get("peak_rss_mb") or {}).get("driver_jvm")) for r in runs]
+        rss = [(n, v) for n, v in rss if v is not None]
+        ax2.plot([n for n, _ in rss], [v for _, v in rss], marker="o", label=stage)
     for ax, title in ((ax1, "wall time (s)"), (ax2, "peak driver JVM RSS (MB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -259,6 +325,32 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    results = run_sizes(args) if args.sizes else []
+    for path in args.merge:
+        results.extend(json.loads(Path(path).read_text()))
+    results = combined(results)
+    print_tables(results)
+    if args.plot:
+        plot(results, args.plot)
+    return 0
+
+
+def combined(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (items, users, encoder), by size: the stages of runs of the same size joined
+    (e.g. a size whose later stages were run again), the later run's figures winning."""
+    out: dict[tuple[int, int, str], dict[str, Any]] = {}
+    for r in results:
+        key = (r["items"], r["users"], r["encoder"])
+        if key in out:
+            out[key]["stages"] = {**out[key]["stages"], **r["stages"]}
+        else:
+            out[key] = {**r, "stages": dict(r["stages"])}
+    for r in out.values():
+        r["stages"] = {s: r["stages"][s] for s in STAGES if s in r["stages"]}
+    return [out[k] for k in sorted(out)]
+
+
+def run_sizes(args: argparse.Namespace) -> list[dict[str, Any]]:
     from encode import model_dir
 
     from longtail.core.session import build_session
@@ -277,20 +369,20 @@ def main(argv: list[str] | None = None) -> int:
     small = None
     if any(n > args.real_encoder_max for n in args.sizes):
         small = model_dir(DEFAULT_MODEL, "small-2l", Path(args.lake_root))
-    results = []
+    results: list[dict[str, Any]] = []
     print(f"host: {platform.node()} ({os.cpu_count()} cores), Spark {spark.version}, master {args.master}")
     if args.warmup:
         print(f"warm-up run at {args.warmup:,} items (not reported)", flush=True)
         run_size(spark, args.warmup, args, None)
-    for n in sorted(args.sizes):
-        results.append(run_size(spark, n, args, small if n > args.real_encoder_max else None))
+
+    def save(partial: dict[str, Any]) -> None:
         if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
-    print_tables(results)
-    if args.plot:
-        plot(results, args.plot)
+            Path(args.json).write_text(json.dumps([*results, partial], indent=1))
+
+    for n in sorted(args.sizes):
+        results.append(run_size(spark, n, args, small if n > args.real_encoder_max else None, save))
     spark.stop()
-    return 0
+    return results
 
 
 if __name__ == "__main__":
