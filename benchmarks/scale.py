@@ -243,6 +243,11 @@ def exponent(a: float, b: float, n_a: int, n_b: int) -> float | None:
     return math.log(b / a) / math.log(n_b / n_a) if a > 0 and b > 0 and n_a != n_b else None
 
 
+def _peak(stage: dict[str, Any], proc: str) -> float | None:
+    """A stage's peak RSS (MB) of ``proc``, or None where the run did not record it."""
+    return (stage.get("peak_rss_mb") or {}).get(proc)
+
+
 def _cell(value: float | None, fmt: str) -> str:
     """A figure, or "n/a" where a run did not record it."""
     return "n/a" if value is None else format(value, fmt)
@@ -254,8 +259,7 @@ def print_tables(results: list[dict[str, Any]]) -> None:
     print("|---:|---:|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         for stage, s in r["stages"].items():
-            m = s.get("peak_rss_mb") or {}
-            cells = [_cell(m.get(p), ".0f") for p in ("driver_python", "driver_jvm", "python_worker")] + [
+            cells = [_cell(_peak(s, p), ".0f") for p in ("driver_python", "driver_jvm", "python_worker")] + [
                 _cell(s.get(k), ".1f") for k in ("shuffle_read_mb", "shuffle_write_mb")
             ]
             print(
@@ -285,10 +289,10 @@ def print_tables(results: list[dict[str, Any]]) -> None:
     first, last = results[0], results[-1]
     common = [s for s in first["stages"] if s in last["stages"]]
     for proc in ("driver_jvm", "driver_python"):
-        peaks = [[(r["stages"][s].get("peak_rss_mb") or {}).get(proc) for s in common] for r in (first, last)]
-        if not all(peaks) or any(v is None for p in peaks for v in p):
+        before, after = ([_peak(r["stages"][s], proc) for s in common] for r in (first, last))
+        if not common or None in before or None in after:
             continue
-        ratio = max(peaks[1]) / max(peaks[0])
+        ratio = max(after) / max(before)
         print(
             f"\nPeak {proc} RSS at {last['items']:,} items / at {first['items']:,} ({', '.join(common)}): {ratio:.2f}x"
         )
@@ -308,7 +312,7 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
         ax1.plot(
             [r["items"] for r in runs], [r["stages"][stage]["seconds"] for r in runs], marker="o", label=stage
         )
-        rss = [(r["items"], (r["stages"][stage].get("peak_rss_mb") or {}).get("driver_jvm")) for r in runs]
+        rss = [(r["items"], _peak(r["stages"][stage], "driver_jvm")) for r in runs]
         rss = [(n, v) for n, v in rss if v is not None]
         ax2.plot([n for n, _ in rss], [v for _, v in rss], marker="o", label=stage)
     for ax, title in ((ax1, "wall time (s)"), (ax2, "peak driver JVM RSS (MB)")):
