@@ -1,6 +1,6 @@
 """Choose the re-ranking defaults on VALIDATION splits of every dataset, by a rule fixed in advance.
 
-``fused_rerank``'s settings (``recommend.min_tail_share``, ``min_cold_share``, ``rerank_strength``)
+``fused_rerank``'s settings (``recommend.min_tail_share``, ``min_cold_share``, ``reserve_cap``)
 trade accuracy for tail reach. They are chosen here, never on the test figures that
 ``benchmarks/quality.py`` prints: for each dataset (the same lakes as quality.py), ONE ``evaluate``
 with ``evaluate.holdout: validation`` (the test part set aside untouched, the training part split
@@ -33,7 +33,7 @@ import quality  # sets sys.path and the Spark environment for lib/
 GRID = {
     "min_tail_share": (0.1, 0.2, 0.3),
     "min_cold_share": (0.0, 0.1),
-    "rerank_strength": (0.0, 0.2),
+    "reserve_cap": (0.0, 1.0, 3.0),
 }
 TARGET_NDCG_RATIO = 0.95
 TARGET_COV = 0.20

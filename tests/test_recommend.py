@@ -137,6 +137,61 @@ def test_cold_slots_reserve_places_for_items_without_interactions(spark):
         RecommendConfig(min_tail_share=0.6, min_cold_share=0.6)
 
 
+def test_reserve_cap_spreads_reserved_places_over_the_tail_and_never_leaves_one_empty(spark):
+    # Users 0-3 all rank tail item 1 first; item 0 (head) tops every list. One reserved tail place
+    # of k = 2. Tail scores (user: item -> score); the item's place among the user's tail items:
+    #   u0: 1 5.0, 2 4.0, 3 3.0, 4 2.0   places 1, 2, 3, 4
+    #   u1: 1 4.9, 2 4.5, 3 1.0, 4 0.5   places 1, 2, 3, 4
+    #   u2: 1 4.8, 2 1.0, 3 4.6, 4 0.2   places 1, 3, 2, 4
+    #   u3: 1 4.7, 2 0.1, 3 0.2, 4 0.3   places 1, 4, 3, 2
+    #   u4: 1 4.0 (its only tail candidate)
+    # 5 users x 1 place / 4 items: fair share 1.25; cap 0.5 -> ceil(0.625) = 1 user per item: item 1
+    # goes to u0 (place 1 for all, highest score), item 2 to u1 (place 2 for u0 and u1, u1's score
+    # higher), item 3 to u2 (its place 2), item 4 to u3 (its place 2). u4 has no offer and keeps its
+    # best tail item (1): the cap is soft, no reserved place is left empty.
+    tail = {
+        0: (5.0, 4.0, 3.0, 2.0),
+        1: (4.9, 4.5, 1.0, 0.5),
+        2: (4.8, 1.0, 4.6, 0.2),
+        3: (4.7, 0.1, 0.2, 0.3),
+    }
+    rows = [(u, 0, 10.0, False, 1) for u in range(5)]
+    rows += [(u, i + 1, s, True, i + 2) for u, scores in tail.items() for i, s in enumerate(scores)]
+    rows += [(4, 1, 4.0, True, 2)]
+    pool = spark.createDataFrame(
+        rows, f"{S.USER_IDX} int, {S.ITEM_IDX} int, _score double, {S.IS_LONG_TAIL} boolean, {R.POP}_rank int"
+    )
+    quotas = [(F.col(S.IS_LONG_TAIL), 0.5)]
+    uncapped = {u: [0, 1] for u in range(5)}
+    assert _lists(R.reserve(pool, "_score", k=2, quotas=quotas)) == uncapped
+    spread = {0: [0, 1], 1: [0, 2], 2: [0, 3], 3: [0, 4], 4: [0, 1]}
+    assert _lists(R.reserve(pool, "_score", k=2, quotas=quotas, cap=0.5)) == spread
+    # cap 1 -> ceil(1.25) = 2 users per item: item 1 to u0 and u1, item 3 to u2 and u0, item 4 to
+    # u3 and u0, item 2 to u1 and u0; each takes its best offered item: u0 1, u1 1, u2 3, u3 4
+    assert _lists(R.reserve(pool, "_score", k=2, quotas=quotas, cap=1.0)) == {
+        0: [0, 1],
+        1: [0, 1],
+        2: [0, 3],
+        3: [0, 4],
+        4: [0, 1],
+    }
+    # a cap above every item's users is no cap
+    assert _lists(R.reserve(pool, "_score", k=2, quotas=quotas, cap=100.0)) == uncapped
+    # recommend.reserve_cap reaches fused_rerank (blend). The toy, but u1 likes tail item 2 a bit
+    # more (content -0.5: fused 0.5 * -1 + 0.5 * -0.5 = -0.75 against u0's -1). Item 1 is both
+    # users' first tail item at the same score (0.909091): offered to u0 (lower index); item 2
+    # to u1. 2 users x 1 place / 2 items: cap 0.5 -> one user per item.
+    rows = [r for r in _toy(1.0, 1.0) if (r[0], r[1]) != (1, 2)]
+    rows.append((1, 2, -1.0, 3, -0.5, 3, 10.0, 2, 0.0, 1.0, 0.0, 1.0, 10, True))
+    cands = _candidates(spark, rows)
+    one_tail_place = toy_config(k=2, candidates=3, min_tail_share=0.5)
+    assert _lists(R.rank_variant(cands, "fused_rerank", one_tail_place)) == {0: [0, 1], 1: [0, 1]}
+    capped = dataclasses.replace(one_tail_place, reserve_cap=0.5)
+    assert _lists(R.rank_variant(cands, "fused_rerank", capped)) == {0: [0, 1], 1: [0, 2]}
+    with pytest.raises(ValueError, match=r"recommend\.reserve_cap"):
+        RecommendConfig(reserve_cap=-1.0)
+
+
 def test_rerank_spreads_exposure_and_is_fused_at_strength_zero(spark):
     # three users share the same taste: items 0 and 1 score 1.0 and 0.9 for everyone, item 2 0.8
     rows = []

@@ -477,6 +477,12 @@ class RecommendConfig:
     min_cold_share: float = 0.1  # fused_rerank: share of each list reserved for items with no interactions
     """`fused_rerank`: share of each list reserved for cold items (no interactions; 0.1: chosen on
     validation splits by `benchmarks/tune.py`)."""
+    reserve_cap: float = 0.0
+    """`fused_rerank`: spread the reserved places over the catalogue. Each flagged item (long-tail,
+    cold) is offered to at most `ceil(reserve_cap x fair share)` users, those it ranks highest for
+    among their flagged candidates (fair share = users x reserved places / distinct flagged
+    candidates); a user with no offer takes their best flagged item. 0: no cap (each user's best
+    flagged items, whoever else gets them)."""
     head_rule: Literal["mass", "items"] = "mass"
     """How the head is cut from the training counts (ml/segments.py): `mass` (the items holding
     `head_share` of the interactions) or `items` (`head_fraction` of the interacted items); cold items are
@@ -509,6 +515,7 @@ class RecommendConfig:
         _check(self.rerank_strength >= 0, "recommend.rerank_strength", "must be >= 0")
         _check(0 <= self.min_tail_share <= 1, "recommend.min_tail_share", "must be in [0, 1]")
         _check(0 <= self.min_cold_share <= 1, "recommend.min_cold_share", "must be in [0, 1]")
+        _check(self.reserve_cap >= 0, "recommend.reserve_cap", "must be >= 0 (0: no cap)")
         _check(
             self.min_tail_share + self.min_cold_share <= 1,
             "recommend.min_cold_share",

@@ -25,7 +25,8 @@ For every user (see ``docs/scoring.md`` for the reasons and the measurements beh
    catalogue in ``rerank_rounds`` parallel rounds (count each item's exposure in the current
    top-k lists, subtract ``rerank_strength * log(1 + exposure)``, re-rank every user) and
    optionally reserves ``min_tail_share`` of each list for long-tail items and ``min_cold_share``
-   for cold items (no interactions). A user short of
+   for cold items (no interactions), spread over the catalogue with ``reserve_cap`` (a flagged item
+   is offered to a fair share of users only, those it ranks highest for). A user short of
    candidates for a signal is filled up from the popular list, so every list has exactly k
    items unless the user has seen nearly the whole catalogue.
 """
@@ -480,25 +481,39 @@ def rerank(
 
 
 def reserve(
-    ranked_pool: DataFrame, score: str, *, k: int, quotas: Sequence[tuple[Column, float]]
+    ranked_pool: DataFrame,
+    score: str,
+    *,
+    k: int,
+    quotas: Sequence[tuple[Column, float]],
+    cap: float = 0.0,
 ) -> DataFrame:
     """The top ``k`` by ``score`` with, for each ``(flag, share)`` of ``quotas``, at least
     ``ceil(share * k)`` items per user whose ``flag`` is true: the best flagged candidates take the
     places of the lowest unreserved items (fewer if the user has fewer flagged candidates). An item
-    reserved by two quotas counts for both. The list is then ordered by ``score`` as usual."""
+    reserved by two quotas counts for both. The list is then ordered by ``score`` as usual.
+
+    ``cap > 0`` spreads the reserved places (``recommend.reserve_cap``): a flagged item is offered
+    only to the users it ranks highest for (:func:`_offers`), and each user's reserved places go to
+    their best offered items first, then to their best flagged ones.
+    """
     needs = [(flag, need) for flag, need in ((f, math.ceil(share * k)) for f, share in quotas) if need > 0]
     if not needs:
         return top_k(ranked_pool, score, k)
     for i, (flag, need) in enumerate(needs):
-        ranked_pool = ranked_pool.withColumn(f"_flag{i}", F.coalesce(flag, F.lit(False)))
-        within = F.row_number().over(
-            Window.partitionBy(S.USER_IDX, f"_flag{i}").orderBy(
-                F.col(score).isNull(), F.col(score).desc(), F.col(S.ITEM_IDX)
+        flagged = f"_flag{i}"
+        ranked_pool = ranked_pool.withColumn(flagged, F.coalesce(flag, F.lit(False)))
+        by_user = Window.partitionBy(S.USER_IDX, flagged)
+        best_first = [F.col(score).isNull(), F.col(score).desc(), F.col(S.ITEM_IDX)]
+        within = F.row_number().over(by_user.orderBy(*best_first))
+        if cap > 0:
+            ranked_pool = _offers(
+                ranked_pool.withColumn("_within", within), flagged, score, cap=cap, need=need
             )
-        )
+            within = F.row_number().over(by_user.orderBy(F.col("_offered").desc(), *best_first))
         ranked_pool = ranked_pool.withColumn(
-            f"_res{i}", F.col(f"_flag{i}") & (within <= need) & F.col(score).isNotNull()
-        )
+            f"_res{i}", F.col(flagged) & (within <= need) & F.col(score).isNotNull()
+        ).drop("_within", "_offered")
     reserved = functools.reduce(lambda a, b: a | b, [F.col(f"_res{i}") for i in range(len(needs))])
     marked = ranked_pool.withColumn("_reserved", reserved).drop(
         *[f"_{c}{i}" for c in ("flag", "res") for i in range(len(needs))]
@@ -519,6 +534,33 @@ def reserve(
         .drop("_reserved", "_n_res", "_rest")
     )
     return top_k(chosen, score, k)
+
+
+def _offers(pool: DataFrame, flagged: str, score: str, *, cap: float, need: int) -> DataFrame:
+    """``pool`` plus ``_offered``: true for a flagged pair whose item is among the
+    ``ceil(cap * fair)`` users it ranks highest for (``_within``: the item's place among the
+    user's flagged candidates; ties: the higher score, then the lower user index), with
+    ``fair = users * need / items`` over the pool's scored flagged pairs. One item can then fill
+    at most that many users' reserved places, except for users with no offer at all, who keep
+    their best flagged item (a soft cap: nobody loses a reserved place to it). Both counts come
+    from one aggregate joined as a single row: nothing reaches the driver."""
+    eligible = F.col(flagged) & F.col(score).isNotNull()
+    counts = pool.where(eligible).agg(
+        F.countDistinct(S.USER_IDX).alias("_n_users"), F.countDistinct(S.ITEM_IDX).alias("_n_items")
+    )
+    limit = F.greatest(
+        F.lit(1.0), F.ceil(F.lit(cap * need) * F.col("_n_users") / F.greatest(F.col("_n_items"), F.lit(1)))
+    )
+    place = F.row_number().over(
+        Window.partitionBy(S.ITEM_IDX, flagged).orderBy(
+            F.col("_within"), F.col(score).desc_nulls_last(), F.col(S.USER_IDX)
+        )
+    )
+    return (
+        pool.crossJoin(F.broadcast(counts))
+        .withColumn("_offered", eligible & (place <= limit))
+        .drop("_n_users", "_n_items")
+    )
 
 
 def reservations(cfg: RecommendConfig) -> list[tuple[Column, float]]:
@@ -563,13 +605,17 @@ def rank_variant(
         if variant == "fused":
             return top_k(learned, F.col(L.PROBABILITY), cfg.k)
         pool = rerank(learned, F.col(L.LOGIT), cfg, strength=rerank_strength)
-        return reserve(pool, "_score", k=cfg.k, quotas=reservations(cfg)).drop("_base", "_score")
+        return reserve(pool, "_score", k=cfg.k, quotas=reservations(cfg), cap=cfg.reserve_cap).drop(
+            "_base", "_score"
+        )
     fused = fused_score(cfg, fusion_k=fusion_k)
     if variant == "fused":
         return top_k(pairs, fused, cfg.k)
     if variant == "fused_rerank":
         pool = rerank(pairs, fused, cfg, strength=rerank_strength)
-        return reserve(pool, "_score", k=cfg.k, quotas=reservations(cfg)).drop("_base", "_score")
+        return reserve(pool, "_score", k=cfg.k, quotas=reservations(cfg), cap=cfg.reserve_cap).drop(
+            "_base", "_score"
+        )
     raise ValueError(f"unknown variant {variant!r}; allowed: {list(VARIANTS)}")
 
 
