@@ -477,12 +477,12 @@ class RecommendConfig:
     min_cold_share: float = 0.1  # fused_rerank: share of each list reserved for items with no interactions
     """`fused_rerank`: share of each list reserved for cold items (no interactions; 0.1: chosen on
     validation splits by `benchmarks/tune.py`)."""
-    reserve_cap: float = 0.0
+    reserve_cap: float = 1.0
     """`fused_rerank`: spread the reserved places over the catalogue. Each flagged item (long-tail,
     cold) is offered to at most `ceil(reserve_cap x fair share)` users, those it ranks highest for
     among their flagged candidates (fair share = users x reserved places / distinct flagged
     candidates); a user with no offer takes their best flagged item. 0: no cap (each user's best
-    flagged items, whoever else gets them)."""
+    flagged items, whoever else gets them). 1: chosen on validation splits by `benchmarks/tune.py`."""
     head_rule: Literal["mass", "items"] = "mass"
     """How the head is cut from the training counts (ml/segments.py): `mass` (the items holding
     `head_share` of the interactions) or `items` (`head_fraction` of the interacted items); cold items are
