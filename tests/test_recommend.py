@@ -71,9 +71,10 @@ def _toy(tail_content_u0: float, tail_content_u1: float):
 
 def toy_config(**overrides) -> RecommendConfig:
     """The hand-computed cases' config: the blend at fusion_k 10, no exposure rounds, no reserved
-    places (each test adds what it checks)."""
+    places and no cap on them (each test adds what it checks)."""
     base = {"k": 1, "candidates": 3, "fusion_k": 10.0, "rerank_rounds": 0, "fusion": "blend"}
-    return RecommendConfig(**{**base, "min_tail_share": 0.0, "min_cold_share": 0.0, **overrides})
+    none_reserved = {"min_tail_share": 0.0, "min_cold_share": 0.0, "reserve_cap": 0.0}
+    return RecommendConfig(**{**base, **none_reserved, **overrides})
 
 
 def test_fusion_lets_the_tail_item_win_exactly_when_its_content_evidence_outweighs(spark):
