@@ -16,6 +16,7 @@ from longtail.core.errors import MissingInputError
 from longtail.core.text import content_hash, encoder_text
 from longtail.lake import Lake
 from longtail.ml.encoder import TextEncoder
+from longtail.ml.encoding import encode_tasks
 from longtail.ml.model import current_embeddings
 from longtail.stages import encode
 
@@ -29,9 +30,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return str(make_tiny_bert(root / "tiny_a", seed=0)), str(make_tiny_bert(root / "tiny_b", seed=1))
 
 
-def _cfg(lake_root: str, model: str):
+def _cfg(lake_root: str, model: str, *more: str):
     return load_config(
         overrides=[
+            *more,
             f"lake.root={lake_root}",
             f"encoder.model={model}",
             "encoder.max_length=16",
@@ -113,6 +115,34 @@ def test_incremental_dedupe_change_and_model_switch(spark, lake_root: str, model
     # the old model's current vectors: one per item as well, i2's being the new text's
     old = {r[S.ITEM_ID]: r[S.CONTENT_HASH] for r in current_embeddings(lake, enc_a.model_id).collect()}
     assert old["i2"] == content_hash("Toy. a cowboy and a space ranger at night") and len(old) == 6
+
+
+def test_encode_tasks_grow_with_the_texts_in_whole_waves() -> None:
+    assert encode_tasks(10_000, 4, 20_000) == 4  # fewer texts than a task holds: one per slot
+    assert encode_tasks(1_000_000, 4, 20_000) == 52  # 50, rounded up to a multiple of 4 slots
+    assert encode_tasks(40_000, 2, 20_000) == 2
+    assert encode_tasks(40_001, 2, 20_000) == 4  # 3 tasks -> 2 full waves of 2
+    assert encode_tasks(0, 8, 20_000) == 8
+    assert encode_tasks(7, 1, 1) == 7
+
+
+def test_encode_cuts_the_texts_into_tasks_of_bounded_size(
+    spark, lake_root: str, models: tuple[str, str]
+) -> None:
+    model_a, _ = models
+    lake = Lake(spark, lake_root)
+    _write_items(spark, lake, ITEMS)
+    # 4 distinct texts at 1 per task: 4 tasks whatever the slots (1, 2 or 4 in the test sessions)
+    summary = encode.run(spark, _cfg(lake_root, model_a, "encoder.texts_per_task=1"), lake=lake)
+    slots = spark.sparkContext.defaultParallelism
+    assert summary["tasks"] == encode_tasks(4, slots, 1) >= 4 and summary["tasks"] % slots == 0
+    assert (summary["items"], summary["encoded"]) == (5, 4)
+    enc = TextEncoder(model_a, device="cpu", max_length=16)
+    texts = {i: encoder_text(t, d) for i, t, d in ITEMS}
+    for (item, _), (_, vec) in _table(lake).items():
+        np.testing.assert_allclose(vec, enc.encode([texts[item]])[0], atol=1e-5)
+    with pytest.raises(ValueError, match=r"encoder\.texts_per_task"):
+        _cfg(lake_root, model_a, "encoder.texts_per_task=0")
 
 
 def test_current_embeddings_skips_stale_and_vanished_items(spark) -> None:

@@ -173,6 +173,10 @@ class EncoderConfig:
     `spark.sql.execution.arrow.maxRecordsPerBatch` (conf/spark/local.conf 2048, gpu.conf 8192)."""
     torch_threads: int = 0  # 0: Spark task CPUs (spark.task.cpus)
     """Torch threads per task; 0: `spark.task.cpus`."""
+    texts_per_task: int = 20000
+    """Distinct texts per `encode` task at most: the texts are cut into max(default parallelism,
+    ceil(texts / texts_per_task)) tasks, rounded up to a multiple of the parallelism, so a failed or
+    slow task holds a bounded slice and a large catalogue is not cut into one task per core."""
     cpu_linear: Literal["auto", "onednn", "aten"] = "auto"  # fp32 linear layers on CPU
     """fp32 linear layers on CPU: oneDNN or torch's BLAS (`aten`); `auto`: oneDNN where a timing at load is >=
     10% faster."""
@@ -190,6 +194,7 @@ class EncoderConfig:
             "must be >= 1 or null",
         )
         _check(self.torch_threads >= 0, "encoder.torch_threads", "must be >= 0")
+        _check(self.texts_per_task >= 1, "encoder.texts_per_task", "must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,18 @@ def _task_device(device: str) -> str:
     return device  # auto: CUDA if this executor sees one, else CPU; cuda: the default GPU
 
 
+def encode_tasks(n_texts: int, parallelism: int, texts_per_task: int) -> int:
+    """Tasks for encoding ``n_texts`` texts: ``max(parallelism, ceil(n_texts / texts_per_task))``,
+    rounded up to a multiple of ``parallelism`` so the last wave keeps every slot busy.
+
+    Example: 10,000 texts on 4 slots at 20,000 per task: 4 tasks; 1,000,000 texts: 52 (50 rounded
+    up to a multiple of 4).
+    """
+    parallelism = max(1, parallelism)
+    needed = max(parallelism, -(-n_texts // max(1, texts_per_task)))
+    return -(-needed // parallelism) * parallelism
+
+
 def encode_partitions(settings: EncoderConfig, *, num_threads: int | None, done: Any = None) -> Any:
     """Build the ``mapInPandas`` function: (content_hash, title, description) -> vectors.
 

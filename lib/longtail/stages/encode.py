@@ -39,6 +39,7 @@ from longtail.ml.encoding import (
     ARROW_BATCH_CONF,
     ENCODED_SCHEMA,
     encode_partitions,
+    encode_tasks,
 )
 from longtail.ml.model import encoder_model_id, encoder_settings
 
@@ -59,7 +60,8 @@ def run(
     Returns:
         A summary: ``model_id``, ``items`` (rows to write), ``encoded`` (distinct texts sent to the
         model), ``reused`` (rows whose vector came from an identical text already in the table),
-        ``version`` (the new table version, None when nothing was written), ``workers`` (Python
+        ``version`` (the new table version, None when nothing was written), ``tasks`` (Spark tasks the
+        texts were cut into: :func:`~longtail.ml.encoding.encode_tasks`), ``workers`` (Python
         workers that encoded), ``worker_peak_rss_mb``, ``hash_mismatches``, ``seconds``.
     """
     t0 = time.perf_counter()
@@ -85,7 +87,8 @@ def run(
     # Counted first (a join of two small key columns, no model) so that progress can show an ETA.
     n_texts = pending.count()
     log.info("encode: %d distinct new or changed texts to encode with model %s", n_texts, mid)
-    texts = pending.repartition(spark.sparkContext.defaultParallelism, S.CONTENT_HASH)
+    tasks = encode_tasks(n_texts, spark.sparkContext.defaultParallelism, settings.texts_per_task)
+    texts = pending.repartition(tasks, S.CONTENT_HASH)
     with (
         CountProgress(spark, "encode", total=n_texts, unit="texts") as shown,
         # The Spark profile owns the Arrow batch size unless the config names one for this job.
@@ -94,7 +97,10 @@ def run(
         ),
     ):
         fn = encode_partitions(settings, num_threads=_torch_threads(spark, settings), done=shown.accumulator)
-        return _encode_and_merge(spark, lake, texts, todo, known, fn, mid, t0)
+        summary = _encode_and_merge(spark, lake, texts, todo, known, fn, mid, t0)
+    summary["tasks"] = tasks
+    log.info("encode: %s", summary)
+    return summary
 
 
 def _encode_and_merge(
@@ -158,5 +164,4 @@ def _encode_and_merge(
         "hash_mismatches": int(stats["bad"] or 0) if stats else 0,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    log.info("encode: %s", summary)
     return summary
