@@ -138,6 +138,61 @@ def test_evaluate_writes_every_variant_and_metric_and_a_report(spark, tmp_path: 
     assert lake.read(S.METRICS).where(F.col(S.RUN_ID) == "eval-2").count() == len(rerun) > 0
 
 
+def test_max_users_evaluates_whole_users_of_a_seeded_sample(spark, tmp_path: Path, model_dir):
+    root = str(tmp_path / "lake")
+    lake, _ = synthetic.build_lake(spark, root, model_dir)
+    cfg = synthetic.config(root, model_dir)
+    _, test = E.split(lake.read(S.INTERACTIONS), cfg)
+    rows = test.collect()
+    n = len({r[S.USER_ID] for r in rows})
+    unchanged, info = E.sample_test_users(test, cfg.evaluate)
+    assert unchanged is test and info is None
+    everyone, info = E.sample_test_users(
+        test, synthetic.config(root, model_dir, f"evaluate.max_users={n}").evaluate
+    )
+    assert everyone is test and info == {"users": n, "of": n, "share": 1.0}
+
+    half = [f"evaluate.max_users={n // 2}"]
+    kept, info = E.sample_test_users(test, synthetic.config(root, model_dir, *half).evaluate)
+    kept_rows = kept.collect()
+    users = {r[S.USER_ID] for r in kept_rows}
+    assert info == {"users": len(users), "of": n, "share": round((n // 2) / n, 6)} and 0 < len(users) < n
+    # whole users: every test row of a kept user and nothing else
+    assert sorted(kept_rows) == sorted(r for r in rows if r[S.USER_ID] in users)
+    # seeded: the same users again; another seed draws others
+    again, _ = E.sample_test_users(test, synthetic.config(root, model_dir, *half).evaluate)
+    assert {r[S.USER_ID] for r in again.collect()} == users
+    other, _ = E.sample_test_users(
+        test, synthetic.config(root, model_dir, *half, "evaluate.bootstrap_seed=7").evaluate
+    )
+    assert {r[S.USER_ID] for r in other.collect()} != users
+
+    # evaluate measures the sample: the popular list's recall equals the plain-Python figure over
+    # the kept users' test rows (training on the whole training part, as without a cap)
+    run_cfg = synthetic.config(
+        root,
+        model_dir,
+        *half,
+        "evaluate.k=[5]",
+        "evaluate.variants=[popular, cf]",
+        "evaluate.bootstrap=0",
+        "evaluate.report=false",
+    )
+    summary = E.run(spark, run_cfg, lake=lake, run_id="eval-sample")
+    assert summary["split"]["evaluated_sample"] == info
+    assert summary["split"]["test_users"] == n  # the split's counts stay those of the whole test part
+    train_rows, test_rows = _python_split(synthetic.interactions(), cfg.evaluate.test_fraction)
+    sampled = [r for r in test_rows if r[0] in users]
+    value = {
+        (r[S.VARIANT], r[S.METRIC], r[S.K], r[S.SEGMENT]): r[S.VALUE]
+        for r in lake.read(S.METRICS).where(F.col(S.RUN_ID) == "eval-sample").collect()
+    }
+    assert value[("popular", M.RECALL, 5, M.ALL)] == pytest.approx(_popular_recall(train_rows, sampled, 5))
+    assert value[("popular", M.RECALL, 5, M.ALL)] != pytest.approx(_popular_recall(train_rows, test_rows, 5))
+    with pytest.raises(ValueError, match=r"evaluate\.max_users"):
+        synthetic.config(root, model_dir, "evaluate.max_users=0")
+
+
 def test_validation_holdout_never_sees_the_test_part(spark, tmp_path: Path, model_dir):
     root = str(tmp_path / "lake")
     lake, _ = synthetic.build_lake(spark, root, model_dir)

@@ -560,7 +560,13 @@ class EvaluateConfig:
     bootstrap: int = 1000
     """Paired bootstrap resamples of users for the 95% intervals of each variant's difference to `cf`; 0: none."""
     bootstrap_seed: int = 42
-    """Seed of the bootstrap resampling."""
+    """Seed of the bootstrap resampling (and of the `max_users` sample)."""
+    max_users: int | None = None
+    """Evaluate about this many test users: a seeded hash sample of the users with a test interaction (each
+    kept with probability max_users / test users), for logs too large to rank every test user; every model
+    still trains on the whole training part. Accuracy and its intervals estimate the full figures;
+    coverage, Gini and the other catalogue-wide metrics count the sampled users' lists only (lower than
+    over every user): compare those between runs of one sample size. null: every test user."""
     ablate: tuple[str, ...] = ()
     """Signals to leave out of a second fit of the learned fusion on the same training part: for each (allowed:
     `vae`), `fused` and `fused_rerank` are ranked again without it as `<variant>_no_<signal>`, with intervals of
@@ -572,6 +578,7 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         _check(self.bootstrap >= 0, "evaluate.bootstrap", "must be >= 0 (0: no intervals)")
+        _check(self.max_users is None or self.max_users >= 1, "evaluate.max_users", "must be >= 1 or null")
         _check(
             len(self.k) >= 1 and all(k >= 1 for k in self.k), "evaluate.k", "must be a list of integers >= 1"
         )

@@ -11,7 +11,8 @@
    ``evaluate.variants`` is ranked, re-ranked and given its reserved places at length k by
    :mod:`longtail.ml.scoring`, exactly as ``recommend`` with ``recommend.k = k`` would (one
    candidate pass at the largest k, cut down per k by :func:`~longtail.ml.scoring.candidates_at`),
-   for every user with a test interaction (users without history get the popular list). Metrics
+   for every user with a test interaction, or a seeded hash sample of about
+   ``evaluate.max_users`` of them (users without history get the popular list). Metrics
    @k are measured on the k-lists, never cut from longer ones. ``evaluate.sweep`` (fusion_k values)
    and ``evaluate.sweep_rerank`` (rerank_strength values) add points for the report's curve.
 4. **Metrics** (:mod:`longtail.ml.metrics`), computed in Spark and appended to ``metrics`` under
@@ -89,6 +90,25 @@ class ListSpec:
     re-ranking settings from one candidate set."""
 
 
+def sample_test_users(test_part: DataFrame, ev: EvaluateConfig) -> tuple[DataFrame, dict[str, Any] | None]:
+    """``evaluate.max_users``: the test rows of a seeded hash sample of the test users (whole users:
+    all of a kept user's test rows), and ``{"users", "of", "share"}``; unchanged (and None) without
+    a cap, or with no more test users than the cap. Each user is kept when
+    ``|xxhash64(user_id, bootstrap_seed)| mod 10^6 < share * 10^6``, ``share = max_users / users``:
+    about ``max_users`` users, the same ones in every run with the same seed."""
+    if ev.max_users is None:
+        return test_part, None
+    n_users = test_part.select(S.USER_ID).distinct().count()
+    if n_users <= ev.max_users:
+        return test_part, {"users": n_users, "of": n_users, "share": 1.0}
+    share = ev.max_users / n_users
+    bucket = F.abs(F.xxhash64(F.col(S.USER_ID), F.lit(ev.bootstrap_seed))) % 1_000_000
+    kept = test_part.where(bucket < F.lit(round(share * 1_000_000)))
+    n_kept = kept.select(S.USER_ID).distinct().count()
+    log.info("evaluate: %d of %d test users evaluated (evaluate.max_users %d)", n_kept, n_users, ev.max_users)
+    return kept, {"users": n_kept, "of": n_users, "share": round(share, 6)}
+
+
 def list_specs(ev: EvaluateConfig) -> list[ListSpec]:
     """The config's lists: each of ``evaluate.variants``, then the points of ``evaluate.sweep``
     (``fused`` at each fusion_k) and ``evaluate.sweep_rerank`` (``fused_rerank`` at each strength)."""
@@ -129,7 +149,8 @@ def evaluate(
         one row per sweep point, may be empty), ``all_metrics`` (pandas: every list's metrics,
         sweep points included), ``intervals`` (pandas, :data:`longtail.ml.bootstrap.INTERVAL_COLUMNS`:
         each variant's difference to ``cf`` with its bootstrap interval), ``lorenz`` and
-        ``deciles`` (pandas), ``split`` (counts), ``users`` (evaluated and excluded users),
+        ``deciles`` (pandas), ``split`` (counts; with ``evaluate.max_users``, ``evaluated_sample``:
+        :func:`sample_test_users`), ``users`` (evaluated and excluded users),
         ``seconds`` per step.
     """
     ev = cfg.evaluate
@@ -138,9 +159,12 @@ def evaluate(
     rec_cfg = dataclasses.replace(cfg.recommend, k=k_max, candidates=max(cfg.recommend.candidates, k_max))
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    train_part, test_part = split(interactions, cfg)
-    train_part, test_part = train_part.persist(), test_part.persist()
-    split_counts = holdout.split_summary(train_part, test_part, items)
+    train_part, full_test = split(interactions, cfg)
+    train_part, full_test = train_part.persist(), full_test.persist()
+    split_counts = holdout.split_summary(train_part, full_test, items)
+    test_part, sample = sample_test_users(full_test, ev)
+    if sample is not None:
+        split_counts["evaluated_sample"] = sample
     times["split"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -241,7 +265,7 @@ def evaluate(
     )
     times["intervals"] = time.perf_counter() - t0
     table.count()  # materialise before the inputs go
-    for df in (*lists, all_metrics, train_part, test_part):
+    for df in (*lists, all_metrics, train_part, full_test):
         df.unpersist()
     cands.unpersist()
     vae_spec = None if model.vae is None else model.vae.spec
