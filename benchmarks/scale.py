@@ -66,8 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sizes",
         type=int,
         nargs="*",
-        default=[10_000, 100_000, 1_000_000],
-        help="catalogue sizes to run; none (with --merge): only print the tables of earlier runs",
+        default=None,
+        help="catalogue sizes to run (default 10000 100000 1000000, or none with --merge: then the "
+        "tables of earlier runs are printed and nothing runs)",
     )
     p.add_argument("--users-per-item", type=float, default=2.0)
     p.add_argument(
@@ -104,7 +105,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], help="extra config overrides for every size")
     p.add_argument("--json", help="write every figure as JSON to this file")
     p.add_argument("--plot", help="write the curves (time and peak RSS per stage) to this PNG")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.sizes is None:  # --merge alone prints earlier runs; it never starts the default sizes
+        args.sizes = [] if args.merge else [10_000, 100_000, 1_000_000]
+    return args
 
 
 # --- memory: /proc ---------------------------------------------------------------------------------
