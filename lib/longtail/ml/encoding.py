@@ -119,14 +119,14 @@ def encode_items(
     """Vectors of ``items`` (item_id, title, description, content_hash) under ``settings``, computed
     now and not stored: ``item_embeddings``-shaped rows, one per item, each distinct text encoded
     once. For vectors that must not enter the lake (``evaluate``'s fine-tuned encoder, which saw
-    only the training part). Lazy: the caller persists."""
+    only the training part). The texts are cut into tasks as ``encode`` cuts them
+    (:func:`encode_tasks`; one count of the distinct texts for it); the rest is lazy: the caller
+    persists."""
     from pyspark.sql import functions as F
 
-    texts = (
-        items.select(S.CONTENT_HASH, S.TITLE, S.DESCRIPTION)
-        .dropDuplicates([S.CONTENT_HASH])
-        .repartition(spark.sparkContext.defaultParallelism, S.CONTENT_HASH)
-    )
+    distinct = items.select(S.CONTENT_HASH, S.TITLE, S.DESCRIPTION).dropDuplicates([S.CONTENT_HASH])
+    tasks = encode_tasks(distinct.count(), spark.sparkContext.defaultParallelism, settings.texts_per_task)
+    texts = distinct.repartition(tasks, S.CONTENT_HASH)
     encoded = texts.mapInPandas(encode_partitions(settings, num_threads=num_threads), ENCODED_SCHEMA)
     return (
         items.select(S.ITEM_ID, S.CONTENT_HASH)
