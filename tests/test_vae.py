@@ -12,7 +12,7 @@ import synthetic
 from helpers import make_tiny_bert
 
 from longtail.core import schema as S
-from longtail.core.config import VaeConfig
+from longtail.core.config import ConfigError, VaeConfig
 from longtail.core.errors import MissingInputError
 from longtail.ml import augment as A
 from longtail.ml import cf
@@ -152,6 +152,40 @@ def test_the_pairs_reaching_the_driver_are_capped_and_whole_users_sampled(spark)
     assert sorted(counts[counts > 0])[1:] == [5] * (len(set(users.tolist())) - 1)
     with pytest.raises(V.VaeError, match="at least 2"):
         V.fit(spark, spark.createDataFrame([(0, 1), (0, 2)], "user_idx int, item_idx int"), SMALL)
+
+
+def test_beyond_max_items_the_items_with_the_most_users_are_modelled_and_the_rest_get_no_score(spark):
+    pairs, rows = _planted(spark, n_users=60)
+    users_of: dict[int, set[int]] = {}
+    for u, i in rows:
+        users_of.setdefault(i, set()).add(u)
+    # the 12 items with the most users, ties to the lower index (plain Python, from the rows)
+    kept = sorted(sorted(users_of), key=lambda i: (-len(users_of[i]), i))[:12]
+    dropped = sorted(set(users_of) - set(kept))
+    # user 99 has only dropped items: no modelled item, so no vae vector
+    pairs = pairs.unionByName(
+        spark.createDataFrame([(99, dropped[0]), (99, dropped[1])], "user_idx int, item_idx int")
+    )
+    cfg = dataclasses.replace(SMALL, max_items=12, max_steps=20)
+
+    users, items, info = V.training_pairs(pairs, cfg)
+    assert set(items.tolist()) == set(kept)
+    assert set(zip(users.tolist(), items.tolist(), strict=True)) == {
+        (u, i) for u, i in rows if i in set(kept)
+    }
+    assert info["items_total"] == 20 and info["items_dropped"] == 8
+
+    model = V.fit(spark, pairs, cfg)
+    assert model.spec["items"] == 12 and model.spec["items_dropped"] == 8
+    assert sorted(r[0] for r in V.item_vectors(model).select(S.ITEM_IDX).collect()) == sorted(kept)
+    scored = {r[0] for r in V.user_vectors(model, pairs).select(S.USER_IDX).collect()}
+    assert 99 not in scored and set(range(60)) <= scored
+
+    # under the cap nothing is dropped
+    _, items_all, info_all = V.training_pairs(pairs, dataclasses.replace(cfg, max_items=20))
+    assert set(items_all.tolist()) == set(users_of) and info_all["items_dropped"] == 0
+    with pytest.raises(ConfigError, match="max_items"):
+        VaeConfig(max_items=1)
 
 
 def test_beyond_max_interactions_torch_distributor_trains_on_every_pair_in_shards(spark, tmp_path):

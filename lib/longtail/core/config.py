@@ -329,6 +329,12 @@ class VaeConfig:
     max_interactions: int = 5_000_000
     """(user, item) pairs trained on the driver at most; beyond: a seeded user sample of this many, or every
     pair on the executors when `processes` is set."""
+    max_items: int = 100_000
+    """Items the model has a row for, at most: the items with the most users (ties: the lower index); the
+    others get no `vae` score, like items without interactions. Each modelled item costs about 16 KB in the
+    training process (its input and output rows, their gradients and Adam's moments, its column of a
+    batch; measured in docs/scaling.md), so this bounds the driver's (or each process's) memory where
+    `max_interactions` alone would not: 100,000 items is about 1.7 GB."""
     processes: int = 0
     """Beyond `max_interactions` pairs, train on every pair with TorchDistributor over this many Spark barrier
     tasks (one shard of users each, DistributedDataParallel; the executors need torch). 0: on the driver, on
@@ -362,6 +368,7 @@ class VaeConfig:
         _check(self.learning_rate > 0, "train.vae.learning_rate", "must be > 0")
         _check(self.anneal_cap >= 0, "train.vae.anneal_cap", "must be >= 0")
         _check(self.max_interactions >= 2, "train.vae.max_interactions", "must be >= 2")
+        _check(self.max_items >= 2, "train.vae.max_items", "must be >= 2")
         _check(self.processes >= 0, "train.vae.processes", "must be >= 0 (0: train on the driver)")
         _check(self.gpu in ("auto", "always", "never"), "train.vae.gpu", "allowed: auto, always, never")
         _check(self.augment_users >= 1, "train.vae.augment_users", "must be >= 1")

@@ -18,7 +18,10 @@ here, next to ALS, for the long tail.
 
 **Where it runs.** Training is single-process PyTorch on the driver: the ``(user, item)`` pairs of
 at most ``train.vae.max_interactions`` interactions (a seeded sample of users beyond) are collected,
-the documented exception to the no-collect rule (like the projection head's training set). With
+the documented exception to the no-collect rule (like the projection head's training set). The
+model has one input and one output row per item, so its memory grows with the items it models
+(about 16 KB each in training): at most ``train.vae.max_items``, those with the most users, the
+others scored like items without interactions (below). With
 ``train.vae.processes`` set, a larger log is trained on whole by :func:`fit_distributed`
 (``TorchDistributor`` over Spark barrier tasks, one shard of users each) instead of sampled.
 Scoring never holds the catalogue on the driver: the item side of the model is a DataFrame of
@@ -31,7 +34,8 @@ blocked top-K ranks users by it like any other signal. The softmax is monotone p
 logit order is the probability order.
 
 Items without a training interaction have no output row (the model knows nothing of them): their
-``vae`` score is null, and the other signals (content, the head's CF vectors) carry them.
+``vae`` score is null, and the other signals (content, the head's CF vectors) carry them. So have
+the items beyond ``max_items``, whose pairs are left out of training and of users' vectors alike.
 
 **The text side** (``train.vae.text``, on by default): the output row of item ``i`` becomes
 ``W_out_i + P . t_i``, ``t_i`` its text vector and ``P`` one projection learned for all items, with
@@ -161,11 +165,33 @@ def beta_at(step: int, total: int, cap: float) -> float:
 
 
 # --- training ------------------------------------------------------------------------------------
-def training_pairs(ratings: DataFrame, cfg: VaeConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """``(user_idx, item_idx)`` arrays of at most ``cfg.max_interactions`` distinct pairs, on the
-    driver: every user when they fit, else a seeded hash sample of users (whole histories), cut at
-    the cap. Also returns the counts before sampling."""
+def modelled_pairs(ratings: DataFrame, cfg: VaeConfig) -> tuple[DataFrame, dict[str, Any]]:
+    """The distinct ``(user_idx, item_idx)`` pairs of the items the model will have a row for: all
+    of them, or beyond ``cfg.max_items`` items the ``max_items`` with the most users (ties: the
+    lower index; one ordered top-``max_items`` job, semi-joined back). Also returns
+    ``items_total`` (items with a pair) and ``items_dropped`` (those left without a row)."""
     pairs = ratings.select(S.USER_IDX, S.ITEM_IDX).distinct()
+    per_item = pairs.groupBy(S.ITEM_IDX).agg(F.count(F.lit(1)).alias("_users"))
+    n_items = per_item.count()
+    if n_items > cfg.max_items:
+        kept = per_item.orderBy(F.col("_users").desc(), S.ITEM_IDX).limit(cfg.max_items).select(S.ITEM_IDX)
+        pairs = pairs.join(F.broadcast(kept), S.ITEM_IDX, "left_semi").select(S.USER_IDX, S.ITEM_IDX)
+        log.warning(
+            "train.vae.max_items: %d items have interactions; the model keeps the %d with the most users, "
+            "the other %d get no vae score",
+            n_items,
+            cfg.max_items,
+            n_items - cfg.max_items,
+        )
+    return pairs, {"items_total": int(n_items), "items_dropped": int(max(0, n_items - cfg.max_items))}
+
+
+def training_pairs(ratings: DataFrame, cfg: VaeConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``(user_idx, item_idx)`` arrays of at most ``cfg.max_interactions`` distinct pairs of the
+    modelled items (:func:`modelled_pairs`), on the driver: every user when they fit, else a seeded
+    hash sample of users (whole histories), cut at the cap. Also returns the counts before
+    sampling."""
+    pairs, item_counts = modelled_pairs(ratings, cfg)
     total = pairs.count()
     fraction = min(1.0, cfg.max_interactions / max(total, 1))
     if fraction < 1.0:
@@ -174,7 +200,11 @@ def training_pairs(ratings: DataFrame, cfg: VaeConfig) -> tuple[np.ndarray, np.n
     got = cast(pd.DataFrame, pairs.orderBy(S.USER_IDX, S.ITEM_IDX).limit(cfg.max_interactions).toPandas())
     users = got[S.USER_IDX].to_numpy(np.int64)
     items = got[S.ITEM_IDX].to_numpy(np.int64)
-    return users, items, {"interactions_total": int(total), "user_fraction": round(fraction, 6)}
+    return (
+        users,
+        items,
+        {"interactions_total": int(total), "user_fraction": round(fraction, 6), **item_counts},
+    )
 
 
 def fit(
@@ -391,7 +421,7 @@ def fit_distributed(
 
     t0 = time.perf_counter()
     n = cfg.processes
-    pairs = ratings.select(S.USER_IDX, S.ITEM_IDX).distinct()
+    pairs, item_counts = modelled_pairs(ratings, cfg)
     pairs = pairs.withColumn(
         SHARD, F.pmod(F.xxhash64(F.col(S.USER_IDX), F.lit(cfg.seed)), F.lit(n)).cast("int")
     )
@@ -442,7 +472,7 @@ def fit_distributed(
         delete_folder(staging, spark=spark)
     item_ids = got["item_ids"]
     with_text = got["text_items"]
-    counts = {"interactions_total": n_pairs, "user_fraction": 1.0}
+    counts = {"interactions_total": n_pairs, "user_fraction": 1.0, **item_counts}
     spec = _spec(
         cfg,
         len(item_ids),
