@@ -165,17 +165,25 @@ def beta_at(step: int, total: int, cap: float) -> float:
 
 
 # --- training ------------------------------------------------------------------------------------
-def modelled_pairs(ratings: DataFrame, cfg: VaeConfig) -> tuple[DataFrame, dict[str, Any]]:
+def modelled_pairs(ratings: DataFrame, cfg: VaeConfig) -> tuple[DataFrame, int, dict[str, Any]]:
     """The distinct ``(user_idx, item_idx)`` pairs of the items the model will have a row for: all
     of them, or beyond ``cfg.max_items`` items the ``max_items`` with the most users (ties: the
-    lower index; one ordered top-``max_items`` job, semi-joined back). Also returns
-    ``items_total`` (items with a pair) and ``items_dropped`` (those left without a row)."""
+    lower index; one ordered top-``max_items`` job, semi-joined back). Also returns how many pairs
+    that is (summed from the per-item counts, not counted again) and ``items_total`` (items with a
+    pair) and ``items_dropped`` (those left without a row)."""
     pairs = ratings.select(S.USER_IDX, S.ITEM_IDX).distinct()
     per_item = pairs.groupBy(S.ITEM_IDX).agg(F.count(F.lit(1)).alias("_users"))
-    n_items = per_item.count()
+    sizes = per_item.agg(F.count(F.lit(1)).alias("items"), F.sum("_users").alias("pairs")).first()
+    assert sizes is not None  # an aggregate without grouping has exactly one row
+    n_items, n_pairs = int(sizes["items"]), int(sizes["pairs"] or 0)
     if n_items > cfg.max_items:
-        kept = per_item.orderBy(F.col("_users").desc(), S.ITEM_IDX).limit(cfg.max_items).select(S.ITEM_IDX)
-        pairs = pairs.join(F.broadcast(kept), S.ITEM_IDX, "left_semi").select(S.USER_IDX, S.ITEM_IDX)
+        kept = per_item.orderBy(F.col("_users").desc(), S.ITEM_IDX).limit(cfg.max_items)
+        kept_size = kept.agg(F.sum("_users")).first()
+        assert kept_size is not None
+        n_pairs = int(kept_size[0])
+        pairs = pairs.join(F.broadcast(kept.select(S.ITEM_IDX)), S.ITEM_IDX, "left_semi").select(
+            S.USER_IDX, S.ITEM_IDX
+        )
         log.warning(
             "train.vae.max_items: %d items have interactions; the model keeps the %d with the most users, "
             "the other %d get no vae score",
@@ -183,7 +191,7 @@ def modelled_pairs(ratings: DataFrame, cfg: VaeConfig) -> tuple[DataFrame, dict[
             cfg.max_items,
             n_items - cfg.max_items,
         )
-    return pairs, {"items_total": int(n_items), "items_dropped": int(max(0, n_items - cfg.max_items))}
+    return pairs, n_pairs, {"items_total": n_items, "items_dropped": max(0, n_items - cfg.max_items)}
 
 
 def training_pairs(ratings: DataFrame, cfg: VaeConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -191,8 +199,7 @@ def training_pairs(ratings: DataFrame, cfg: VaeConfig) -> tuple[np.ndarray, np.n
     modelled items (:func:`modelled_pairs`), on the driver: every user when they fit, else a seeded
     hash sample of users (whole histories), cut at the cap. Also returns the counts before
     sampling."""
-    pairs, item_counts = modelled_pairs(ratings, cfg)
-    total = pairs.count()
+    pairs, total, item_counts = modelled_pairs(ratings, cfg)
     fraction = min(1.0, cfg.max_interactions / max(total, 1))
     if fraction < 1.0:
         bucket = F.abs(F.xxhash64(F.col(S.USER_IDX), F.lit(cfg.seed))) % 1_000_000
@@ -421,7 +428,7 @@ def fit_distributed(
 
     t0 = time.perf_counter()
     n = cfg.processes
-    pairs, item_counts = modelled_pairs(ratings, cfg)
+    pairs, _, item_counts = modelled_pairs(ratings, cfg)  # n_pairs: from the staged shards below
     pairs = pairs.withColumn(
         SHARD, F.pmod(F.xxhash64(F.col(S.USER_IDX), F.lit(cfg.seed)), F.lit(n)).cast("int")
     )
