@@ -23,7 +23,12 @@ from longtail.stages import recommend, train
 
 pytestmark = pytest.mark.spark
 
-FEATURE_ROW_COLUMNS = f"{PAIR_COLUMNS}, user_history long, item_age_days double"
+# item_first_days, user_recency_days, profile_strength, user_tail_share, category_overlap: unknown
+NO_CONTEXT = (None,) * 5
+FEATURE_ROW_COLUMNS = (
+    f"{PAIR_COLUMNS}, user_history long, item_age_days double, item_first_days double, "
+    "user_recency_days double, profile_strength double, user_tail_share double, category_overlap double"
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +38,34 @@ def model_dir(tmp_path_factory):
 
 def test_features_fill_missing_signals_with_zero_and_an_indicator(spark):
     # user 0, item 1: no CF score (cold user for CF), content 2.0 with mean 0.5 / std 0.5 -> z 3,
-    # content rank 4, not in the popular list, cold item (popularity 0), 3 interactions of history
-    rows = [(0, 1, None, None, 2.0, 4, None, None, None, None, 0.5, 0.5, 0, True, 3, None)]
+    # content rank 4, not in the popular list, cold item (popularity 0), 3 interactions of history,
+    # the last 2 days before the end, a profile of strength 0.5, a quarter of them on tail items, and
+    # an item without a category label
+    rows = [
+        (
+            0,
+            1,
+            None,
+            None,
+            2.0,
+            4,
+            None,
+            None,
+            None,
+            None,
+            0.5,
+            0.5,
+            0,
+            True,
+            3,
+            None,
+            None,
+            2.0,
+            0.5,
+            0.25,
+            None,
+        )
+    ]
     got = L.with_features(spark.createDataFrame(rows, FEATURE_ROW_COLUMNS)).first()
     expected = {
         "f_cf": 0.0,
@@ -57,8 +88,16 @@ def test_features_fill_missing_signals_with_zero_and_an_indicator(spark):
         "f_has_vae": 0.0,
         "f_vae_z": 0.0,
         "f_vae_rank": math.log1p(L.RANK_MISSING),
+        "f_item_first_age": 0.0,
+        "f_user_recency": math.log1p(2.0),
+        "f_profile_strength": 0.5,
+        "f_user_tail_share": 0.25,
+        "f_tail_match": 0.25,  # a tail item: the user's tail share
+        "f_category_overlap": 0.0,
     }
     assert {f: got[f] for f in L.FEATURES} == pytest.approx(expected)
+    head = spark.createDataFrame(rows, FEATURE_ROW_COLUMNS).withColumn(S.IS_LONG_TAIL, F.lit(False))
+    assert L.with_features(head).first()["f_tail_match"] == 0.0
     with pytest.raises(ValueError, match="user_history"):
         L.with_features(spark.createDataFrame(rows, FEATURE_ROW_COLUMNS).drop("user_history"))
 
@@ -171,7 +210,7 @@ def test_auto_chooses_on_held_out_users_and_can_choose_a_single_signal(spark):
     assert scores["cf"] == pytest.approx(1.0) and max(scores["gbt"], scores["logistic"]) < 0.7
     assert choice["validation"]["users"] == len(held)
     # the single-signal ranker scores by the z-score; an item CF did not score goes last
-    pairs = [(0, 1, 0.5, 2, 0.1, 5, None, None, 0.0, 1.0, 0.0, 0.5, 3, True, 4, 10.0)]
+    pairs = [(0, 1, 0.5, 2, 0.1, 5, None, None, 0.0, 1.0, 0.0, 0.5, 3, True, 4, 10.0, *NO_CONTEXT)]
     got = L.score(spark.createDataFrame(pairs, FEATURE_ROW_COLUMNS), ranker).first()
     assert got[L.LOGIT] == pytest.approx(0.5) and got[L.PROBABILITY] == pytest.approx(
         1 / (1 + math.exp(-0.5))
@@ -222,9 +261,9 @@ def test_pop_penalty_is_the_largest_that_keeps_the_rankers_accuracy(spark):
 
 def test_the_penalty_is_subtracted_from_the_log_odds_and_saved(spark, tmp_path):
     pairs = spark.createDataFrame(
-        [(0, 1, 0.5, 2, 0.1, 5, None, None, 0.0, 1.0, 0.0, 0.5, 3, True, 4, 10.0),
-         (0, 2, 0.2, 3, 0.1, 6, None, None, 0.0, 1.0, 0.0, 0.5, 0, True, 4, None),
-         (1, 1, 0.5, 2, 0.1, 5, None, None, 0.0, 1.0, 0.0, 0.5, 3, True, 0, 10.0)],
+        [(0, 1, 0.5, 2, 0.1, 5, None, None, 0.0, 1.0, 0.0, 0.5, 3, True, 4, 10.0, *NO_CONTEXT),
+         (0, 2, 0.2, 3, 0.1, 6, None, None, 0.0, 1.0, 0.0, 0.5, 0, True, 4, None, *NO_CONTEXT),
+         (1, 1, 0.5, 2, 0.1, 5, None, None, 0.0, 1.0, 0.0, 0.5, 3, True, 0, 10.0, *NO_CONTEXT)],
         FEATURE_ROW_COLUMNS,
     )  # fmt: skip
     ranker = L.Ranker(None, L.FEATURES, signal="cf", pop_penalty=0.25)
@@ -297,6 +336,16 @@ def test_no_inner_test_interaction_reaches_the_features(spark, lake_cfg, monkeyp
         evidence = rows.select(S.ITEM_IDX, "f_item_evidence").distinct().collect()
         allowed = {round(math.log1p(c), 6) for c in counts.values()} | {0.0}
         assert {round(r["f_item_evidence"], 6) for r in evidence} <= allowed
+        # and the user's history length and recency too (the end of history is the training part's)
+        per_user: dict[str, list] = {}
+        for user, _, ts in fitted_on:
+            per_user.setdefault(user, []).append(ts)
+        end = max(ts for _, _, ts in fitted_on)
+        lengths = {round(math.log1p(len(t)), 6) for t in per_user.values()} | {0.0}
+        recency = {round(math.log1p((end - max(t)).total_seconds() / 86400), 6) for t in per_user.values()}
+        got = rows.select("f_user_history", "f_user_recency").distinct().collect()
+        assert {round(r["f_user_history"], 6) for r in got} <= lengths
+        assert {round(r["f_user_recency"], 6) for r in got} <= recency | {0.0}
         # every label is an inner-test pair; the sample keeps all positives among the candidates
         assert info["positives"] >= 1 and info["rows"] > info["positives"]
         assert rows.where(F.col(L.LABEL) == 1).count() == info["positives"]
@@ -316,7 +365,7 @@ def test_train_saves_the_ranker_in_the_lake_and_recommend_uses_it(spark, lake_cf
     assert model.ranker.features == L.FEATURES
     # the loaded pipeline scores exactly like a fresh load of the same files with the penalty
     # train recorded (the penalty is chosen by the inner validation and may be 0 or not)
-    rows = [(0, 1, 0.5, 2, 0.1, 5, None, None, 0.0, 1.0, 0.0, 0.5, 3, True, 4, 10.0)]
+    rows = [(0, 1, 0.5, 2, 0.1, 5, None, None, 0.0, 1.0, 0.0, 0.5, 3, True, 4, 10.0, *NO_CONTEXT)]
     pairs = spark.createDataFrame(rows, FEATURE_ROW_COLUMNS)
     recorded = summary["ranker"].get("pop_penalty", 0.0)
     assert model.ranker.pop_penalty == pytest.approx(recorded)

@@ -16,6 +16,7 @@ from pyspark.sql import types as T
 
 from longtail.core import schema as S
 from longtail.core.config import RecommendConfig
+from longtail.ml import ranker as L
 from longtail.ml import scoring as R
 from longtail.ml.model import load_model
 from longtail.stages import recommend, train
@@ -259,8 +260,69 @@ def test_content_profiles_weighted_or_uniform(spark):
     )
     weighted = R.content_profiles(inter, vecs, half_life_days=None).first()[R.CONTENT_VEC]
     assert weighted == pytest.approx([1 / np.sqrt(10), 3 / np.sqrt(10)], abs=1e-6)
-    uniform = R.content_profiles(inter, vecs, half_life_days=None, weighted=False).first()[R.CONTENT_VEC]
-    assert uniform == pytest.approx([np.sqrt(0.5), np.sqrt(0.5)], abs=1e-6)
+    uniform = R.content_profiles(inter, vecs, half_life_days=None, weighted=False).first()
+    assert uniform[R.CONTENT_VEC] == pytest.approx([np.sqrt(0.5), np.sqrt(0.5)], abs=1e-6)
+    # the strength is the mean's norm before normalising: |(0.25, 0.75)| and |(0.5, 0.5)|
+    strength = R.content_profiles(inter, vecs, half_life_days=None).first()[L.PROFILE_STRENGTH]
+    assert strength == pytest.approx(np.sqrt(0.625), abs=1e-6)
+    assert uniform[L.PROFILE_STRENGTH] == pytest.approx(np.sqrt(0.5), abs=1e-6)
+
+
+def test_user_and_item_context_and_category_overlap_by_hand(spark):
+    # u1 interacted with a (X|Y, day 0), b (X, day 2) and c (no category, day 3); u3 with b on day
+    # 5, the end of the history; u2 has no history. a is a head item, b and c tail items.
+    day = lambda d: dt.datetime(2024, 1, 1) + dt.timedelta(days=d)  # noqa: E731
+    inter = spark.createDataFrame(
+        [
+            ("u1", "a", day(0), 1.0),
+            ("u1", "b", day(2), 1.0),
+            ("u1", "c", day(3), 1.0),
+            ("u3", "b", day(5), 1.0),
+        ],
+        "user_id string, item_id string, ts timestamp, weight double",
+    )
+    history = inter.where(F.col(S.USER_ID).isin("u1", "u2"))
+    users = spark.createDataFrame([("u1", 0), ("u2", 1)], "user_id string, user_idx int")
+    catalogue = spark.createDataFrame(
+        [("a", "X|Y"), ("b", "X"), ("c", None), ("d", " Y | Z"), ("e", "X"), ("f", "")],
+        "item_id string, category string",
+    )
+    items = spark.createDataFrame([(i, n) for n, i in enumerate("abcdef")], "item_id string, item_idx int")
+    stats = spark.createDataFrame(
+        [("a", False), ("b", True), ("c", True)], f"item_id string, {S.IS_LONG_TAIL} boolean"
+    )
+    profiles = spark.createDataFrame([("u1", 0.8)], f"user_id string, {L.PROFILE_STRENGTH} double")
+
+    ctx = {
+        r[S.USER_IDX]: r.asDict() for r in R.user_context(history, inter, users, stats, profiles).collect()
+    }
+    assert set(ctx) == {0}  # u2 has no history: absent, its features read 0
+    assert ctx[0][L.USER_HISTORY] == 3 and ctx[0][L.USER_RECENCY_DAYS] == pytest.approx(2.0)
+    assert ctx[0][L.USER_TAIL_SHARE] == pytest.approx(2 / 3) and ctx[0][L.PROFILE_STRENGTH] == 0.8
+
+    ages = {
+        r[S.ITEM_IDX]: (r[L.ITEM_AGE_DAYS], r[L.ITEM_FIRST_DAYS]) for r in R.item_age(inter, items).collect()
+    }
+    assert ages == {0: (5.0, 5.0), 1: (0.0, 3.0), 2: (2.0, 2.0)}  # d, e, f: never interacted, absent
+
+    labels = R.category_labels(catalogue)
+    assert sorted(map(tuple, labels.collect())) == [
+        ("a", "X"),
+        ("a", "Y"),
+        ("b", "X"),
+        ("d", "Y"),
+        ("d", "Z"),
+        ("e", "X"),
+    ]
+    # u1's shares: X 2/3 (a, b), Y 1/3 (a); c has no label but counts in the history
+    pairs = spark.createDataFrame([(0, 3), (0, 4), (0, 5), (1, 4)], "user_idx int, item_idx int")
+    got = {
+        (r[S.USER_IDX], r[S.ITEM_IDX]): r[L.CATEGORY_OVERLAP]
+        for r in R.with_category_overlap(pairs, history, labels, users, items).collect()
+    }
+    assert got == pytest.approx({(0, 3): (1 / 3 + 0) / 2, (0, 4): 2 / 3, (0, 5): None, (1, 4): None})
+    without = R.with_category_overlap(pairs, history, None, users, items)
+    assert without.where(F.col(L.CATEGORY_OVERLAP).isNotNull()).count() == 0
 
 
 def test_recommend_stage_writes_exactly_k_unseen_distinct_items_per_user(spark, trained):

@@ -37,6 +37,18 @@ from longtail.core.config import RankerConfig
 CF, CONTENT, POP, VAE = "cf", "content", "pop", "vae"
 USER_HISTORY = "user_history"  # the user's number of training interactions (0: none)
 ITEM_AGE_DAYS = "item_age_days"  # days from the item's last interaction to the history's end (null: cold)
+ITEM_FIRST_DAYS = (
+    "item_first_days"  # days from the item's first interaction to the history's end (null: cold)
+)
+USER_RECENCY_DAYS = "user_recency_days"  # days from the user's last interaction to the history's end
+PROFILE_STRENGTH = "profile_strength"  # norm of the user's mean unit text vector, in [0, 1]
+USER_TAIL_SHARE = "user_tail_share"  # share of the user's interactions on long-tail items
+CATEGORY_OVERLAP = "category_overlap"  # the user's history share in the item's category labels
+# the per-user and per-pair context columns candidates carry beside the signals (null: no history)
+CONTEXT_COLUMNS = (
+    USER_HISTORY, ITEM_AGE_DAYS, ITEM_FIRST_DAYS, USER_RECENCY_DAYS, PROFILE_STRENGTH, USER_TAIL_SHARE,
+    CATEGORY_OVERLAP,
+)  # fmt: skip
 
 VAE_COLUMNS = (VAE, f"{VAE}_rank", f"{VAE}_mean", f"{VAE}_std")  # null without a Mult-VAE
 LABEL = "label"
@@ -66,6 +78,12 @@ FEATURES: tuple[str, ...] = (
     "f_has_vae",
     "f_vae_z",
     "f_vae_rank",
+    "f_item_first_age",
+    "f_user_recency",
+    "f_profile_strength",
+    "f_user_tail_share",
+    "f_tail_match",
+    "f_category_overlap",
 )
 
 
@@ -155,6 +173,15 @@ def _rank(signal: str) -> Column:
     return F.log1p(F.coalesce(F.col(f"{signal}_rank").cast("double"), F.lit(float(RANK_MISSING))))
 
 
+def _zero_if_null(col: str) -> Column:
+    return F.coalesce(F.col(col).cast("double"), F.lit(0.0))
+
+
+def _log_days(col: str) -> Column:
+    """log1p of a day count (0 where null or negative)."""
+    return F.log1p(F.greatest(_zero_if_null(col), F.lit(0.0)))
+
+
 def feature_columns() -> dict[str, Column]:
     """``{name: expression}`` of every feature of :data:`FEATURES` (all double, never null)."""
     n = F.coalesce(F.col(S.POPULARITY).cast("double"), F.lit(0.0))
@@ -170,17 +197,23 @@ def feature_columns() -> dict[str, Column]:
         "f_content_rank": _rank(CONTENT),
         "f_pop_rank": _rank(POP),
         "f_item_evidence": F.log1p(n),
-        "f_item_age": F.log1p(
-            F.greatest(F.coalesce(F.col(ITEM_AGE_DAYS).cast("double"), F.lit(0.0)), F.lit(0.0))
-        ),
+        "f_item_age": _log_days(ITEM_AGE_DAYS),
         "f_is_cold": (n == 0).cast("double"),
         "f_is_head": (~F.coalesce(F.col(S.IS_LONG_TAIL), F.lit(True))).cast("double"),
-        "f_user_history": F.log1p(F.coalesce(F.col(USER_HISTORY).cast("double"), F.lit(0.0))),
+        "f_user_history": F.log1p(_zero_if_null(USER_HISTORY)),
         "f_z_gap": _z(CONTENT) - _z(CF),
         "f_vae": F.coalesce(F.col(VAE).cast("double"), F.lit(0.0)),
         "f_has_vae": has[VAE],
         "f_vae_z": _z(VAE),
         "f_vae_rank": _rank(VAE),
+        "f_item_first_age": _log_days(ITEM_FIRST_DAYS),
+        "f_user_recency": _log_days(USER_RECENCY_DAYS),
+        "f_profile_strength": _zero_if_null(PROFILE_STRENGTH),
+        "f_user_tail_share": _zero_if_null(USER_TAIL_SHARE),
+        # the user's taste for the tail where the item is in it (a product, for the logistic model)
+        "f_tail_match": _zero_if_null(USER_TAIL_SHARE)
+        * F.coalesce(F.col(S.IS_LONG_TAIL), F.lit(True)).cast("double"),
+        "f_category_overlap": _zero_if_null(CATEGORY_OVERLAP),
     }
     assert tuple(cols) == FEATURES
     return cols
@@ -190,12 +223,13 @@ def with_features(pairs: DataFrame) -> DataFrame:
     """``pairs`` plus the :data:`FEATURES` columns.
 
     ``pairs`` needs the candidate columns (``cf, content, pop`` with ``*_rank``, ``cf_mean,
-    cf_std, content_mean, content_std`` and, when there is a Mult-VAE, :data:`VAE_COLUMNS`), ``popularity, is_long_tail``) and ``user_history``,
-    ``item_age_days``; a missing one raises naming it.
+    cf_std, content_mean, content_std`` and, when there is a Mult-VAE, :data:`VAE_COLUMNS`),
+    ``popularity, is_long_tail`` and the :data:`CONTEXT_COLUMNS` (``user_history``, ...); a missing
+    one raises naming it.
     """
     needed = [
         CF, CONTENT, f"{CF}_rank", f"{CONTENT}_rank", f"{POP}_rank", f"{CF}_mean", f"{CF}_std",
-        f"{CONTENT}_mean", f"{CONTENT}_std", S.POPULARITY, S.IS_LONG_TAIL, USER_HISTORY, ITEM_AGE_DAYS,
+        f"{CONTENT}_mean", f"{CONTENT}_std", S.POPULARITY, S.IS_LONG_TAIL, *CONTEXT_COLUMNS,
     ]  # fmt: skip
     S.require_columns(pairs, needed, "ranker candidates")
     pairs = with_vae_columns(pairs)

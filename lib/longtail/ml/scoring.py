@@ -233,10 +233,12 @@ def content_profiles(
     half_life_days: float | None,
     weighted: bool = True,
 ) -> DataFrame:
-    """``(user_id, content_vec)``: the weighted, recency-decayed mean of the user's item vectors,
-    L2-normalised. Each interaction counts with its ``weight`` (``weighted``) or 1, times the
-    decay. Age is counted from the user's latest interaction (equivalent, after normalisation, to
-    any common reference time)."""
+    """``(user_id, content_vec, profile_strength)``: the weighted, recency-decayed mean of the
+    user's item vectors, L2-normalised. Each interaction counts with its ``weight`` (``weighted``)
+    or 1, times the decay. Age is counted from the user's latest interaction (equivalent, after
+    normalisation, to any common reference time). ``profile_strength`` is the norm of the mean
+    before normalising (the item vectors are unit vectors, so it lies in [0, 1]: 1 when every item
+    of the history points the same way, near 0 when they scatter): how much the profile says."""
     from pyspark.ml.functions import array_to_vector, vector_to_array
     from pyspark.ml.stat import Summarizer
 
@@ -250,8 +252,12 @@ def content_profiles(
         rows.select(S.USER_ID, array_to_vector(F.col(CONTENT_VEC)).alias("_v"), weight.alias("_w"))
         .groupBy(S.USER_ID)
         .agg(Summarizer.mean(F.col("_v"), F.col("_w")).alias("_m"))
+        .select(S.USER_ID, vector_to_array(F.col("_m"), "float32").alias("_m"))
     )
-    return profile.select(S.USER_ID, _unit_rows(vector_to_array(F.col("_m"), "float32")).alias(CONTENT_VEC))
+    norm = F.sqrt(F.aggregate(F.col("_m"), F.lit(0.0), lambda acc, x: acc + x.cast("double") * x))
+    return profile.select(
+        S.USER_ID, _unit_rows(F.col("_m")).alias(CONTENT_VEC), norm.alias(L.PROFILE_STRENGTH)
+    )
 
 
 # --- candidates ----------------------------------------------------------------------------------
@@ -283,7 +289,9 @@ def candidates(
     users = (users if users is not None else interactions).select(S.USER_ID).distinct()
     extra = new_ids(users, model.user_map, id_col=S.USER_ID, idx_col=S.USER_IDX)
     user_idx = users.join(model.user_map.unionByName(extra), S.USER_ID).persist()
-    catalogue = (catalogue if catalogue is not None else embeddings).select(S.ITEM_ID).distinct()
+    catalogue = catalogue if catalogue is not None else embeddings
+    labels = category_labels(catalogue) if S.CATEGORY in catalogue.columns else None
+    catalogue = catalogue.select(S.ITEM_ID).distinct()
     # Items ingested after the last `train` are not in its id map: they get an index after the map's
     # largest here (not stored) and compete at once, with the head's CF vector (cf_item_vectors).
     new_items = new_ids(catalogue, model.item_map, id_col=S.ITEM_ID, idx_col=S.ITEM_IDX)
@@ -320,7 +328,7 @@ def candidates(
         content_vecs,
         half_life_days=cfg.half_life_days,
         weighted=cfg.profile_weights == "weight",
-    )
+    ).persist()
     queries = (
         user_idx.join(
             model.user_factors.select(S.USER_ID, F.col(S.FEATURES).alias(CF_VEC)), S.USER_ID, "left"
@@ -363,10 +371,13 @@ def candidates(
         pairs.join(item_idx, S.ITEM_IDX)
         .join(stats.select(S.ITEM_ID, S.POPULARITY, S.IS_LONG_TAIL), S.ITEM_ID)
         .drop(S.ITEM_ID)
-        .join(user_history(history, user_idx), S.USER_IDX, "left")
+        .join(user_context(history, interactions, user_idx, stats, profiles), S.USER_IDX, "left")
         .join(item_age(interactions, item_idx), S.ITEM_IDX, "left")
-        .localCheckpoint(eager=True)  # see docs/decisions.md: the plans of every variant start here
     )
+    pairs = with_category_overlap(pairs, history, labels, user_idx, item_idx).localCheckpoint(
+        eager=True
+    )  # see docs/decisions.md: the plans of every variant start here
+    profiles.unpersist()
     if vae is not None:
         seen.unpersist()
     return Candidates(
@@ -374,23 +385,126 @@ def candidates(
     )
 
 
-def user_history(history: DataFrame, user_idx: DataFrame) -> DataFrame:
-    """``(user_idx, user_history)``: each user's number of interactions in ``history``."""
-    counts = history.groupBy(S.USER_ID).agg(F.count(F.lit(1)).alias(L.USER_HISTORY))
-    return counts.join(user_idx, S.USER_ID).select(S.USER_IDX, L.USER_HISTORY)
+def _days_before_end(ts: str) -> Column:
+    """Days from the timestamp column ``ts`` to the ``_end`` column (see :func:`_with_end`)."""
+    return (F.col("_end").cast("double") - F.col(ts).cast("double")) / 86400.0
+
+
+def _with_end(df: DataFrame, interactions: DataFrame) -> DataFrame:
+    """``df`` plus ``_end``: the last interaction of the whole history (the cut-off the lists are
+    made at; one row, broadcast)."""
+    return df.crossJoin(F.broadcast(interactions.agg(F.max(S.TS).alias("_end"))))
+
+
+def user_context(
+    history: DataFrame,
+    interactions: DataFrame,
+    user_idx: DataFrame,
+    stats: DataFrame,
+    profiles: DataFrame,
+) -> DataFrame:
+    """``(user_idx, user_history, user_recency_days, profile_strength, user_tail_share)`` of every
+    user with a history: the number of interactions in ``history``, days from the user's last one to
+    the end of ``interactions``, the strength of the content profile (:func:`content_profiles`) and
+    the share of the interactions on long-tail items (``stats.is_long_tail``; items outside the
+    catalogue do not count). Users without history are absent (every feature then reads 0)."""
+    per_user = (
+        history.join(stats.select(S.ITEM_ID, S.IS_LONG_TAIL), S.ITEM_ID, "left")
+        .groupBy(S.USER_ID)
+        .agg(
+            F.count(F.lit(1)).alias(L.USER_HISTORY),
+            F.max(S.TS).alias("_last"),
+            F.avg(F.col(S.IS_LONG_TAIL).cast("double")).alias(L.USER_TAIL_SHARE),
+        )
+    )
+    return (
+        _with_end(per_user, interactions)
+        .join(user_idx, S.USER_ID)
+        .join(profiles.select(S.USER_ID, L.PROFILE_STRENGTH), S.USER_ID, "left")
+        .select(
+            S.USER_IDX,
+            L.USER_HISTORY,
+            _days_before_end("_last").alias(L.USER_RECENCY_DAYS),
+            L.PROFILE_STRENGTH,
+            L.USER_TAIL_SHARE,
+        )
+    )
 
 
 def item_age(interactions: DataFrame, item_idx: DataFrame) -> DataFrame:
-    """``(item_idx, item_age_days)``: days from each item's last interaction to the last
-    interaction of the whole history (the cut-off the lists are made at); items without any
-    interaction are absent."""
-    last = interactions.groupBy(S.ITEM_ID).agg(F.max(S.TS).alias("_last"))
-    end = interactions.agg(F.max(S.TS).alias("_end"))  # one row, broadcast
-    age = (F.col("_end").cast("double") - F.col("_last").cast("double")) / 86400.0
+    """``(item_idx, item_age_days, item_first_days)``: days from each item's last and from its first
+    interaction to the last interaction of the whole history (the cut-off the lists are made at);
+    items without any interaction are absent."""
+    spans = interactions.groupBy(S.ITEM_ID).agg(F.max(S.TS).alias("_last"), F.min(S.TS).alias("_first"))
     return (
-        last.crossJoin(F.broadcast(end))
+        _with_end(spans, interactions)
         .join(item_idx, S.ITEM_ID)
-        .select(S.ITEM_IDX, age.alias(L.ITEM_AGE_DAYS))
+        .select(
+            S.ITEM_IDX,
+            _days_before_end("_last").alias(L.ITEM_AGE_DAYS),
+            _days_before_end("_first").alias(L.ITEM_FIRST_DAYS),
+        )
+    )
+
+
+CATEGORY_SEPARATOR = "|"  # category "Comedy|Drama": two labels (MovieLens genres, the sample's topics)
+
+
+def category_labels(catalogue: DataFrame) -> DataFrame:
+    """``(item_id, label)``: the distinct labels of each item's ``category``, split on ``|`` and
+    trimmed (empty labels and null categories give no row)."""
+    # a lambda, not F.trim itself: transform would pass the element index as trim's second argument
+    label = F.explode(F.transform(F.split(F.col(S.CATEGORY), "\\" + CATEGORY_SEPARATOR), lambda x: F.trim(x)))
+    return (
+        catalogue.where(F.col(S.CATEGORY).isNotNull())
+        .select(S.ITEM_ID, label.alias("_label"))
+        .where(F.length("_label") > 0)
+        .distinct()
+    )
+
+
+def with_category_overlap(
+    pairs: DataFrame,
+    history: DataFrame,
+    labels: DataFrame | None,
+    user_idx: DataFrame,
+    item_idx: DataFrame,
+) -> DataFrame:
+    """``pairs`` plus ``category_overlap``: the mean, over the candidate item's category labels, of
+    the share of the user's interactions (in ``history``) on items that carry the label; 0 when the
+    user has no interaction with that label, null when the item has no label, the user no history
+    or the catalogue no ``category`` column (``labels`` None). Per-user label shares travel as a
+    map and per-item labels as an array, joined by key: no join of the candidate pairs with
+    themselves."""
+    if labels is None:
+        return pairs.withColumn(L.CATEGORY_OVERLAP, F.lit(None).cast("double"))
+    hist = history.select(S.USER_ID, S.ITEM_ID)
+    totals = hist.groupBy(S.USER_ID).agg(F.count(F.lit(1)).alias("_n"))
+    shares = (
+        hist.join(labels, S.ITEM_ID)
+        .groupBy(S.USER_ID, "_label")
+        .agg(F.count(F.lit(1)).alias("_c"))
+        .join(totals, S.USER_ID)
+        .groupBy(S.USER_ID)
+        .agg(
+            F.map_from_entries(F.collect_list(F.struct("_label", F.col("_c") / F.col("_n")))).alias("_shares")
+        )
+        .join(user_idx, S.USER_ID)
+        .select(S.USER_IDX, "_shares")
+    )
+    item_labels = (
+        labels.join(item_idx, S.ITEM_ID).groupBy(S.ITEM_IDX).agg(F.collect_set("_label").alias("_labels"))
+    )
+
+    def add_share(acc: Column, label: Column) -> Column:
+        return acc + F.coalesce(F.try_element_at(F.col("_shares"), label), F.lit(0.0))
+
+    overlap = F.aggregate("_labels", F.lit(0.0), add_share) / F.size("_labels")
+    return (
+        pairs.join(item_labels, S.ITEM_IDX, "left")
+        .join(shares, S.USER_IDX, "left")
+        .withColumn(L.CATEGORY_OVERLAP, F.when(F.col("_shares").isNotNull(), overlap))
+        .drop("_labels", "_shares")
     )
 
 
