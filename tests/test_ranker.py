@@ -41,31 +41,8 @@ def test_features_fill_missing_signals_with_zero_and_an_indicator(spark):
     # content rank 4, not in the popular list, cold item (popularity 0), 3 interactions of history,
     # the last 2 days before the end, a profile of strength 0.5, a quarter of them on tail items, and
     # an item without a category label
-    rows = [
-        (
-            0,
-            1,
-            None,
-            None,
-            2.0,
-            4,
-            None,
-            None,
-            None,
-            None,
-            0.5,
-            0.5,
-            0,
-            True,
-            3,
-            None,
-            None,
-            2.0,
-            0.5,
-            0.25,
-            None,
-        )
-    ]
+    rows = [(0, 1, None, None, 2.0, 4, None, None, None, None, 0.5, 0.5, 0, True, 3, None,
+             None, 2.0, 0.5, 0.25, None)]  # fmt: skip
     got = L.with_features(spark.createDataFrame(rows, FEATURE_ROW_COLUMNS)).first()
     expected = {
         "f_cf": 0.0,

@@ -314,8 +314,11 @@ def test_user_and_item_context_and_category_overlap_by_hand(spark):
         ("d", "Z"),
         ("e", "X"),
     ]
-    # u1's shares: X 2/3 (a, b), Y 1/3 (a); c has no label but counts in the history
-    pairs = spark.createDataFrame([(0, 3), (0, 4), (0, 5), (1, 4)], "user_idx int, item_idx int")
+    # u1's shares: X 2/3 (a, b), Y 1/3 (a); c has no label but counts in the history (user_history
+    # 3, as user_context gives it; u2 has none)
+    pairs = spark.createDataFrame(
+        [(0, 3, 3), (0, 4, 3), (0, 5, 3), (1, 4, None)], "user_idx int, item_idx int, user_history long"
+    )
     got = {
         (r[S.USER_IDX], r[S.ITEM_IDX]): r[L.CATEGORY_OVERLAP]
         for r in R.with_category_overlap(pairs, history, labels, users, items).collect()

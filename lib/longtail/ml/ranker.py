@@ -37,9 +37,7 @@ from longtail.core.config import RankerConfig
 CF, CONTENT, POP, VAE = "cf", "content", "pop", "vae"
 USER_HISTORY = "user_history"  # the user's number of training interactions (0: none)
 ITEM_AGE_DAYS = "item_age_days"  # days from the item's last interaction to the history's end (null: cold)
-ITEM_FIRST_DAYS = (
-    "item_first_days"  # days from the item's first interaction to the history's end (null: cold)
-)
+ITEM_FIRST_DAYS = "item_first_days"  # days from the item's first interaction to the end (null: cold)
 USER_RECENCY_DAYS = "user_recency_days"  # days from the user's last interaction to the history's end
 PROFILE_STRENGTH = "profile_strength"  # norm of the user's mean unit text vector, in [0, 1]
 USER_TAIL_SHARE = "user_tail_share"  # share of the user's interactions on long-tail items
@@ -186,6 +184,7 @@ def feature_columns() -> dict[str, Column]:
     """``{name: expression}`` of every feature of :data:`FEATURES` (all double, never null)."""
     n = F.coalesce(F.col(S.POPULARITY).cast("double"), F.lit(0.0))
     has = {s: F.col(s).isNotNull().cast("double") for s in SIGNALS}
+    is_tail = F.coalesce(F.col(S.IS_LONG_TAIL), F.lit(True)).cast("double")
     cols = {
         "f_cf": F.coalesce(F.col(CF).cast("double"), F.lit(0.0)),
         "f_has_cf": has[CF],
@@ -199,7 +198,7 @@ def feature_columns() -> dict[str, Column]:
         "f_item_evidence": F.log1p(n),
         "f_item_age": _log_days(ITEM_AGE_DAYS),
         "f_is_cold": (n == 0).cast("double"),
-        "f_is_head": (~F.coalesce(F.col(S.IS_LONG_TAIL), F.lit(True))).cast("double"),
+        "f_is_head": 1.0 - is_tail,
         "f_user_history": F.log1p(_zero_if_null(USER_HISTORY)),
         "f_z_gap": _z(CONTENT) - _z(CF),
         "f_vae": F.coalesce(F.col(VAE).cast("double"), F.lit(0.0)),
@@ -211,8 +210,7 @@ def feature_columns() -> dict[str, Column]:
         "f_profile_strength": _zero_if_null(PROFILE_STRENGTH),
         "f_user_tail_share": _zero_if_null(USER_TAIL_SHARE),
         # the user's taste for the tail where the item is in it (a product, for the logistic model)
-        "f_tail_match": _zero_if_null(USER_TAIL_SHARE)
-        * F.coalesce(F.col(S.IS_LONG_TAIL), F.lit(True)).cast("double"),
+        "f_tail_match": _zero_if_null(USER_TAIL_SHARE) * is_tail,
         "f_category_overlap": _zero_if_null(CATEGORY_OVERLAP),
     }
     assert tuple(cols) == FEATURES

@@ -473,38 +473,36 @@ def with_category_overlap(
     """``pairs`` plus ``category_overlap``: the mean, over the candidate item's category labels, of
     the share of the user's interactions (in ``history``) on items that carry the label; 0 when the
     user has no interaction with that label, null when the item has no label, the user no history
-    or the catalogue no ``category`` column (``labels`` None). Per-user label shares travel as a
-    map and per-item labels as an array, joined by key: no join of the candidate pairs with
+    or the catalogue no ``category`` column (``labels`` None). ``pairs`` carry ``user_history``
+    (:func:`user_context`), the denominator of the shares. Per-user label counts travel as a map
+    and per-item labels as an array, joined by key: no join of the candidate pairs with
     themselves."""
     if labels is None:
         return pairs.withColumn(L.CATEGORY_OVERLAP, F.lit(None).cast("double"))
-    hist = history.select(S.USER_ID, S.ITEM_ID)
-    totals = hist.groupBy(S.USER_ID).agg(F.count(F.lit(1)).alias("_n"))
-    shares = (
-        hist.join(labels, S.ITEM_ID)
+    counts = (
+        history.select(S.USER_ID, S.ITEM_ID)
+        .join(labels, S.ITEM_ID)
         .groupBy(S.USER_ID, "_label")
         .agg(F.count(F.lit(1)).alias("_c"))
-        .join(totals, S.USER_ID)
         .groupBy(S.USER_ID)
-        .agg(
-            F.map_from_entries(F.collect_list(F.struct("_label", F.col("_c") / F.col("_n")))).alias("_shares")
-        )
+        .agg(F.map_from_entries(F.collect_list(F.struct("_label", "_c"))).alias("_counts"))
         .join(user_idx, S.USER_ID)
-        .select(S.USER_IDX, "_shares")
+        .select(S.USER_IDX, "_counts")
     )
     item_labels = (
         labels.join(item_idx, S.ITEM_ID).groupBy(S.ITEM_IDX).agg(F.collect_set("_label").alias("_labels"))
     )
 
-    def add_share(acc: Column, label: Column) -> Column:
-        return acc + F.coalesce(F.try_element_at(F.col("_shares"), label), F.lit(0.0))
+    def add_count(acc: Column, label: Column) -> Column:
+        return acc + F.coalesce(F.try_element_at(F.col("_counts"), label), F.lit(0))
 
-    overlap = F.aggregate("_labels", F.lit(0.0), add_share) / F.size("_labels")
+    labelled = F.aggregate("_labels", F.lit(0).cast("long"), add_count)
+    overlap = labelled / F.size("_labels") / F.col(L.USER_HISTORY)
     return (
         pairs.join(item_labels, S.ITEM_IDX, "left")
-        .join(shares, S.USER_IDX, "left")
-        .withColumn(L.CATEGORY_OVERLAP, F.when(F.col("_shares").isNotNull(), overlap))
-        .drop("_labels", "_shares")
+        .join(counts, S.USER_IDX, "left")
+        .withColumn(L.CATEGORY_OVERLAP, F.when(F.col("_counts").isNotNull(), overlap))
+        .drop("_labels", "_counts")
     )
 
 

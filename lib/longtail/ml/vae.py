@@ -177,7 +177,13 @@ def modelled_pairs(ratings: DataFrame, cfg: VaeConfig) -> tuple[DataFrame, int, 
     assert sizes is not None  # an aggregate without grouping has exactly one row
     n_items, n_pairs = int(sizes["items"]), int(sizes["pairs"] or 0)
     if n_items > cfg.max_items:
-        kept = per_item.orderBy(F.col("_users").desc(), S.ITEM_IDX).limit(cfg.max_items)
+        # materialised once (max_items rows): its pair count and the semi-join below both read it,
+        # instead of each running the per-item aggregate over every pair again
+        kept = (
+            per_item.orderBy(F.col("_users").desc(), S.ITEM_IDX)
+            .limit(cfg.max_items)
+            .localCheckpoint(eager=True)
+        )
         kept_size = kept.agg(F.sum("_users")).first()
         assert kept_size is not None
         n_pairs = int(kept_size[0])
