@@ -239,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"fine-tuned on the training part: { ({k: card.get(k) for k in keep}) }")
         print(table(rows, diffs, variants), flush=True)
+        sweep = result["sweep"]
+        if not sweep.empty:  # evaluate.sweep*: points of a trade-off curve, @ the first k
+            print(f"trade-off points @{min(cfg.evaluate.k)}:\n{sweep.to_string(index=False)}", flush=True)
         ablation = differences(result["ablation"]["intervals"])
         if ablation:
             print(ablation_table(ablation, result["ablation"]["pairs"]), flush=True)
@@ -252,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             "split": result["split"],
             "ranker": {k: v for k, v in (result["ranker"] or {}).items() if k != "importances"},
             "seconds": {**seconds, **result["seconds"]},
+            "sweep": result["sweep"].to_dict("records"),
             "finetuned": (result.get("finetuned") or {}).get("card"),
             "ablation": {"differences": ablation, "rankers": result["ablation"]["rankers"]},
             "report": paths,

@@ -61,6 +61,7 @@ def test_config_is_frozen():
         ("evaluate.test_fraction=1.5", "evaluate.test_fraction", "must be in (0, 1)"),
         ("evaluate.k=[10, x]", "evaluate.k[1]", "must be an integer"),
         ("evaluate.variants=[cf, magic]", "evaluate.variants", "got ['magic']"),
+        ("evaluate.sweep_penalty=[0.1, -1]", "evaluate.sweep_penalty", "values must be >= 0"),
         ("recommend.centre=maybe", "recommend.centre", "must be true or false"),
         ("ingest.max_bad_fraction=2", "ingest.max_bad_fraction", "must be in [0, 1]"),
         ("input.items=only.csv", "input.items", "set input.items and input.interactions together"),
@@ -74,6 +75,13 @@ def test_errors_name_the_key(override, key, says):
     assert info.value.key == key
     assert says in str(info.value)
     assert f"'{key}'" in str(info.value)
+
+
+def test_a_penalty_sweep_needs_the_learned_fusion():
+    assert load_config(overrides=["evaluate.sweep_penalty=[0, 0.5]"]).evaluate.sweep_penalty == (0.0, 0.5)
+    with pytest.raises(ConfigError, match=r"needs recommend\.fusion: learned") as info:
+        load_config(overrides=["evaluate.sweep_penalty=[0.5]", "recommend.fusion=blend"])
+    assert info.value.key == "evaluate.sweep_penalty"
 
 
 def test_missing_and_malformed_files(tmp_path: Path):

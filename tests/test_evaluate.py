@@ -67,6 +67,7 @@ def test_evaluate_writes_every_variant_and_metric_and_a_report(spark, tmp_path: 
         "evaluate.k=[3, 5]",
         "evaluate.sweep=[5, 500]",
         "evaluate.sweep_rerank=[0.5]",
+        "evaluate.sweep_penalty=[0, 1]",
         "recommend.ranker.model=logistic",
     )
     summary = E.run(spark, cfg, lake=lake, run_id="eval-1")
@@ -99,11 +100,13 @@ def test_evaluate_writes_every_variant_and_metric_and_a_report(spark, tmp_path: 
     for v in ("cf", "content", "fused", "fused_rerank"):
         assert value[(v, M.NDCG, 5, M.ALL)] > value[("popular", M.NDCG, 5, M.ALL)], v
 
-    assert len(summary["sweep"]) == 3
+    assert len(summary["sweep"]) == 5
     assert {(p["param"], p["value"]) for p in summary["sweep"]} == {
         ("fusion_k", 5.0),
         ("fusion_k", 500.0),
         ("rerank_strength", 0.5),
+        ("pop_penalty", 0.0),
+        ("pop_penalty", 1.0),
     }
     assert all(p["ndcg"] is not None for p in summary["sweep"])
     # every variant's difference to cf, with its interval, at each k (default 1000 resamples)

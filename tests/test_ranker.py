@@ -254,6 +254,30 @@ def test_the_penalty_is_subtracted_from_the_log_odds_and_saved(spark, tmp_path):
         L.Ranker(None, L.FEATURES, signal="cf", pop_penalty=-1.0)
 
 
+def test_a_swept_penalty_replaces_the_rankers_own_for_users_with_history(spark):
+    # user 0 (4 interactions): item 1 scores 0.5 with 100 interactions, item 2 0.2 with 1; at the
+    # ranker's penalty 0.25: 0.5 - 0.25 ln 101 = -0.654 < 0.2 - 0.25 ln 2 = 0.027, item 2 first; at 0:
+    # item 1. User 1 has no history: no penalty, item 1 first at any value
+    pairs = spark.createDataFrame(
+        [(0, 1, 0.5, 1, 0.1, 2, None, None, 0.0, 1.0, 0.0, 0.5, 100, False, 4, 10.0, *NO_CONTEXT),
+         (0, 2, 0.2, 2, 0.1, 1, None, None, 0.0, 1.0, 0.0, 0.5, 1, True, 4, 10.0, *NO_CONTEXT),
+         (1, 1, 0.5, 1, 0.1, 2, None, None, 0.0, 1.0, 0.0, 0.5, 100, False, 0, 10.0, *NO_CONTEXT),
+         (1, 2, 0.2, 2, 0.1, 1, None, None, 0.0, 1.0, 0.0, 0.5, 1, True, 0, 10.0, *NO_CONTEXT)],
+        FEATURE_ROW_COLUMNS,
+    )  # fmt: skip
+    ids = spark.createDataFrame([("u0", 0), ("u1", 1)], "user_id string, user_idx int")
+    items = spark.createDataFrame([("i1", 1), ("i2", 2)], "item_id string, item_idx int")
+    ranker = L.Ranker(None, L.FEATURES, signal="cf", pop_penalty=0.25)
+    cands = R.Candidates(pairs=pairs, users=ids, items=items, stats=items, ranker=ranker)
+    learned = toy_config(fusion="learned", candidates=2)
+    assert _lists(R.rank_variant(cands, "fused", learned)) == {0: [2], 1: [1]}
+    assert _lists(R.rank_variant(cands, "fused", learned, pop_penalty=0.25)) == {0: [2], 1: [1]}
+    assert _lists(R.rank_variant(cands, "fused", learned, pop_penalty=0.0)) == {0: [1], 1: [1]}
+    assert _lists(R.rank_variant(cands, "fused_rerank", learned, pop_penalty=0.0)) == {0: [1], 1: [1]}
+    with pytest.raises(ValueError, match="learned fusion only"):
+        R.rank_variant(cands, "fused", toy_config(candidates=2), pop_penalty=0.0)
+
+
 def test_auto_keeps_a_fitted_model_when_it_beats_both_signals(spark):
     # labels need both signals (positive where f_cf_z + f_content_z is highest): a fitted model
     # ranks held-out users better than either signal alone

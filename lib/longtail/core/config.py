@@ -560,6 +560,9 @@ class EvaluateConfig:
     """`fusion_k` values: a trade-off curve of `fused` in the report; empty: none."""
     sweep_rerank: tuple[float, ...] = ()  # rerank_strength values: a curve of `fused_rerank`
     """`rerank_strength` values: a trade-off curve of `fused_rerank`; empty: none."""
+    sweep_penalty: tuple[float, ...] = ()
+    """Popularity penalties of the learned ranker (`recommend.ranker.pop_penalty`): a trade-off curve of `fused`
+    ranked with each in place of the one the ranker chose (`recommend.fusion: learned`); empty: none."""
     report: bool = True  # write the HTML + Markdown report
     """Write the HTML and Markdown report."""
     report_dir: str | None = None  # None: <lake.root>/reports
@@ -592,6 +595,7 @@ class EvaluateConfig:
         _check(0 < self.test_fraction < 1, "evaluate.test_fraction", "must be in (0, 1)")
         _check(all(v > 0 for v in self.sweep), "evaluate.sweep", "fusion_k values must be > 0")
         _check(all(v >= 0 for v in self.sweep_rerank), "evaluate.sweep_rerank", "values must be >= 0")
+        _check(all(v >= 0 for v in self.sweep_penalty), "evaluate.sweep_penalty", "values must be >= 0")
         if self.cutoff is not None:
             try:
                 dt.datetime.fromisoformat(self.cutoff.replace("Z", "+00:00"))
@@ -733,6 +737,11 @@ class Config:
                 "the runs table: pass credentials through Spark/Hadoop settings (spark.hadoop.fs.s3a.*) "
                 "or the environment instead",
             )
+        _check(
+            not self.evaluate.sweep_penalty or self.recommend.fusion == "learned",
+            "evaluate.sweep_penalty",
+            "sweeps the learned ranker's popularity penalty: it needs recommend.fusion: learned",
+        )
 
     @property
     def sample_path(self) -> str:

@@ -315,6 +315,20 @@ def score(pairs: DataFrame, ranker: Ranker) -> DataFrame:
     return out.drop(*[c for c in out.columns if c not in pairs.columns and c not in (LOGIT, PROBABILITY)])
 
 
+def with_penalty(scored: DataFrame, ranker: Ranker, pop_penalty: float) -> DataFrame:
+    """:func:`score`'s output with :data:`LOGIT` and :data:`PROBABILITY` as if the ranker had been
+    given ``pop_penalty`` instead of its own (the penalty is linear: the difference is applied)."""
+    cols = feature_columns()
+    used = {name: cols[name] for name in ("f_user_history", "f_item_evidence")}
+    logit = penalised(F.col(LOGIT), pop_penalty - ranker.pop_penalty)
+    return (
+        scored.withColumns(used)
+        .withColumn(LOGIT, logit)
+        .withColumn(PROBABILITY, 1 / (1 + F.exp(-F.col(LOGIT))))
+        .drop(*used)
+    )
+
+
 def probability(pipeline: PipelineModel, rows: DataFrame) -> DataFrame:
     """``rows`` (features + label) plus the fitted pipeline's :data:`PROBABILITY` (for AUC, NDCG)."""
     from pyspark.ml.functions import vector_to_array

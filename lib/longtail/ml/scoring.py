@@ -691,12 +691,14 @@ def rank_variant(
     *,
     fusion_k: float | None = None,
     rerank_strength: float | None = None,
+    pop_penalty: float | None = None,
 ) -> DataFrame:
     """Rank ``variant`` from the candidates: ``(user_idx, item_idx, rank, score, ...)`` per user.
 
     With ``recommend.fusion: learned`` (the default), ``fused`` orders by the ranker's probability
     and ``fused_rerank`` re-ranks and reserves on its log-odds (``fusion_k`` is not used); with
-    ``blend`` both work on :func:`fused_score`.
+    ``blend`` both work on :func:`fused_score`. ``pop_penalty`` (learned fusion only): the ranker's
+    popularity penalty in place of the one it was fitted with (for evaluate's trade-off curve).
     """
     pairs = cands.pairs
     if variant == "popular":
@@ -714,12 +716,17 @@ def rank_variant(
         return top_k(pairs, F.when(F.col(f"{VAE}_rank").isNotNull(), F.col(VAE)), cfg.k)
     if variant in ("fused", "fused_rerank") and cfg.fusion == "learned":
         learned = cands.learned()
+        if pop_penalty is not None:
+            assert cands.ranker is not None  # learned() raised otherwise
+            learned = L.with_penalty(learned, cands.ranker, pop_penalty)
         if variant == "fused":
             return top_k(learned, F.col(L.PROBABILITY), cfg.k)
         pool = rerank(learned, F.col(L.LOGIT), cfg, strength=rerank_strength)
         return reserve(pool, "_score", k=cfg.k, quotas=reservations(cfg), cap=cfg.reserve_cap).drop(
             "_base", "_score"
         )
+    if pop_penalty is not None:
+        raise ValueError("pop_penalty applies to the learned fusion only (recommend.fusion: learned)")
     fused = fused_score(cfg, fusion_k=fusion_k)
     if variant == "fused":
         return top_k(pairs, fused, cfg.k)

@@ -14,7 +14,8 @@
    for every user with a test interaction, or a seeded hash sample of about
    ``evaluate.max_users`` of them (users without history get the popular list). Metrics
    @k are measured on the k-lists, never cut from longer ones. ``evaluate.sweep`` (fusion_k values)
-   and ``evaluate.sweep_rerank`` (rerank_strength values) add points for the report's curve.
+   ``evaluate.sweep_rerank`` (rerank_strength values) and ``evaluate.sweep_penalty`` (the learned
+   ranker's popularity penalty in place of the one it chose) add points for the report's curve.
 4. **Metrics** (:mod:`longtail.ml.metrics`), computed in Spark and appended to ``metrics`` under
    the run id (merged on run_id, variant, metric, k, segment: re-running a run id replaces its
    rows). **Intervals** (:mod:`longtail.ml.bootstrap`): paired bootstrap 95% intervals over users
@@ -60,6 +61,7 @@ log = logging.getLogger(__name__)
 METRIC_KEYS = [S.RUN_ID, S.VARIANT, S.METRIC, S.K, S.SEGMENT]
 SWEEP_FUSION = "fusion_k"
 SWEEP_RERANK = "rerank_strength"
+SWEEP_PENALTY = "pop_penalty"
 BASELINE = "cf"  # the variant every interval's difference is taken to
 
 
@@ -75,14 +77,15 @@ def split(interactions: DataFrame, cfg: Config) -> tuple[DataFrame, DataFrame]:
 @dataclass(frozen=True)
 class ListSpec:
     """One list to evaluate: ``name`` (the ``variant`` value in ``metrics``), the ranking
-    ``variant``, optional overrides of ``recommend.fusion_k`` / ``recommend.rerank_strength``,
-    and ``sweep = (param, value)`` when it is a point of a trade-off curve (kept out of the table).
+    ``variant``, optional overrides of ``recommend.fusion_k`` / ``recommend.rerank_strength`` / the
+    learned ranker's popularity penalty, and ``sweep = (param, value)`` when it is a point of a trade-off curve (kept out of the table).
     """
 
     name: str
     variant: str
     fusion_k: float | None = None
     rerank_strength: float | None = None
+    pop_penalty: float | None = None
     sweep: tuple[str, float] | None = None
     overrides: tuple[tuple[str, float], ...] = ()
     """Further ``recommend`` settings for this list only, e.g. ``(("min_tail_share", 0.2),)``
@@ -111,7 +114,8 @@ def sample_test_users(test_part: DataFrame, ev: EvaluateConfig) -> tuple[DataFra
 
 def list_specs(ev: EvaluateConfig) -> list[ListSpec]:
     """The config's lists: each of ``evaluate.variants``, then the points of ``evaluate.sweep``
-    (``fused`` at each fusion_k) and ``evaluate.sweep_rerank`` (``fused_rerank`` at each strength)."""
+    (``fused`` at each fusion_k), ``evaluate.sweep_rerank`` (``fused_rerank`` at each strength) and
+    ``evaluate.sweep_penalty`` (``fused`` at each popularity penalty of the learned ranker)."""
     specs = [ListSpec(v, v) for v in ev.variants]
     for value in ev.sweep:
         specs.append(
@@ -122,6 +126,9 @@ def list_specs(ev: EvaluateConfig) -> list[ListSpec]:
     for value in ev.sweep_rerank:
         name = f"fused_rerank [{SWEEP_RERANK}={value:g}]"
         specs.append(ListSpec(name, "fused_rerank", rerank_strength=value, sweep=(SWEEP_RERANK, value)))
+    for value in ev.sweep_penalty:
+        name = f"fused [{SWEEP_PENALTY}={value:g}]"
+        specs.append(ListSpec(name, "fused", pop_penalty=value, sweep=(SWEEP_PENALTY, value)))
     return specs
 
 
@@ -437,7 +444,12 @@ def ranked_lists(
             overrides: dict[str, Any] = dict(spec.overrides)
             rec_spec = dataclasses.replace(rec_k, **overrides) if overrides else rec_k
             ranked = R.rank_variant(
-                cands_k, spec.variant, rec_spec, fusion_k=spec.fusion_k, rerank_strength=spec.rerank_strength
+                cands_k,
+                spec.variant,
+                rec_spec,
+                fusion_k=spec.fusion_k,
+                rerank_strength=spec.rerank_strength,
+                pop_penalty=spec.pop_penalty,
             )
             # materialised one by one with the lineage cut: the metrics join each list several
             # times, and with the ranking plans inlined the driver's plan trees grew past 2 GiB
