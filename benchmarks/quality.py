@@ -66,6 +66,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--json", help="write every figure as JSON to this file")
     p.add_argument(
+        "--sample-seed",
+        type=int,
+        help="generate the dense and sparse samples with this sample.seed instead of the default: a second "
+        "draw of the same generator, to choose settings on (with evaluate.holdout: test) where a validation "
+        "split leaves too little history (the sparse sample); use its own --lake-root",
+    )
+    p.add_argument(
         "--finetune",
         action="store_true",
         help="evaluate.finetuned=always: the encoder fine-tuned on each training part (docs/finetune.md) "
@@ -161,11 +168,12 @@ def inputs(spark: Any, name: str, args: argparse.Namespace, lake_dir: Path) -> t
         ]
     confs = [str(REPO / "conf" / "sample-sparse.yaml")] if name == "sparse" else []
     sample_dir = lake_dir / "sample_input"
-    cfg = load_config(confs, [f"sample.path={sample_dir}"])
+    seed = [] if args.sample_seed is None else [f"sample.seed={args.sample_seed}"]
+    cfg = load_config(confs, [f"sample.path={sample_dir}", *seed])
     if not (sample_dir / "interactions.csv").exists():
         generate_sample.run(spark, cfg)
     items, interactions = cfg.sample_inputs
-    return confs, [f"input.items={items}", f"input.interactions={interactions}"]
+    return confs, [f"input.items={items}", f"input.interactions={interactions}", *seed]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -419,7 +419,7 @@ class RankerConfig:
     `(1 - accuracy_tolerance)` x the unpenalised ranker's."""
     pop_penalty_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
     """`pop_penalty: auto`: the values tried on the validation users."""
-    accuracy_tolerance: float = 0.01  # pop_penalty auto: share of the ranker's NDCG it may give up
+    accuracy_tolerance: float = 0.02  # pop_penalty auto: share of the ranker's NDCG it may give up
     """`pop_penalty: auto`: the share of the unpenalised ranker's validation NDCG@k the penalty may
     give up."""
     use_vae: bool = True
