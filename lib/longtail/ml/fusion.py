@@ -31,8 +31,8 @@ from:
    ``(1 + n_i) ** beta`` divided out; cold items keep their score, and so does every item for a
    user without history), and ``beta`` is the largest of
    ``pop_penalty_grid`` whose NDCG@k on the held-out users stays at or above
-   ``(1 - accuracy_tolerance)`` x the unpenalised ranker's there: the tail that costs (almost)
-   nothing. Spending the ranker's whole lead over its best single signal instead was tried and
+   ``(1 - accuracy_tolerance)`` (0.98 by default) x the unpenalised ranker's there: the tail that
+   costs little. Spending the ranker's whole lead over its best single signal instead was tried and
    refused (``docs/scoring.md``): the inner validation does not predict the cost of a strong
    penalty on a sparse log.
 
