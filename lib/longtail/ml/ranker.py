@@ -245,9 +245,13 @@ def with_vae_columns(pairs: DataFrame) -> DataFrame:
 
 def sample_negatives(labelled: DataFrame, *, negatives: int, seed: int) -> DataFrame:
     """Per user, every positive (``label = 1``) and at most ``negatives`` negatives, chosen by a
-    seeded random order; users without a positive are dropped (they say nothing about ordering)."""
+    seeded pseudo-random order; users without a positive are dropped (they say nothing about
+    ordering). The order is a hash of (user, item, seed), not ``rand(seed)``, whose stream is per
+    partition: the same pairs give the same sample however the input is partitioned (a lake
+    rebuilt with another file layout trains the same ranker)."""
     by_user = Window.partitionBy(S.USER_IDX)
-    order = Window.partitionBy(S.USER_IDX, LABEL).orderBy(F.rand(seed), S.ITEM_IDX)
+    key = F.xxhash64(F.col(S.USER_IDX), F.col(S.ITEM_IDX), F.lit(seed))
+    order = Window.partitionBy(S.USER_IDX, LABEL).orderBy(key, S.ITEM_IDX)
     return (
         labelled.withColumn("_pos", F.max(LABEL).over(by_user))
         .where(F.col("_pos") > 0)
@@ -280,6 +284,11 @@ def fit_pipeline(
     if kind not in ("gbt", "logistic"):
         raise ValueError(f"ranker: cannot fit model kind {kind!r} (gbt or logistic)")
     assembler = VectorAssembler(inputCols=list(features), outputCol=FEATURES_VEC, handleInvalid="error")
+    if {S.USER_IDX, S.ITEM_IDX} <= set(train.columns):
+        # MLlib's tree learner samples its input per partition (split candidates), so the same rows
+        # laid out otherwise (a rebuilt lake) fit another model: lay them out by key, in key order
+        parts = int(train.sparkSession.conf.get("spark.sql.shuffle.partitions") or 200)
+        train = train.repartition(parts, S.USER_IDX).sortWithinPartitions(S.USER_IDX, S.ITEM_IDX)
     if kind == "gbt":
         clf: Any = GBTClassifier(
             featuresCol=FEATURES_VEC,
