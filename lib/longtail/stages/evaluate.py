@@ -13,7 +13,7 @@
    candidate pass at the largest k, cut down per k by :func:`~longtail.ml.scoring.candidates_at`),
    for every user with a test interaction, or a seeded hash sample of about
    ``evaluate.max_users`` of them (users without history get the popular list). Metrics
-   @k are measured on the k-lists, never cut from longer ones. ``evaluate.sweep`` (fusion_k values)
+   @k are measured on the k-lists, never cut from longer ones. ``evaluate.sweep`` (fusion_k values),
    ``evaluate.sweep_rerank`` (rerank_strength values) and ``evaluate.sweep_penalty`` (the learned
    ranker's popularity penalty in place of the one it chose) add points for the report's curve.
 4. **Metrics** (:mod:`longtail.ml.metrics`), computed in Spark and appended to ``metrics`` under
@@ -78,7 +78,8 @@ def split(interactions: DataFrame, cfg: Config) -> tuple[DataFrame, DataFrame]:
 class ListSpec:
     """One list to evaluate: ``name`` (the ``variant`` value in ``metrics``), the ranking
     ``variant``, optional overrides of ``recommend.fusion_k`` / ``recommend.rerank_strength`` / the
-    learned ranker's popularity penalty, and ``sweep = (param, value)`` when it is a point of a trade-off curve (kept out of the table).
+    learned ranker's popularity penalty, and ``sweep = (param, value)`` when it is a point of a
+    trade-off curve (kept out of the table).
     """
 
     name: str
