@@ -12,6 +12,7 @@ import pytest
 import synthetic
 import torch
 from helpers import make_tiny_bert
+from pyspark.sql import functions as F
 
 from longtail.core import schema as S
 from longtail.core.config import FinetuneConfig
@@ -85,6 +86,17 @@ def test_the_pair_sample_is_bounded_seeded_and_damps_head_pairs(spark):
     assert head_share(2.0) <= 0.4
     a = FT.co_occurrence_pairs(events, items, FinetuneConfig(max_pairs=5, seed=3)).pairs
     assert a == FT.co_occurrence_pairs(events, items, FinetuneConfig(max_pairs=5, seed=3)).pairs
+    # the same rows laid out otherwise (a rebuilt lake) draw the same sample
+    for layout in (events.repartition(7, "item_id"), events.coalesce(1), events.orderBy(F.desc("user_id"))):
+        assert FT.co_occurrence_pairs(layout, items, FinetuneConfig(max_pairs=5, seed=3)).pairs == a
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    try:
+        for parts in ("1", "5"):  # another cluster's shuffle width: rows meet in other partitions
+            spark.conf.set("spark.sql.shuffle.partitions", parts)
+            assert FT.co_occurrence_pairs(events, items, FinetuneConfig(max_pairs=5, seed=3)).pairs == a
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", before)
+    assert FT.co_occurrence_pairs(events, items, FinetuneConfig(max_pairs=5, seed=4)).pairs != a
 
 
 def test_batches_hold_each_pair_once_and_no_item_twice():
@@ -168,10 +180,26 @@ def test_the_saved_folder_loads_as_an_encoder_with_its_own_id_and_the_adapter_ro
 
 def test_training_lowers_the_loss_on_a_learnable_pairing(tmp_path):
     base = make_tiny_bert(tmp_path / "base")
-    ft = FinetuneConfig(batch_size=6, epochs=60, cpu_max_steps=60, learning_rate=0.01, device="cpu")
+    ft = FinetuneConfig(
+        batch_size=6, epochs=60, max_steps=0, cpu_max_steps=60, learning_rate=0.01, device="cpu"
+    )
     _, _, info = FT.train(base, _pairs(), ft, pooling="mean")
     assert info["steps"] == 60
     assert info["loss_last"] < 0.8 * info["loss_first"]
+
+
+def test_the_step_budget_is_the_same_on_every_device_and_the_cpu_cap_only_lowers_it():
+    # 20,000 pairs in batches of 32: 625 steps an epoch
+    assert FT.planned_steps(20000, FinetuneConfig(), "cuda") == 10  # max_steps, not the whole epoch
+    assert FT.planned_steps(20000, FinetuneConfig(), "cpu") == 10
+    assert FT.planned_steps(20000, FinetuneConfig(max_steps=0), "cuda") == 625
+    assert FT.planned_steps(20000, FinetuneConfig(max_steps=0, epochs=2.5), "cuda") == 1563
+    assert FT.planned_steps(20000, FinetuneConfig(max_steps=0), "cpu") == 150  # cpu_max_steps
+    assert FT.planned_steps(20000, FinetuneConfig(max_steps=400, cpu_max_steps=50), "cpu") == 50
+    assert FT.planned_steps(100, FinetuneConfig(max_steps=10), "cpu") == 4  # one epoch is shorter
+    assert FT.planned_steps(1, FinetuneConfig(epochs=0.01), "cpu") == 1
+    with pytest.raises(ValueError, match=r"finetune\.max_steps"):
+        FinetuneConfig(max_steps=-1)
 
 
 def test_too_few_pairs_is_a_clear_error(tmp_path):

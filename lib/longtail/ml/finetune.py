@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from longtail.core import schema as S
@@ -76,6 +76,14 @@ class Pairs:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+def _uniform(seed: int, *cols: str) -> Column:
+    """A uniform number in (0, 1) per row, from a hash of ``cols`` and ``seed``: unlike
+    ``rand(seed)``, whose stream is per partition, the same rows draw the same numbers however the
+    input is partitioned (a lake rebuilt with another file layout samples the same pairs)."""
+    bits = F.xxhash64(*[F.col(c) for c in cols], F.lit(seed)).bitwiseAND(F.lit((1 << 52) - 1))
+    return (bits.cast("double") + F.lit(0.5)) / F.lit(float(1 << 52))
+
+
 def co_occurrence_pairs(interactions: DataFrame, items: DataFrame, ft: FinetuneConfig) -> Pairs:
     """Step 1 of the module doc: the weighted sample of co-consumed item pairs, with their texts.
 
@@ -111,7 +119,7 @@ def co_occurrence_pairs(interactions: DataFrame, items: DataFrame, ft: FinetuneC
         .join(users_per_item.select(F.col(S.ITEM_ID).alias("j"), F.col("n").alias("n_j")), "j")
         .withColumn("_w", F.col("n_ij") / F.pow(F.col("n_i") * F.col("n_j"), F.lit(ft.head_damping / 2.0)))
         # weighted sampling without replacement (Efraimidis-Spirakis): the smallest -log(u) / w
-        .withColumn("_key", -F.log(F.rand(ft.seed) + F.lit(1e-12)) / F.col("_w"))
+        .withColumn("_key", -F.log(_uniform(ft.seed, "i", "j")) / F.col("_w"))
         .persist()
     )
     try:
@@ -200,6 +208,17 @@ def _trainable(net: Any, ft: FinetuneConfig) -> Any:
     return net
 
 
+def planned_steps(n_pairs: int, ft: FinetuneConfig, device_type: str) -> int:
+    """Training steps for ``n_pairs`` pairs: ``epochs`` passes of ``batch_size`` pairs, at most
+    ``max_steps`` (0: no cap) on any device and at most ``cpu_max_steps`` on ``"cpu"``; at least 1."""
+    steps = math.ceil(ft.epochs * math.ceil(n_pairs / ft.batch_size))
+    if ft.max_steps:
+        steps = min(steps, ft.max_steps)
+    if device_type == "cpu":
+        steps = min(steps, ft.cpu_max_steps)
+    return max(1, steps)
+
+
 def train(
     base_dir: Path, data: Pairs, ft: FinetuneConfig, *, pooling: str
 ) -> tuple[Any, Any, dict[str, Any]]:
@@ -223,9 +242,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     per_epoch = math.ceil(len(data.pairs) / ft.batch_size)
-    steps = max(1, math.ceil(ft.epochs * per_epoch))
-    if device.type == "cpu":
-        steps = min(steps, ft.cpu_max_steps)
+    steps = planned_steps(len(data.pairs), ft, device.type)
     optimizer = torch.optim.AdamW(params, lr=ft.learning_rate, weight_decay=0.01)
     warmup = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
