@@ -178,6 +178,39 @@ def test_the_saved_folder_loads_as_an_encoder_with_its_own_id_and_the_adapter_ro
         assert not (out / FT.ADAPTER_DIR).exists()
 
 
+@pytest.mark.parametrize("method", ["lora", "top_layers"])
+def test_merge_weight_saves_the_base_plus_that_share_of_the_trained_update(tmp_path, method):
+    import copy
+
+    from safetensors.torch import load_file
+
+    base = make_tiny_bert(tmp_path / "base", pooling="mean")
+    ft = FinetuneConfig(method=method, batch_size=4, cpu_max_steps=6, learning_rate=0.05, device="cpu")
+    model, tok, _ = FT.train(base, _pairs(), ft, pooling="mean")
+    full = FT.save(copy.deepcopy(model), tok, base, tmp_path / "w1", {})
+    part = FT.save(model, tok, base, tmp_path / "w03", {}, merge_weight=0.3)
+
+    b0, w1, w03 = (load_file(str(d / "model.safetensors")) for d in (base, full, part))
+    moved = [n for n in b0 if b0[n].is_floating_point() and not torch.equal(b0[n], w1[n])]
+    assert len(moved) > 0 and w03.keys() == w1.keys()
+    for n in w1:  # every weight, moved or not, at base + 0.3 x (trained - base)
+        want = b0[n] + 0.3 * (w1[n] - b0[n]) if b0[n].is_floating_point() else b0[n]
+        torch.testing.assert_close(w03[n], want, atol=1e-6, rtol=1e-5)
+    ids = {inspect_model(str(d)).model_id for d in (base, full, part)}
+    assert len(ids) == 3  # each saved folder is its own model
+    if method == "lora":  # the adapter folder keeps the trained, unscaled update
+        assert (full / FT.ADAPTER_DIR / "adapter_model.safetensors").read_bytes() == (
+            part / FT.ADAPTER_DIR / "adapter_model.safetensors"
+        ).read_bytes()
+
+
+def test_merge_weight_outside_zero_to_one_is_refused():
+    with pytest.raises(ValueError, match="merge_weight"):
+        FinetuneConfig(merge_weight=0)
+    with pytest.raises(ValueError, match="merge_weight"):
+        FinetuneConfig(merge_weight=1.5)
+
+
 def test_training_lowers_the_loss_on_a_learnable_pairing(tmp_path):
     base = make_tiny_bert(tmp_path / "base")
     ft = FinetuneConfig(

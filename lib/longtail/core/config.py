@@ -233,6 +233,9 @@ class FinetuneConfig:
     """AdamW learning rate (linear warm-up over the first 10% of steps, then linear decay)."""
     scale: float = 20.0
     """Cosine similarities are multiplied by this before the softmax of the ranking loss."""
+    merge_weight: float = 1.0
+    """The fine-tuned weights' share in the saved model: base + merge_weight x (tuned - base), a
+    weight-space interpolation (WiSE-FT; for LoRA, the adapter's update scaled). 1: the tuned model."""
     max_length: int = 64
     """Tokens per text in training (encoding keeps `encoder.max_length`)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -253,6 +256,7 @@ class FinetuneConfig:
         _check(self.cpu_max_steps >= 1, "finetune.cpu_max_steps", "must be >= 1")
         _check(self.learning_rate > 0, "finetune.learning_rate", "must be > 0")
         _check(self.scale > 0, "finetune.scale", "must be > 0")
+        _check(0 < self.merge_weight <= 1, "finetune.merge_weight", "must be in (0, 1]")
         _check(8 <= self.max_length <= 8192, "finetune.max_length", "must be in [8, 8192]")
 
 

@@ -19,6 +19,8 @@ still comes from its text alone, the gain reaches tail and new items, whose text
    any other: merged safetensors weights, the tokenizer, the base's sentence-transformers pooling
    files, the LoRA adapter on its own (``adapter/``), and ``finetune.json`` (the card: base model,
    method, pairs, steps, losses, the data it saw). Its weights differ, so its ``model_id`` does.
+   With ``merge_weight`` below 1 the saved weights are ``base + merge_weight x (tuned - base)``
+   (:func:`interpolate`): a longer run's direction, a shorter move.
 
 Training is one process (the driver; its GPU when it has one). The pairs come from Spark.
 """
@@ -303,14 +305,45 @@ def _copy_pooling_files(base_dir: Path, out: Path) -> None:
                 shutil.copytree(base_dir / sub, out / sub, dirs_exist_ok=True)
 
 
-def save(model: Any, tokenizer: Any, base_dir: Path, out: Path, card: dict[str, Any]) -> Path:
-    """Step 4 of the module doc: write the model folder ``out`` (created; must not exist)."""
+def interpolate(model: Any, base_dir: Path, weight: float) -> Any:
+    """``model``'s floating-point weights moved in place to ``base + weight x (model - base)``, the
+    base being the model folder ``base_dir`` (weight-space interpolation, Wortsman et al., WiSE-FT,
+    CVPR 2022; for merged LoRA weights it scales the adapter's update). ``weight`` 1: unchanged."""
+    if weight == 1.0:
+        return model
+    import torch
+    from transformers import AutoModel
+
+    base = AutoModel.from_pretrained(
+        str(base_dir), use_safetensors=True, trust_remote_code=False
+    ).state_dict()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if not tensor.is_floating_point():  # integer buffers (ids) are the base's
+                continue
+            start = base.get(name)
+            if start is None or start.shape != tensor.shape:
+                raise FinetuneError(
+                    f"finetune: weight {name!r} has no counterpart in the base model {base_dir}"
+                )
+            start = start.to(tensor.device, tensor.dtype)
+            tensor.copy_(start + weight * (tensor - start))
+    return model
+
+
+def save(
+    model: Any, tokenizer: Any, base_dir: Path, out: Path, card: dict[str, Any], *, merge_weight: float = 1.0
+) -> Path:
+    """Step 4 of the module doc: write the model folder ``out`` (created; must not exist), the
+    weights interpolated towards the base's by ``merge_weight`` (:func:`interpolate`; the adapter
+    in ``adapter/`` is the trained one, unscaled)."""
     out.mkdir(parents=True)
     if hasattr(model, "merge_and_unload"):  # LoRA: the adapter on its own, then merged weights
         model.save_pretrained(str(out / ADAPTER_DIR), safe_serialization=True)
         merged = model.merge_and_unload()
     else:
         merged = model
+    merged = interpolate(merged, base_dir, merge_weight)
     merged.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     _copy_pooling_files(base_dir, out)
@@ -357,6 +390,6 @@ def finetune(
         "data_version": data_version or {},
         "torch_threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None,
     }
-    save(model, tokenizer, base.path, out, card)
+    save(model, tokenizer, base.path, out, card, merge_weight=ft.merge_weight)
     card["seconds"] = round(time.perf_counter() - t0, 1)
     return card
