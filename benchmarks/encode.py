@@ -53,17 +53,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import _env  # noqa: F401  (lib/ on the path, Spark's workers pointed at it)
+
 # conf/spark/local.conf's spark.sql.execution.arrow.maxRecordsPerBatch: the rows per Arrow batch that
 # a local-mode encode task hands the encoder (encoder.arrow_batch_rows: null leaves it to the profile).
 LOCAL_ARROW_BATCH_ROWS = 2048
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "lib"))
-# Spark's Python workers import longtail from lib/ like this process does.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(REPO / "lib"), os.environ.get("PYTHONPATH", "")) if p
-)
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")

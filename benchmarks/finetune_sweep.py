@@ -28,13 +28,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "lib"))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(REPO / "lib"), os.environ.get("PYTHONPATH", "")) if p
-)
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-os.environ.setdefault("PYSPARK_SUBMIT_ARGS", "--driver-memory 4g pyspark-shell")
+from _env import REPO, driver  # lib/ on the path, Spark's workers pointed at it
+
+driver("4g")
 
 # what the sweep ranks and how: content only, nothing that does not change it
 SETTINGS = [

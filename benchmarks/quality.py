@@ -30,15 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "lib"))
-# Spark's Python workers import longtail from lib/ like this process does.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(REPO / "lib"), os.environ.get("PYTHONPATH", "")) if p
-)
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+from _env import REPO, driver  # lib/ on the path, Spark's workers pointed at it
+
 # the coverage bootstrap collects up to 2 million list rows: more than the default 1 GiB driver heap
-os.environ.setdefault("PYSPARK_SUBMIT_ARGS", "--driver-memory 4g pyspark-shell")
+driver("4g")
 
 DATASETS = ("movies", "dense", "sparse")
 # (metric, k, segment, column title): the table's value columns

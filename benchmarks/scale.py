@@ -33,7 +33,6 @@ import json
 import math
 import os
 import platform
-import sys
 import threading
 import time
 import urllib.request
@@ -41,19 +40,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "lib"))
-sys.path.insert(0, str(REPO / "benchmarks"))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(REPO / "lib"), os.environ.get("PYTHONPATH", "")) if p
-)
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+from _env import REPO, driver  # lib/ on the path, Spark's workers pointed at it
+
 # the local profile's driver heap (conf/spark/local.conf) and the launcher's JVM logging (Spark's
 # warnings to a file next to the lakes, the console keeps the tables), set before the JVM starts
-os.environ.setdefault(
-    "PYSPARK_SUBMIT_ARGS",
-    f"--driver-memory 4g --driver-java-options '-Dlog4j2.configurationFile={REPO}/conf/spark/log4j2.properties "
-    f"-Dlongtail.log.file=/tmp/longtail-scale-spark.log' pyspark-shell",
+driver(
+    "4g",
+    f"-Dlog4j2.configurationFile={REPO}/conf/spark/log4j2.properties -Dlongtail.log.file=/tmp/longtail-scale-spark.log",
 )
 
 STAGES = ("ingest", "encode", "train", "recommend", "evaluate")

@@ -36,19 +36,11 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "lib"))
-# Spark's Python workers import longtail from lib/ like this process does.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(REPO / "lib"), os.environ.get("PYTHONPATH", "")) if p
-)
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-
+from _env import driver  # lib/ on the path, Spark's workers pointed at it
 
 NUMPY_MAX_ROWS = 2048  # the reference product's rows: min(block_queries, this); its output stays < 1 GB
 
@@ -205,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes = parse_sizes(args.sizes)
 
     # the driver JVM is started by this process: its heap must be set before it starts
-    os.environ["PYSPARK_SUBMIT_ARGS"] = f"--driver-memory {args.driver_memory} pyspark-shell"
+    driver(args.driver_memory, force=True)
     from longtail.core.session import build_session
 
     spark = build_session(
