@@ -57,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, nargs="+", default=[10], help="finetune.max_steps values")
     p.add_argument("--weights", type=float, nargs="+", default=[1.0], help="finetune.merge_weight values")
     p.add_argument("--seeds", type=int, nargs="+", default=[7], help="finetune.seed values")
+    p.add_argument(
+        "--soup",
+        type=int,
+        default=1,
+        help="each seed s stands for finetune.seed=s with finetune.soup=N: N trainings (seeds s .. s+N-1) averaged",
+    )
     p.add_argument("--set", action="append", default=[], help="further config overrides (key=value)")
     p.add_argument("--master", default="local[2]")
     p.add_argument("--json", help="write every row as JSON to this file")
@@ -119,14 +125,25 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for steps in args.steps:
         for seed in args.seeds:
-            ft = dataclasses.replace(cfg.finetune, max_steps=steps, seed=seed)
-            pairs = FT.co_occurrence_pairs(train_part, items, ft)
-            model, tokenizer, info = FT.train(base.path, pairs, ft, pooling=base.pooling)
+            seeds = [seed + n for n in range(args.soup)]  # what finetune.soup trains
+            models, infos = [], []
+            for one in seeds:
+                ft = dataclasses.replace(cfg.finetune, max_steps=steps, seed=one)
+                pairs = FT.co_occurrence_pairs(train_part, items, ft)
+                model, tokenizer, info = FT.train(base.path, pairs, ft, pooling=base.pooling)
+                models.append(model)
+                infos.append(info)
+            info = {
+                "train_seconds": sum(i["train_seconds"] for i in infos),
+                "loss_first": statistics.mean(i["loss_first"] for i in infos),
+                "loss_last": statistics.mean(i["loss_last"] for i in infos),
+            }
             for weight in args.weights:
                 with tempfile.TemporaryDirectory(prefix="longtail-ftsweep-") as tmp:
                     folder = FT.save(
-                        copy.deepcopy(model), tokenizer, base.path, Path(tmp) / "m", {}, merge_weight=weight
-                    )
+                        copy.deepcopy(models), tokenizer, base.path, Path(tmp) / "m", {},
+                        merge_weight=weight, seeds=seeds,
+                    )  # fmt: skip
                     settings = dataclasses.replace(cfg.encoder, model=str(folder))
                     tuned_id = encoder_model_id(settings)
                     vectors = encode_items(spark, settings, items, model_id=tuned_id).localCheckpoint(
@@ -135,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 got = measure(vectors, tuned_id)
                 vectors.unpersist()
                 gain = got["NDCG@10"] / frozen["NDCG@10"] - 1 if frozen["NDCG@10"] else None
-                row = {"steps": steps, "seed": seed, "weight": weight, **got, "gain": gain,
+                row = {"steps": steps, "seed": seed, "soup": args.soup, "weight": weight, **got, "gain": gain,
                        "train_seconds": info["train_seconds"], "loss_first": info["loss_first"],
                        "loss_last": info["loss_last"]}  # fmt: skip
                 rows.append(row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import random
@@ -204,6 +205,35 @@ def test_merge_weight_saves_the_base_plus_that_share_of_the_trained_update(tmp_p
         ).read_bytes()
 
 
+@pytest.mark.parametrize("method", ["lora", "top_layers"])
+def test_a_soup_saves_the_base_plus_merge_weight_times_the_mean_update_of_its_trainings(tmp_path, method):
+    import copy
+
+    from safetensors.torch import load_file
+
+    base = make_tiny_bert(tmp_path / "base", pooling="mean")
+    trained = []
+    for seed in (3, 4):
+        ft = FinetuneConfig(
+            method=method, batch_size=4, cpu_max_steps=6, learning_rate=0.05, device="cpu", seed=seed
+        )
+        model, tok, _ = FT.train(base, _pairs(), ft, pooling="mean")
+        trained.append(model)
+    alone = [FT.save(copy.deepcopy(m), tok, base, tmp_path / f"s{n}", {}) for n, m in enumerate(trained)]
+    soup = FT.save(copy.deepcopy(trained), tok, base, tmp_path / "soup", {}, merge_weight=0.5, seeds=[3, 4])
+
+    b0, w3, w4, got = (load_file(str(d / "model.safetensors")) for d in (base, *alone, soup))
+    assert any(not torch.equal(w3[n], w4[n]) for n in w3 if w3[n].is_floating_point())  # two draws
+    for n in got:  # base + 0.5 x mean(tuned_k - base), integer buffers the base's
+        want = b0[n] + 0.5 * ((w3[n] + w4[n]) / 2 - b0[n]) if b0[n].is_floating_point() else b0[n]
+        torch.testing.assert_close(got[n], want, atol=1e-6, rtol=1e-5)
+    assert inspect_model(str(soup)).model_id not in {inspect_model(str(d)).model_id for d in alone}
+    adapters = sorted(p.name for p in soup.iterdir() if p.name.startswith(FT.ADAPTER_DIR))
+    assert adapters == (["adapter-3", "adapter-4"] if method == "lora" else [])
+    with pytest.raises(ValueError, match="2 models need as many seeds"):
+        FT.save(trained, tok, base, tmp_path / "no-seeds", {})
+
+
 def test_merge_weight_outside_zero_to_one_is_refused():
     with pytest.raises(ValueError, match="merge_weight"):
         FinetuneConfig(merge_weight=0)
@@ -240,6 +270,26 @@ def test_too_few_pairs_is_a_clear_error(tmp_path):
     one = FT.Pairs(pairs=[("a", "b")], texts={"a": "war", "b": "love"}, candidates=1, users=1)
     with pytest.raises(FT.FinetuneError, match="at least 2"):
         FT.train(base, one, FinetuneConfig(device="cpu"), pooling="mean")
+
+
+@pytest.mark.spark
+def test_finetune_with_a_soup_trains_one_model_per_seed_and_its_card_says_so(spark, tmp_path, model_dir):
+    root = str(tmp_path / "lake")
+    lake, _ = synthetic.build_lake(spark, root, model_dir)
+    events, items = lake.read(S.INTERACTIONS), lake.read(S.ITEMS)
+    cfg = synthetic.config(root, model_dir, "finetune.cpu_max_steps=3", "finetune.batch_size=8")
+    soup = dataclasses.replace(cfg.finetune, soup=3, seed=11, max_pairs=12)
+    card = FT.finetune(events, items, cfg.encoder, soup, tmp_path / "soup")
+    assert [t["seed"] for t in card["soup"]] == [11, 12, 13]
+    assert card["steps"] == 6 == sum(t["steps"] for t in card["soup"])  # 3 x ceil(12 pairs / 8)
+    assert card["pairs"] == sum(t["pairs"] for t in card["soup"])
+    # each training drew its own pair sample (the sample is keyed by the seed)
+    samples = [FT.co_occurrence_pairs(events, items, dataclasses.replace(soup, seed=s)) for s in (11, 12)]
+    assert samples[0].candidates > 12 and set(samples[0].pairs) != set(samples[1].pairs)
+    kept = sorted(p.name for p in (tmp_path / "soup").iterdir() if p.name.startswith(FT.ADAPTER_DIR))
+    assert kept == ["adapter-11", "adapter-12", "adapter-13"]
+    with pytest.raises(ValueError, match=r"finetune\.soup"):
+        FinetuneConfig(soup=0)
 
 
 @pytest.mark.spark

@@ -236,6 +236,10 @@ class FinetuneConfig:
     merge_weight: float = 1.0
     """The fine-tuned weights' share in the saved model: base + merge_weight x (tuned - base), a
     weight-space interpolation (WiSE-FT; for LoRA, the adapter's update scaled). 1: the tuned model."""
+    soup: int = 1
+    """Trainings averaged into the saved model: `soup` trainings with seeds `seed`, `seed + 1`, ...
+    (each its own pair sample, batch order and adapter initialisation), the saved weights base +
+    merge_weight x the mean of their updates (a uniform model soup). 1: one training."""
     max_length: int = 64
     """Tokens per text in training (encoding keeps `encoder.max_length`)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -257,6 +261,7 @@ class FinetuneConfig:
         _check(self.learning_rate > 0, "finetune.learning_rate", "must be > 0")
         _check(self.scale > 0, "finetune.scale", "must be > 0")
         _check(0 < self.merge_weight <= 1, "finetune.merge_weight", "must be in (0, 1]")
+        _check(1 <= self.soup <= 64, "finetune.soup", "must be in [1, 64]")
         _check(8 <= self.max_length <= 8192, "finetune.max_length", "must be in [8, 8192]")
 
 

@@ -20,13 +20,16 @@ still comes from its text alone, the gain reaches tail and new items, whose text
    files, the LoRA adapter on its own (``adapter/``), and ``finetune.json`` (the card: base model,
    method, pairs, steps, losses, the data it saw). Its weights differ, so its ``model_id`` does.
    With ``merge_weight`` below 1 the saved weights are ``base + merge_weight x (tuned - base)``
-   (:func:`interpolate`): a longer run's direction, a shorter move.
+   (:func:`interpolate`): a longer run's direction, a shorter move. With ``soup`` > 1, ``soup``
+   trainings (seeds ``seed``, ``seed + 1``, ...) are averaged in weight space (:func:`average`, a
+   uniform model soup) and their adapters kept as ``adapter-<seed>/``.
 
 Training is one process (the driver; its GPU when it has one). The pairs come from Spark.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -305,6 +308,28 @@ def _copy_pooling_files(base_dir: Path, out: Path) -> None:
                 shutil.copytree(base_dir / sub, out / sub, dirs_exist_ok=True)
 
 
+def average(models: Sequence[Any]) -> Any:
+    """The first of ``models`` with its floating-point weights replaced, in place, by the mean of all
+    ``models``' (plain models of one architecture; a uniform model soup, Wortsman et al., ICML
+    2022). For models fine-tuned from one base this is ``base + mean(tuned_k - base)``."""
+    first = models[0]
+    if len(models) == 1:
+        return first
+    import torch
+
+    others = [m.state_dict() for m in models[1:]]
+    with torch.no_grad():
+        for name, tensor in first.state_dict().items():
+            if not tensor.is_floating_point():  # integer buffers (ids) are the base's in every model
+                continue
+            for state in others:
+                if name not in state or state[name].shape != tensor.shape:
+                    raise FinetuneError(f"finetune: weight {name!r} differs between the averaged models")
+                tensor.add_(state[name].to(tensor.device, tensor.dtype))
+            tensor.div_(len(models))
+    return first
+
+
 def interpolate(model: Any, base_dir: Path, weight: float) -> Any:
     """``model``'s floating-point weights moved in place to ``base + weight x (model - base)``, the
     base being the model folder ``base_dir`` (weight-space interpolation, Wortsman et al., WiSE-FT,
@@ -332,18 +357,32 @@ def interpolate(model: Any, base_dir: Path, weight: float) -> Any:
 
 
 def save(
-    model: Any, tokenizer: Any, base_dir: Path, out: Path, card: dict[str, Any], *, merge_weight: float = 1.0
+    model: Any | Sequence[Any],
+    tokenizer: Any,
+    base_dir: Path,
+    out: Path,
+    card: dict[str, Any],
+    *,
+    merge_weight: float = 1.0,
+    seeds: Sequence[int] = (),
 ) -> Path:
     """Step 4 of the module doc: write the model folder ``out`` (created; must not exist), the
     weights interpolated towards the base's by ``merge_weight`` (:func:`interpolate`; the adapter
-    in ``adapter/`` is the trained one, unscaled)."""
+    in ``adapter/`` is the trained one, unscaled). ``model`` may be a list of trainings of one base
+    (a soup): their weights are averaged first (:func:`average`), each LoRA adapter kept as
+    ``adapter-<seed>/`` (``seeds``: one per model)."""
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    if len(models) > 1 and len(seeds) != len(models):
+        raise ValueError(f"save: {len(models)} models need as many seeds, got {list(seeds)}")
     out.mkdir(parents=True)
-    if hasattr(model, "merge_and_unload"):  # LoRA: the adapter on its own, then merged weights
-        model.save_pretrained(str(out / ADAPTER_DIR), safe_serialization=True)
-        merged = model.merge_and_unload()
-    else:
-        merged = model
-    merged = interpolate(merged, base_dir, merge_weight)
+    plain = []
+    for n, one in enumerate(models):
+        if hasattr(one, "merge_and_unload"):  # LoRA: the adapter on its own, then merged weights
+            folder = ADAPTER_DIR if len(models) == 1 else f"{ADAPTER_DIR}-{seeds[n]}"
+            one.save_pretrained(str(out / folder), safe_serialization=True)
+            one = one.merge_and_unload()
+        plain.append(one)
+    merged = interpolate(average(plain), base_dir, merge_weight)
     merged.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     _copy_pooling_files(base_dir, out)
@@ -366,30 +405,46 @@ def finetune(
     """
     t0 = time.perf_counter()
     base = inspect_model(encoder.model, pooling=encoder.pooling, max_length=encoder.max_length)
-    data = co_occurrence_pairs(interactions, items, ft)
-    pair_seconds = time.perf_counter() - t0
-    log.info(
-        "finetune: %d pairs sampled of %d (from %d users) in %.1f s",
-        len(data.pairs),
-        data.candidates,
-        data.users,
-        pair_seconds,
-    )
-    model, tokenizer, info = train(base.path, data, ft, pooling=base.pooling)
+    seeds = [ft.seed + k for k in range(ft.soup)]
+    models, trainings, pair_seconds = [], [], 0.0
+    for seed in seeds:
+        one = dataclasses.replace(ft, seed=seed)
+        t1 = time.perf_counter()
+        data = co_occurrence_pairs(interactions, items, one)
+        pair_seconds += time.perf_counter() - t1
+        log.info(
+            "finetune: seed %d: %d pairs sampled of %d (from %d users) in %.1f s",
+            seed,
+            len(data.pairs),
+            data.candidates,
+            data.users,
+            time.perf_counter() - t1,
+        )
+        model, tokenizer, info = train(base.path, data, one, pooling=base.pooling)
+        models.append(model)
+        trainings.append({"seed": seed, "pairs": len(data.pairs), **info})
+    first = trainings[0]
     card = {
         "base_model": base.name,
         "base_model_id": base.model_id,
         "method": ft.method,
         "settings": {k: getattr(ft, k) for k in ft.__dataclass_fields__ if k != "enabled"},
-        "pairs": len(data.pairs),
         "pair_candidates": data.candidates,
         "users_with_pairs": data.users,
         **data.stats,
-        **info,
+        **first,
+        # over the soup's trainings: pairs and steps summed, losses averaged, seconds summed
+        "pairs": sum(t["pairs"] for t in trainings),
+        "steps": sum(t["steps"] for t in trainings),
+        "loss_first": round(sum(t["loss_first"] for t in trainings) / len(trainings), 4),
+        "loss_last": round(sum(t["loss_last"] for t in trainings) / len(trainings), 4),
+        "train_seconds": round(sum(t["train_seconds"] for t in trainings), 1),
+        "soup": trainings if len(trainings) > 1 else None,
         "pair_seconds": round(pair_seconds, 1),
         "data_version": data_version or {},
         "torch_threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None,
     }
-    save(model, tokenizer, base.path, out, card, merge_weight=ft.merge_weight)
+    card.pop("seed")
+    save(models, tokenizer, base.path, out, card, merge_weight=ft.merge_weight, seeds=seeds)
     card["seconds"] = round(time.perf_counter() - t0, 1)
     return card
