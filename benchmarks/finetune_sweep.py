@@ -8,7 +8,9 @@ through :func:`longtail.stages.evaluate.evaluate` exactly as ``evaluate`` ranks 
 same split, ALS/head/profiles on the training part, lists at each k). The frozen encoder's
 ``content`` is measured once the same way. Prints one row per (steps, seed, weight): NDCG@10, its
 gain over the frozen encoder, Recall@20, cold Recall@20 (users with a cold test item), training
-seconds; and the mean gain per setting over the seeds. Run under the benchmark lock::
+seconds; and the mean gain per setting over the seeds. With ``--soup N`` each seed ``s`` stands for
+``finetune.seed=s, finetune.soup=N``: N trainings (seeds s .. s+N-1) averaged in weight space before
+the weight applies. Run under the benchmark lock::
 
     flock /tmp/longtail-bench.lock .venv/bin/python benchmarks/finetune_sweep.py \\
         --lake-root /tmp/lt_ftsweep --holdout validation --steps 40 --weights 0.25 0.5 1 --seeds 7 42 1
@@ -162,11 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         f"\nholdout {args.holdout}; frozen content: "
         + ", ".join(f"{k} {v:.4f}" for k, v in frozen.items() if v is not None)
     )
-    print("| steps | weight | seed | NDCG@10 | gain | Recall@20 | cold R@20 | train s |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| steps | soup | weight | seed | NDCG@10 | gain | Recall@20 | cold R@20 | train s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['steps']} | {r['weight']:g} | {r['seed']} | {r['NDCG@10']:.4f} | {r['gain']:+.0%} | "
+            f"| {r['steps']} | {r['soup']} | {r['weight']:g} | {r['seed']} | {r['NDCG@10']:.4f} | {r['gain']:+.0%} | "
             f"{r['Recall@20']:.4f} | {r['cold R@20']:.4f} | {r['train_seconds']:.0f} |"
         )
     print("\n| steps | weight | mean gain (sd) over seeds |\n|---:|---:|---:|")
