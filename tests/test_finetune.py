@@ -297,7 +297,9 @@ def test_finetune_switches_the_encoder_once_and_never_switches_back_at_no_cost(s
     root = str(tmp_path / "lake")
     lake, base_id = synthetic.build_lake(spark, root, model_dir)
     n_items = len(synthetic.item_ids())
-    cfg = synthetic.config(root, model_dir, "finetune.cpu_max_steps=4", "finetune.batch_size=8")
+    cfg = synthetic.config(
+        root, model_dir, "finetune.cpu_max_steps=4", "finetune.batch_size=8", "finetune.soup=1"
+    )
     assert finetuned_pointer(cfg, spark) is None
     assert encoder_settings(cfg, spark) == cfg.encoder
     with pytest.raises(MissingInputError, match="run finetune first"):
@@ -341,7 +343,9 @@ def test_evaluate_fine_tunes_on_the_training_part_only_and_shows_both_encoders(
 
     monkeypatch.setattr(FT, "co_occurrence_pairs", spy)
     summary = evaluate.run(spark, cfg, lake=Lake(spark, root), run_id="ev-1")
-    assert len(seen) == 1  # evaluate fine-tuned once, on what it passed
+    # evaluate fine-tuned once (one pair sample per training of the default soup), on what it passed
+    assert cfg.finetune.soup > 1 and len(seen) == cfg.finetune.soup
+    assert all(s is seen[0] for s in seen)
     train_part, test_part = evaluate.split(lake.read(S.INTERACTIONS), cfg)
     keys = [S.USER_ID, S.ITEM_ID, S.TS]
     used = seen[0].select(*keys)

@@ -233,13 +233,16 @@ class FinetuneConfig:
     """AdamW learning rate (linear warm-up over the first 10% of steps, then linear decay)."""
     scale: float = 20.0
     """Cosine similarities are multiplied by this before the softmax of the ranking loss."""
-    merge_weight: float = 1.0
+    merge_weight: float = 0.5
     """The fine-tuned weights' share in the saved model: base + merge_weight x (tuned - base), a
-    weight-space interpolation (WiSE-FT; for LoRA, the adapter's update scaled). 1: the tuned model."""
-    soup: int = 1
+    weight-space interpolation (WiSE-FT; for LoRA, the adapter's update scaled). 1: the tuned model.
+    0.5 with `soup: 5` was the best of the settings measured on the movie data's validation split
+    (docs/finetune.md)."""
+    soup: int = 5
     """Trainings averaged into the saved model: `soup` trainings with seeds `seed`, `seed + 1`, ...
     (each its own pair sample, batch order and adapter initialisation), the saved weights base +
-    merge_weight x the mean of their updates (a uniform model soup). 1: one training."""
+    merge_weight x the mean of their updates (a uniform model soup). 1: one training. Averaging
+    takes most of the pair sample's luck out of the result; it costs `soup` times the training."""
     max_length: int = 64
     """Tokens per text in training (encoding keeps `encoder.max_length`)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
