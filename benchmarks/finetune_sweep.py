@@ -125,14 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     frozen = measure(current_embeddings(lake, mid, items=items), mid)
     print(f"frozen {cfg.encoder.model}: {frozen}", flush=True)
     rows: list[dict[str, Any]] = []
+    soups = {seed: [seed + n for n in range(args.soup)] for seed in args.seeds}  # what finetune.soup trains
+    every = sorted({one for seeds in soups.values() for one in seeds})
+    samples = dict(zip(every, FT.co_occurrence_samples(train_part, items, cfg.finetune, every), strict=True))
     for steps in args.steps:
-        for seed in args.seeds:
-            seeds = [seed + n for n in range(args.soup)]  # what finetune.soup trains
+        for seed, seeds in soups.items():
             models, infos = [], []
             for one in seeds:
                 ft = dataclasses.replace(cfg.finetune, max_steps=steps, seed=one)
-                pairs = FT.co_occurrence_pairs(train_part, items, ft)
-                model, tokenizer, info = FT.train(base.path, pairs, ft, pooling=base.pooling)
+                model, tokenizer, info = FT.train(base.path, samples[one], ft, pooling=base.pooling)
                 models.append(model)
                 infos.append(info)
             info = {

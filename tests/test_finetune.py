@@ -286,6 +286,8 @@ def test_finetune_with_a_soup_trains_one_model_per_seed_and_its_card_says_so(spa
     # each training drew its own pair sample (the sample is keyed by the seed)
     samples = [FT.co_occurrence_pairs(events, items, dataclasses.replace(soup, seed=s)) for s in (11, 12)]
     assert samples[0].candidates > 12 and set(samples[0].pairs) != set(samples[1].pairs)
+    # counted once for the soup, each seed draws what it draws alone
+    assert FT.co_occurrence_samples(events, items, soup, [11, 12]) == samples
     kept = sorted(p.name for p in (tmp_path / "soup").iterdir() if p.name.startswith(FT.ADAPTER_DIR))
     assert kept == ["adapter-11", "adapter-12", "adapter-13"]
     with pytest.raises(ValueError, match=r"finetune\.soup"):
@@ -335,17 +337,15 @@ def test_evaluate_fine_tunes_on_the_training_part_only_and_shows_both_encoders(
     )  # fmt: skip
     finetune.run(spark, cfg, lake=lake, run_id="ft-1")  # production: all interactions
     seen = []
-    original = FT.co_occurrence_pairs
+    original = FT.co_occurrence_samples
 
-    def spy(interactions, items, ft):
+    def spy(interactions, items, ft, seeds):
         seen.append(interactions)
-        return original(interactions, items, ft)
+        return original(interactions, items, ft, seeds)
 
-    monkeypatch.setattr(FT, "co_occurrence_pairs", spy)
+    monkeypatch.setattr(FT, "co_occurrence_samples", spy)
     summary = evaluate.run(spark, cfg, lake=Lake(spark, root), run_id="ev-1")
-    # evaluate fine-tuned once (one pair sample per training of the default soup), on what it passed
-    assert cfg.finetune.soup > 1 and len(seen) == cfg.finetune.soup
-    assert all(s is seen[0] for s in seen)
+    assert cfg.finetune.soup > 1 and len(seen) == 1  # evaluate fine-tuned once, on what it passed
     train_part, test_part = evaluate.split(lake.read(S.INTERACTIONS), cfg)
     keys = [S.USER_ID, S.ITEM_ID, S.TS]
     used = seen[0].select(*keys)

@@ -4,7 +4,7 @@ The frozen encoder places items by what their texts say; a recommender needs the
 consumes them. Fine-tuning moves the text space towards co-consumption, and since an item's vector
 still comes from its text alone, the gain reaches tail and new items, whose text is all there is.
 
-1. **Pairs** (:func:`co_occurrence_pairs`, on the executors): per user, the interactions ordered by
+1. **Pairs** (:func:`co_occurrence_pairs`, :func:`co_occurrence_samples` for a soup; on the executors): per user, the interactions ordered by
    time; two distinct items at most ``window`` positions apart are a pair. Each pair counts the
    users that made it; pairs are sampled without replacement with weight
    ``n_users / (n_i * n_j) ** (head_damping / 2)`` (``n``: the items' user counts), so that pairs of
@@ -95,6 +95,15 @@ def co_occurrence_pairs(interactions: DataFrame, items: DataFrame, ft: FinetuneC
     ``interactions`` needs user_id, item_id, ts; ``items`` item_id, title, description. Only
     items of ``items`` take part (an interaction with an unknown item is no evidence about text).
     """
+    return co_occurrence_samples(interactions, items, ft, [ft.seed])[0]
+
+
+def co_occurrence_samples(
+    interactions: DataFrame, items: DataFrame, ft: FinetuneConfig, seeds: Sequence[int]
+) -> list[Pairs]:
+    """:func:`co_occurrence_pairs` for each of ``seeds`` (a soup's trainings): the pairs are built,
+    counted and weighted once; only the sample differs, each seed drawing the one
+    :func:`co_occurrence_pairs` draws with it."""
     listed = items.select(S.ITEM_ID).distinct()
     first = (
         interactions.join(listed, S.ITEM_ID, "inner")
@@ -123,29 +132,39 @@ def co_occurrence_pairs(interactions: DataFrame, items: DataFrame, ft: FinetuneC
         counted.join(users_per_item.select(F.col(S.ITEM_ID).alias("i"), F.col("n").alias("n_i")), "i")
         .join(users_per_item.select(F.col(S.ITEM_ID).alias("j"), F.col("n").alias("n_j")), "j")
         .withColumn("_w", F.col("n_ij") / F.pow(F.col("n_i") * F.col("n_j"), F.lit(ft.head_damping / 2.0)))
-        # weighted sampling without replacement (Efraimidis-Spirakis): the smallest -log(u) / w
-        .withColumn("_key", -F.log(_uniform(ft.seed, "i", "j")) / F.col("_w"))
         .persist()
     )
     try:
         n_candidates = weighted.count()
-        rows = weighted.orderBy("_key", "i", "j").limit(ft.max_pairs).select("i", "j", "n_ij").collect()
+        drawn = [  # weighted sampling without replacement (Efraimidis-Spirakis): the smallest -log(u) / w
+            weighted.withColumn("_key", -F.log(_uniform(seed, "i", "j")) / F.col("_w"))
+            .orderBy("_key", "i", "j")
+            .limit(ft.max_pairs)
+            .select("i", "j", "n_ij")
+            .collect()
+            for seed in seeds
+        ]
         n_users = seq.where(F.col("_pos") == 2).count()
     finally:
         weighted.unpersist()
-    chosen = [(r["i"], r["j"]) for r in rows]
-    ids = sorted({x for pair in chosen for x in pair})
+    ids = sorted({x for rows in drawn for r in rows for x in (r["i"], r["j"])})
     texts = {
         r[S.ITEM_ID]: encoder_text(r[S.TITLE], r[S.DESCRIPTION])
         for r in items.where(F.col(S.ITEM_ID).isin(ids)).select(S.ITEM_ID, S.TITLE, S.DESCRIPTION).collect()
     }
-    return Pairs(
-        pairs=chosen,
-        texts=texts,
-        candidates=n_candidates,
-        users=n_users,
-        stats={"pairs_seen_by_more_than_one_user": sum(1 for r in rows if r["n_ij"] > 1)},
-    )
+    samples = []
+    for rows in drawn:
+        chosen = [(r["i"], r["j"]) for r in rows]
+        samples.append(
+            Pairs(
+                pairs=chosen,
+                texts={x: texts[x] for pair in chosen for x in pair},
+                candidates=n_candidates,
+                users=n_users,
+                stats={"pairs_seen_by_more_than_one_user": sum(1 for r in rows if r["n_ij"] > 1)},
+            )
+        )
+    return samples
 
 
 def batches(pairs: Sequence[tuple[str, str]], size: int, rng: random.Random) -> list[list[tuple[str, str]]]:
@@ -406,20 +425,20 @@ def finetune(
     t0 = time.perf_counter()
     base = inspect_model(encoder.model, pooling=encoder.pooling, max_length=encoder.max_length)
     seeds = [ft.seed + k for k in range(ft.soup)]
-    models, trainings, pair_seconds = [], [], 0.0
-    for seed in seeds:
+    t1 = time.perf_counter()
+    samples = co_occurrence_samples(interactions, items, ft, seeds)
+    pair_seconds = time.perf_counter() - t1
+    log.info(
+        "finetune: %d sample(s) of at most %d pairs drawn from %d (from %d users) in %.1f s",
+        len(samples),
+        ft.max_pairs,
+        samples[0].candidates,
+        samples[0].users,
+        pair_seconds,
+    )
+    models, trainings = [], []
+    for seed, data in zip(seeds, samples, strict=True):
         one = dataclasses.replace(ft, seed=seed)
-        t1 = time.perf_counter()
-        data = co_occurrence_pairs(interactions, items, one)
-        pair_seconds += time.perf_counter() - t1
-        log.info(
-            "finetune: seed %d: %d pairs sampled of %d (from %d users) in %.1f s",
-            seed,
-            len(data.pairs),
-            data.candidates,
-            data.users,
-            time.perf_counter() - t1,
-        )
         model, tokenizer, info = train(base.path, data, one, pooling=base.pooling)
         models.append(model)
         trainings.append({"seed": seed, "pairs": len(data.pairs), **info})
