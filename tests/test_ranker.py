@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from test_recommend import PAIR_COLUMNS, _candidates, _lists, _toy, toy_config
 
 from longtail.core import schema as S
-from longtail.core.config import RankerConfig
+from longtail.core.config import ConfigError, RankerConfig
 from longtail.core.errors import MissingInputError
 from longtail.ml import fusion
 from longtail.ml import ranker as L
@@ -333,6 +333,47 @@ def test_auto_keeps_a_fitted_model_when_it_beats_both_signals(spark):
     scores = choice["validation"]["ndcg@2"]
     assert choice["chosen"] in ("gbt", "logistic") and ranker.pipeline is not None, scores
     assert scores[choice["chosen"]] > max(scores["cf"], scores["content"]) + 0.1
+
+
+def test_k_fold_choice_validates_every_user_on_fits_that_never_saw_them(spark, monkeypatch):
+    # the rows of the test above; with folds: 3 each fold's users are ranked by models fitted on the
+    # other two folds, the choice counts all 200 users, and the shipped model is fitted on all
+    rng = np.random.default_rng(6)
+    i_cf, i_ct = L.FEATURES.index("f_cf_z"), L.FEATURES.index("f_content_z")
+    rows = []
+    for u in range(200):
+        x = rng.normal(size=(10, len(L.FEATURES)))
+        x[:, L.FEATURES.index("f_has_cf")] = x[:, L.FEATURES.index("f_has_content")] = 1.0
+        label = np.zeros(10, dtype=int)
+        label[np.argsort(-(x[:, i_cf] + x[:, i_ct]))[:2]] = 1
+        rows += [(u, i, int(label[i]), *map(float, x[i])) for i in range(10)]
+    df = _feature_rows(spark, rows)
+    rk = RankerConfig(trees=10, depth=3, folds=3)
+    fold_of = {
+        r[0]: r[1] for r in df.select(S.USER_IDX, fusion.user_fold(rk).alias("f")).distinct().collect()
+    }
+    assert set(fold_of.values()) == {0, 1, 2}
+    fits, fit_pipeline = [], L.fit_pipeline
+
+    def spy(train, cfg, **kw):
+        fits.append((kw["kind"], {r[0] for r in train.select(S.USER_IDX).distinct().collect()}))
+        return fit_pipeline(train, cfg, **kw)
+
+    monkeypatch.setattr(L, "fit_pipeline", spy)
+    ranker, choice = fusion._choose(df, rk, k=2)
+    val = choice["validation"]
+    assert val["users"] == 200 and val["folds"] == 3
+    *per_fold, last = fits
+    assert len(per_fold) == 6  # gbt and logistic per fold
+    left_out = sorted(
+        {f for f in range(3) if users == {u for u, g in fold_of.items() if g != f}} for _, users in per_fold
+    )
+    assert left_out == [{0}, {0}, {1}, {1}, {2}, {2}], left_out
+    assert last == (choice["chosen"], set(range(200))) and ranker.pipeline is not None
+    scores = val["ndcg@2"]
+    assert scores[choice["chosen"]] > max(scores["cf"], scores["content"]) + 0.1, scores
+    with pytest.raises(ConfigError, match="folds"):
+        RankerConfig(folds=0)
 
 
 @pytest.fixture(scope="module")

@@ -416,7 +416,13 @@ class RankerConfig:
     users' held-out items best (NDCG@k) wins, with CF alone and content alone as contenders too, so
     the fusion never ships below its best single signal on that data."""
     validation_fraction: float = 0.25  # model=auto: share of labelled users that choose the model
-    """`model: auto`: the share of labelled users (a seeded hash) held out to choose the model."""
+    """`model: auto`: the share of labelled users (a seeded hash) held out to choose the model
+    (with `folds: 1`)."""
+    folds: int = 1  # >= 2: choose the model and the penalty by cross-validation over users
+    """How the model and the popularity penalty are chosen: `1`, on the `validation_fraction` of the
+    labelled users held out (models fitted on the rest); `K >= 2`, K-fold over users: every user's
+    lists are ranked by models fitted on the other folds and count in the choice, then the chosen
+    model is fitted on all labelled users (2K + 1 fits instead of 2)."""
     label_fraction: float = 0.2  # per user, the latest share of training interactions used as labels
     """Per user, the latest share of training interactions held out as the ranker's labels."""
     negatives: int = 50  # negatives sampled per user (all positives among the candidates are kept)
@@ -450,6 +456,7 @@ class RankerConfig:
     def __post_init__(self) -> None:
         _check(0 < self.label_fraction < 1, "recommend.ranker.label_fraction", "must be in (0, 1)")
         _check(0 < self.validation_fraction < 1, "recommend.ranker.validation_fraction", "must be in (0, 1)")
+        _check(1 <= self.folds <= 20, "recommend.ranker.folds", "must be in [1, 20]")
         _check(self.negatives >= 1, "recommend.ranker.negatives", "must be >= 1")
         _check(self.trees >= 1, "recommend.ranker.trees", "must be >= 1")
         _check(1 <= self.depth <= 30, "recommend.ranker.depth", "must be in [1, 30]")

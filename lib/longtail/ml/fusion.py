@@ -21,7 +21,10 @@ from:
    with the highest NDCG@``recommend.k`` ships (ties: the order gbt, logistic, cf, content). A
    small log (the synthetic tests' 30 users) or one where a signal is all there is to learn then
    gets that signal's order, not a tree ensemble extrapolating from a few dozen labels; a large
-   one gets the model that beats both signals on users it never saw. The held-out users are
+   one gets the model that beats both signals on users it never saw. With
+   ``recommend.ranker.folds: K >= 2`` the choice is a K-fold cross-validation over users instead:
+   each fold's users are ranked by models fitted on the other folds, every labelled user counts,
+   and the chosen kind is fitted again on all of them. The held-out users are
    ranked over their whole candidate lists (unsampled), as ``recommend`` ranks them, ties in the
    score included (popular first: a single signal that scores none of a user's candidates, e.g.
    for a user without inner history, is measured on the popular list it would ship).
@@ -80,7 +83,7 @@ def labelled_candidates(
 
     ``info`` also carries ``inner_train`` and ``inner_test`` (the DataFrames the feature model and
     the labels came from; the caller unpersists them) and ``validation``: the whole candidate lists
-    (features + label, unsampled) of the users :func:`validation_users` holds out, persisted, when
+    (features + label, unsampled) of the users :func:`user_fold` validates on, persisted, when
     the model or the popularity penalty is to be chosen (else None).
     ``split``: the inner ``(train, test)`` split of ``interactions`` when the caller made it already.
     """
@@ -121,7 +124,7 @@ def labelled_candidates(
         validation = None
         if needs_validation(rk):  # the held-out users' whole lists, as recommend will rank them
             with_positive = rows.where(F.col(L.LABEL) > 0).select(S.USER_IDX).distinct()
-            validation = featured.where(validation_users(rk)).join(with_positive, S.USER_IDX).persist()
+            validation = featured.where(user_fold(rk) >= 0).join(with_positive, S.USER_IDX).persist()
             validation.count()
         counts = rows.agg(
             F.count(F.lit(1)).alias("rows"),
@@ -215,11 +218,17 @@ def fit_ranker(
 CONTENDERS = ("gbt", "logistic", *L.SIGNALS)  # the order breaks ties: the first wins
 
 
-def validation_users(rk: Any) -> Column:
-    """True for the labelled users (a seeded hash of ``user_idx``) whose labels choose the model
-    and the popularity penalty (``recommend.ranker.validation_fraction`` of them)."""
+def user_fold(rk: Any) -> Column:
+    """The validation fold of each labelled user (a seeded hash of ``user_idx``).
+
+    ``recommend.ranker.folds: 1``: 0 for the ``validation_fraction`` of the users held out to choose
+    the model and the popularity penalty, -1 for the others (never validated on). ``folds: K >= 2``:
+    0 to K-1, every user validated once, by models fitted on the other folds.
+    """
     bucket = F.abs(F.xxhash64(F.col(S.USER_IDX), F.lit(rk.seed))) % 1000
-    return bucket < round(rk.validation_fraction * 1000)
+    if rk.folds == 1:
+        return F.when(bucket < round(rk.validation_fraction * 1000), F.lit(0)).otherwise(F.lit(-1))
+    return (bucket % rk.folds).cast("int")
 
 
 def needs_validation(rk: Any) -> bool:
@@ -235,37 +244,69 @@ def fixed_penalty(rk: Any) -> float:
 def _choose(
     rows: DataFrame, rk: Any, *, k: int, validation: DataFrame | None = None
 ) -> tuple[L.Ranker, dict[str, Any]]:
-    """Fit on most labelled users, choose on the others (module doc, steps 4-5).
+    """Fit on some labelled users, choose on the others (module doc, steps 4-5).
 
-    ``rows``: the sampled training rows of every labelled user; ``validation``: the held-out users'
+    ``rows``: the sampled training rows of every labelled user; ``validation``: the validated users'
     whole candidate lists (features + label, unsampled, as recommend ranks them); None: their
-    sampled rows. With ``model: auto`` the contenders are :data:`CONTENDERS` and the best NDCG@k
-    wins; otherwise the configured model. With ``pop_penalty: auto`` the penalty is the largest of
+    sampled rows. Which users are validated, by which fit, is :func:`user_fold`'s: with ``folds: 1``
+    the models are fitted on the users outside fold 0 and validated on fold 0; with ``folds: K``
+    each fold is validated by models fitted on the other K-1 folds, so every labelled user's lists
+    count, and the chosen kind is then fitted again on every labelled user. With ``model: auto``
+    the contenders are :data:`CONTENDERS` and the best NDCG@k over all validated users wins;
+    otherwise the configured model. With ``pop_penalty: auto`` the penalty is the largest of
     ``pop_penalty_grid`` keeping the chosen ranker's NDCG@k at or above ``1 - accuracy_tolerance``
     times its own without a penalty.
 
-    Falls back to fitting gbt on every user (no choice, the configured penalty or 0) when the split
-    leaves either side without both classes: too few labelled users to hold any out.
+    Falls back to fitting gbt on every user (no choice, the configured penalty or 0) when a fit or
+    a validated fold lacks either class: too few labelled users to hold any out.
     """
-    held = validation_users(rk)
     feats = L.features_for(rk)
-    fit_rows = rows.where(~held).persist()
-    val_rows = (validation if validation is not None else rows.where(held)).persist()
+    fold = user_fold(rk)
+    folds = list(range(rk.folds)) if rk.folds > 1 else [0]
+    featured: DataFrame | None = None
+    rows_f = rows.withColumn("_fold", fold).persist()
+    val_rows = (
+        (validation if validation is not None else rows.where(fold >= 0)).withColumn("_fold", fold).persist()
+    )
     try:
-        sides = [{r[0] for r in part.select(L.LABEL).distinct().collect()} for part in (fit_rows, val_rows)]
-        if any(len(classes) < 2 for classes in sides):
+        fit_classes = _classes_by_fold(rows_f)
+        val_classes = _classes_by_fold(val_rows)
+        thin = [
+            f
+            for f in folds
+            if len(set().union(*(c for g, c in fit_classes.items() if g != f))) < 2
+            or len(val_classes.get(f, ())) < 2
+        ]
+        if thin:
             kind = "gbt" if rk.model == "auto" else rk.model
             log.warning(
-                "ranker: too few labelled users to hold out a validation part; fitting %s on all", kind
+                "ranker: too few labelled users to hold out a validation part (folds %s); fitting %s on all",
+                thin,
+                kind,
             )
             ranker = L.Ranker(
                 L.fit_pipeline(rows, rk, features=feats, kind=kind), feats, pop_penalty=fixed_penalty(rk)
             )
             return ranker, {"chosen": kind, "pop_penalty": ranker.pop_penalty, "validation": None}
         kinds = ("gbt", "logistic") if rk.model == "auto" else (rk.model,)
-        fitted = {kind: L.fit_pipeline(fit_rows, rk, features=feats, kind=kind) for kind in kinds}
+        fitted = {
+            f: {
+                kind: L.fit_pipeline(rows_f.where(F.col("_fold") != f), rk, features=feats, kind=kind)
+                for kind in kinds
+            }
+            for f in folds
+        }
         contenders = [c for c in CONTENDERS if c in kinds or c in L.signals_for(rk)]
-        featured = _with_logits(val_rows.select(S.USER_IDX, S.ITEM_IDX, L.LABEL, *L.FEATURES), fitted)
+        featured = functools.reduce(
+            DataFrame.unionByName,
+            [
+                _with_logits(
+                    val_rows.where(F.col("_fold") == f).select(S.USER_IDX, S.ITEM_IDX, L.LABEL, *L.FEATURES),
+                    fitted[f],
+                )
+                for f in folds
+            ],
+        ).persist()
         base = _sweep(featured, contenders, [0.0], k=k)
         scores = {name: round(base[(name, 0.0)]["ndcg"], 5) for name in contenders}
         if rk.model == "auto":
@@ -282,17 +323,21 @@ def _choose(
             curve = _sweep(featured, [chosen], [0.0, beta], k=k)
         n_val = val_rows.select(S.USER_IDX).distinct().count()
     finally:
-        fit_rows.unpersist()
-        val_rows.unpersist()
-    if chosen in fitted:
-        ranker = L.Ranker(fitted[chosen], feats, pop_penalty=beta)
-    else:
+        for df in (rows_f, val_rows, featured):
+            if df is not None:
+                df.unpersist()
+    if chosen not in kinds:
         ranker = L.Ranker(None, feats, signal=chosen, pop_penalty=beta)
+    elif rk.folds > 1:  # each fold's fit left a fold out: the one that ships learns from all
+        ranker = L.Ranker(L.fit_pipeline(rows, rk, features=feats, kind=chosen), feats, pop_penalty=beta)
+    else:
+        ranker = L.Ranker(fitted[0][chosen], feats, pop_penalty=beta)
     return ranker, {
         "chosen": chosen,
         "pop_penalty": beta,
         "validation": {
             "users": n_val,
+            "folds": rk.folds,
             f"ndcg@{k}": scores,
             "ndcg_floor": round(floor, 5),
             "pop_penalty": {
@@ -301,6 +346,14 @@ def _choose(
             },
         },
     }
+
+
+def _classes_by_fold(rows: DataFrame) -> dict[int, set[int]]:
+    """The label classes present in each ``_fold`` of ``rows`` (at most folds x 2 rows collected)."""
+    got: dict[int, set[int]] = {}
+    for r in rows.select("_fold", L.LABEL).distinct().collect():
+        got.setdefault(int(r[0]), set()).add(int(r[1]))
+    return got
 
 
 def _with_logits(featured: DataFrame, fitted: dict[str, Any]) -> DataFrame:
