@@ -317,19 +317,24 @@ def test_a_swept_penalty_replaces_the_rankers_own_for_users_with_history(spark):
         R.rank_variant(cands, "fused", toy_config(candidates=2), pop_penalty=0.0)
 
 
-def test_auto_keeps_a_fitted_model_when_it_beats_both_signals(spark):
-    # labels need both signals (positive where f_cf_z + f_content_z is highest): a fitted model
-    # ranks held-out users better than either signal alone
+def _both_signal_rows(spark, *, users: int = 200):
+    """10 candidates per user, the 2 with the highest ``f_cf_z + f_content_z`` positive."""
     rng = np.random.default_rng(6)
     i_cf, i_ct = L.FEATURES.index("f_cf_z"), L.FEATURES.index("f_content_z")
     rows = []
-    for u in range(200):
+    for u in range(users):
         x = rng.normal(size=(10, len(L.FEATURES)))
         x[:, L.FEATURES.index("f_has_cf")] = x[:, L.FEATURES.index("f_has_content")] = 1.0
         label = np.zeros(10, dtype=int)
         label[np.argsort(-(x[:, i_cf] + x[:, i_ct]))[:2]] = 1
         rows += [(u, i, int(label[i]), *map(float, x[i])) for i in range(10)]
-    ranker, choice = fusion._choose(_feature_rows(spark, rows), RankerConfig(trees=10, depth=3), k=2)
+    return _feature_rows(spark, rows)
+
+
+def test_auto_keeps_a_fitted_model_when_it_beats_both_signals(spark):
+    # labels need both signals (positive where f_cf_z + f_content_z is highest): a fitted model
+    # ranks held-out users better than either signal alone
+    ranker, choice = fusion._choose(_both_signal_rows(spark), RankerConfig(trees=10, depth=3), k=2)
     scores = choice["validation"]["ndcg@2"]
     assert choice["chosen"] in ("gbt", "logistic") and ranker.pipeline is not None, scores
     assert scores[choice["chosen"]] > max(scores["cf"], scores["content"]) + 0.1
@@ -338,16 +343,7 @@ def test_auto_keeps_a_fitted_model_when_it_beats_both_signals(spark):
 def test_k_fold_choice_validates_every_user_on_fits_that_never_saw_them(spark, monkeypatch):
     # the rows of the test above; with folds: 3 each fold's users are ranked by models fitted on the
     # other two folds, the choice counts all 200 users, and the shipped model is fitted on all
-    rng = np.random.default_rng(6)
-    i_cf, i_ct = L.FEATURES.index("f_cf_z"), L.FEATURES.index("f_content_z")
-    rows = []
-    for u in range(200):
-        x = rng.normal(size=(10, len(L.FEATURES)))
-        x[:, L.FEATURES.index("f_has_cf")] = x[:, L.FEATURES.index("f_has_content")] = 1.0
-        label = np.zeros(10, dtype=int)
-        label[np.argsort(-(x[:, i_cf] + x[:, i_ct]))[:2]] = 1
-        rows += [(u, i, int(label[i]), *map(float, x[i])) for i in range(10)]
-    df = _feature_rows(spark, rows)
+    df = _both_signal_rows(spark)
     rk = RankerConfig(trees=10, depth=3, folds=3)
     fold_of = {
         r[0]: r[1] for r in df.select(S.USER_IDX, fusion.user_fold(rk).alias("f")).distinct().collect()
