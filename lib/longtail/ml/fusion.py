@@ -262,7 +262,7 @@ def _choose(
     """
     feats = L.features_for(rk)
     fold = user_fold(rk)
-    folds = list(range(rk.folds)) if rk.folds > 1 else [0]
+    folds = range(rk.folds)  # folds: 1 validates fold 0 only (user_fold)
     featured: DataFrame | None = None
     rows_f = rows.withColumn("_fold", fold).persist()
     val_rows = (
