@@ -162,6 +162,44 @@ def test_fit_pipeline_needs_both_classes(spark):
         L.fit_pipeline(df, RankerConfig())
 
 
+def test_propensity_weights_by_hand(spark):
+    # positives with n_i = 0 and 3 (evidence log 1, log 4) at power 1: raw 1 and 1/4, mean 0.625,
+    # so 1.6 and 0.4; the negative (n_i = 3) weighs 1 whatever its popularity
+    schema = "user_idx int, item_idx int, label int, f_item_evidence double"
+    df = spark.createDataFrame([(0, 0, 1, 0.0), (0, 1, 1, math.log(4)), (0, 2, 0, math.log(4))], schema)
+    got = {r.item_idx: r[L.WEIGHT] for r in L.with_propensity_weights(df, 1.0).collect()}
+    assert got == pytest.approx({0: 1.6, 1: 0.4, 2: 1.0})
+    with pytest.raises(ValueError, match="no positive"):
+        L.with_propensity_weights(df.where("label = 0"), 1.0)
+
+
+def test_propensity_weighting_takes_popularity_out_of_the_learned_odds(spark):
+    # the odds of a positive grow as (1 + n_i) ** 1 (a popular item is chosen more by everyone) and
+    # with f_content_z (what the user likes): unweighted, logistic regression learns both; with
+    # positives weighted by (1 + n_i) ** -1 the popularity term cancels and the content one stays
+    rng = np.random.default_rng(5)
+    n = 4000
+    x = np.zeros((n, len(L.FEATURES)))
+    ev, cz = L.FEATURES.index("f_item_evidence"), L.FEATURES.index("f_content_z")
+    x[:, ev] = rng.uniform(0, 5, n)
+    x[:, cz] = rng.normal(size=n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(-5 + x[:, ev] + 1.5 * x[:, cz])))).astype(int)
+    rows = [(i // 40, i, int(y[i]), *map(float, x[i])) for i in range(n)]
+    schema = "user_idx int, item_idx int, label int, " + ", ".join(f"{f} double" for f in L.FEATURES)
+    df = spark.createDataFrame(rows, schema)
+
+    def coefficients(power):
+        model = L.fit_pipeline(df, RankerConfig(model="logistic", reg=0.0, propensity_power=power))
+        return model.stages[-1].coefficients
+
+    plain, weighted = coefficients(0.0), coefficients(1.0)
+    assert plain[ev] == pytest.approx(1.0, abs=0.25) and plain[cz] == pytest.approx(1.5, abs=0.3)
+    assert abs(weighted[ev]) < 0.25
+    assert weighted[cz] == pytest.approx(1.5, abs=0.35)
+    with pytest.raises(ConfigError, match="propensity_power"):
+        RankerConfig(propensity_power=-0.5)
+
+
 def _feature_rows(spark, rows):
     schema = "user_idx int, item_idx int, label int, " + ", ".join(f"{f} double" for f in L.FEATURES)
     return spark.createDataFrame(rows, schema)

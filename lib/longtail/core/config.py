@@ -445,6 +445,11 @@ class RankerConfig:
     accuracy_tolerance: float = 0.02  # pop_penalty auto: share of the ranker's NDCG it may give up
     """`pop_penalty: auto`: the share of the unpenalised ranker's validation NDCG@k the penalty may
     give up."""
+    propensity_power: float = 0.0  # positives weighted by (1 + n_i) ** -power in the ranker's fit
+    """Inverse-propensity weighting of the ranker's training positives: each weighs `(1 + n_i) **
+    -propensity_power` (n_i the item's inner-training interactions), scaled to a mean of 1 over the
+    positives; negatives weigh 1. The ranker then learns which items a user chooses beyond how often
+    items are chosen at all (a popular item's label says less about the user). 0: unweighted."""
     use_vae: bool = True
     """Whether the Mult-VAE's score, z-score and rank are ranker features and `vae` a single-signal
     contender (with `train.vae.enabled`; without a VAE they are 0 either way)."""
@@ -475,6 +480,7 @@ class RankerConfig:
             "must hold at least one number, all >= 0",
         )
         _check(0 <= self.accuracy_tolerance < 1, "recommend.ranker.accuracy_tolerance", "must be in [0, 1)")
+        _check(0 <= self.propensity_power <= 2, "recommend.ranker.propensity_power", "must be in [0, 2]")
 
 
 @dataclass(frozen=True)

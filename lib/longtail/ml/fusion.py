@@ -205,6 +205,7 @@ def fit_ranker(
     ranker.info = {
         "model": ranker.signal or choice.get("chosen") or rk.model,
         "pop_penalty": ranker.pop_penalty,
+        "propensity_power": rk.propensity_power,
         **info,
         **choice,
         "train_auc": round(train_auc, 4),

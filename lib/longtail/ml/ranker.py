@@ -51,6 +51,7 @@ CONTEXT_COLUMNS = (
 VAE_COLUMNS = (VAE, f"{VAE}_rank", f"{VAE}_mean", f"{VAE}_std")  # null without a Mult-VAE
 LABEL = "label"
 FEATURES_VEC = "ranker_features"
+WEIGHT = "ranker_weight"  # a training row's weight (recommend.ranker.propensity_power)
 PROBABILITY = "ranker_p"  # P(chosen) from the ranker
 LOGIT = "ranker_logit"  # log(p / (1 - p)): the learned score on an additive scale (re-rank penalties)
 RANK_MISSING = 1000  # the rank given to an item that is not in a signal's top list
@@ -267,8 +268,9 @@ def fit_pipeline(
     """Fit ``VectorAssembler(features) -> classifier`` on ``train`` (``label`` 0/1 + features).
 
     ``kind`` (default ``cfg.model``): ``gbt`` (``GBTClassifier``, ``trees`` x ``depth``) or
-    ``logistic`` (``LogisticRegression``, L2 ``reg``, standardised features). Raises ``ValueError``
-    if ``train`` lacks either class.
+    ``logistic`` (``LogisticRegression``, L2 ``reg``, standardised features). With
+    ``propensity_power`` > 0 the rows are weighted (:func:`with_propensity_weights`). Raises
+    ``ValueError`` if ``train`` lacks either class.
     """
 
     from pyspark.ml.classification import GBTClassifier, LogisticRegression
@@ -283,6 +285,9 @@ def fit_pipeline(
     kind = kind or cfg.model
     if kind not in ("gbt", "logistic"):
         raise ValueError(f"ranker: cannot fit model kind {kind!r} (gbt or logistic)")
+    if cfg.propensity_power > 0:
+        train = with_propensity_weights(train, cfg.propensity_power)
+    weights = {"weightCol": WEIGHT} if cfg.propensity_power > 0 else {}
     assembler = VectorAssembler(inputCols=list(features), outputCol=FEATURES_VEC, handleInvalid="error")
     if {S.USER_IDX, S.ITEM_IDX} <= set(train.columns):
         # MLlib's tree learner samples its input per partition (split candidates), so the same rows
@@ -297,12 +302,29 @@ def fit_pipeline(
             maxDepth=cfg.depth,
             stepSize=cfg.step,
             seed=cfg.seed,
+            **weights,
         )
     else:
         clf = LogisticRegression(
-            featuresCol=FEATURES_VEC, labelCol=LABEL, regParam=cfg.reg, maxIter=100, standardization=True
+            featuresCol=FEATURES_VEC,
+            labelCol=LABEL,
+            regParam=cfg.reg,
+            maxIter=100,
+            standardization=True,
+            **weights,
         )
     return Pipeline(stages=[assembler, clf]).fit(train.withColumn(LABEL, F.col(LABEL).cast("double")))
+
+
+def with_propensity_weights(train: DataFrame, power: float) -> DataFrame:
+    """``train`` plus :data:`WEIGHT`: ``(1 + n_i) ** -power`` for a positive (``n_i`` from
+    ``f_item_evidence = log(1 + n_i)``), scaled so the positives' weights average 1 (the classes keep
+    their balance), and 1 for a negative. One aggregate job for the scale."""
+    raw = F.exp(-float(power) * F.col("f_item_evidence"))
+    mean = train.where(F.col(LABEL) > 0).agg(F.avg(raw)).first()[0]
+    if mean is None:
+        raise ValueError("ranker: no positive row to weigh (the training labels hold no 1)")
+    return train.withColumn(WEIGHT, F.when(F.col(LABEL) > 0, raw / float(mean)).otherwise(F.lit(1.0)))
 
 
 def score(pairs: DataFrame, ranker: Ranker) -> DataFrame:
