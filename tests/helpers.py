@@ -62,8 +62,9 @@ def make_tiny_bert(root: Path, *, seed: int = 0, pooling: str | None = None) -> 
 
 def small_pipeline_settings(model: Path) -> list[str]:
     """The config overrides of the whole-pipeline tests (three nights, the lake on S3): a 120-item,
-    40-user sample, the tiny BERT at ``model``, the cheapest ALS, a small Mult-VAE and the learned fusion with its
-    cheapest ranker; the caller adds ``lake.root`` and what its test is about."""
+    40-user sample, the tiny BERT at ``model``, the cheapest ALS, a small Mult-VAE and the learned
+    fusion with its cheapest ranker (model, penalty and boost fixed: nothing held out to choose
+    them); the caller adds ``lake.root`` and what its test is about."""
     return [
         f"encoder.model={model}",
         "sample.n_items=120",
@@ -78,4 +79,5 @@ def small_pipeline_settings(model: Path) -> list[str]:
         "recommend.candidates=20",
         "recommend.ranker.model=logistic",
         "recommend.ranker.pop_penalty=0.1",
+        "recommend.ranker.tail_boost=0",
     ]

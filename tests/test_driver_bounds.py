@@ -59,6 +59,7 @@ def test_the_production_stages_bring_no_table_to_the_driver(spark, tmp_path, mon
         "recommend.candidates=20",
         "recommend.ranker.model=logistic",
         "recommend.ranker.pop_penalty=0.1",
+        "recommend.ranker.tail_boost=0",
     ]
     cfg = load_config(overrides=overrides)
     load_stage("generate-sample").run(spark, cfg)

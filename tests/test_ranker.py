@@ -294,7 +294,9 @@ def test_pop_penalty_is_the_largest_that_keeps_the_rankers_accuracy(spark):
     # labels follow f_cf_z exactly: every penalty that reorders costs accuracy, and the rule keeps
     # the largest one that costs at most accuracy_tolerance of the unpenalised ranker's NDCG
     exact = _feature_rows(spark, _popularity_rows(np.random.default_rng(8)))
-    rk = RankerConfig(model="logistic", accuracy_tolerance=0.3, pop_penalty_grid=(0.25, 0.5, 1.0, 10.0))
+    rk = RankerConfig(
+        model="logistic", accuracy_tolerance=0.3, pop_penalty_grid=(0.25, 0.5, 1.0, 10.0), tail_boost=0.0
+    )
     ranker, choice = fusion._choose(exact, rk, k=2)
     val = choice["validation"]
     curve = {float(b): got for b, got in val["pop_penalty"].items()}
@@ -329,6 +331,66 @@ def test_the_penalty_is_subtracted_from_the_log_odds_and_saved(spark, tmp_path):
     assert L.load(None, L.FEATURES, signal="cf", pop_penalty=0.25).pop_penalty == 0.25
     with pytest.raises(ValueError, match="pop_penalty"):
         L.Ranker(None, L.FEATURES, signal="cf", pop_penalty=-1.0)
+
+
+def test_the_tail_boost_lifts_tail_items_the_users_content_profile_prefers(spark, tmp_path):
+    # cf z = cf (mean 0, std 1); content z = (content - 0.5) / 0.2. User 0 (4 interactions): item 1
+    # is head (z 2: no boost), item 2 tail with z 2 (+0.25 x 2), item 3 cold with z -1 (no boost);
+    # user 1 has no history: no boost
+    pairs = spark.createDataFrame(
+        [(0, 1, 0.5, 1, 0.9, 1, None, None, 0.0, 1.0, 0.5, 0.2, 100, False, 4, 10.0, *NO_CONTEXT),
+         (0, 2, 0.2, 3, 0.9, 2, None, None, 0.0, 1.0, 0.5, 0.2, 1, True, 4, 10.0, *NO_CONTEXT),
+         (0, 3, 0.3, 2, 0.3, 3, None, None, 0.0, 1.0, 0.5, 0.2, 0, True, 4, None, *NO_CONTEXT),
+         (1, 2, 0.2, 1, 0.9, 1, None, None, 0.0, 1.0, 0.5, 0.2, 1, True, 0, 10.0, *NO_CONTEXT)],
+        FEATURE_ROW_COLUMNS,
+    )  # fmt: skip
+    ranker = L.Ranker(None, L.FEATURES, signal="cf", tail_boost=0.25)
+    scored = L.score(pairs, ranker)
+    got = {(r[S.USER_IDX], r[S.ITEM_IDX]): r[L.LOGIT] for r in scored.collect()}
+    assert got == pytest.approx({(0, 1): 0.5, (0, 2): 0.2 + 0.25 * 2.0, (0, 3): 0.3, (1, 2): 0.2})
+    plain = {
+        (r[S.USER_IDX], r[S.ITEM_IDX]): r[L.LOGIT] for r in L.with_penalty(scored, ranker, 0.0, 0.0).collect()
+    }
+    assert plain == pytest.approx({(0, 1): 0.5, (0, 2): 0.2, (0, 3): 0.3, (1, 2): 0.2})
+    assert L.load(None, L.FEATURES, signal="cf", tail_boost=0.25).tail_boost == 0.25
+    with pytest.raises(ValueError, match="tail_boost"):
+        L.Ranker(None, L.FEATURES, signal="cf", tail_boost=-1.0)
+    with pytest.raises(ConfigError, match="tail_boost"):
+        RankerConfig(tail_boost="some")
+
+
+def test_auto_tail_boost_reaches_the_most_tail_items_within_the_tolerance(spark):
+    # labels follow f_cf_z; f_content_z is noise to them, so every boost costs accuracy: the rule
+    # takes, of the pairs (penalty, boost) within the tolerance, the one reaching the most tail
+    # items, and refuses a boost that costs more
+    exact = _feature_rows(spark, _popularity_rows(np.random.default_rng(8)))
+    rk = RankerConfig(
+        model="logistic",
+        accuracy_tolerance=0.3,
+        pop_penalty=0.0,
+        tail_boost="auto",
+        tail_boost_grid=(0.25, 0.5, 10.0),
+    )
+    ranker, choice = fusion._choose(exact, rk, k=2)
+    val = choice["validation"]
+    assert val["pairs_tried"] == 4 and list(val["pop_penalty"]) == ["0"]
+    boosts = {float(t): got for t, got in val["tail_boost"].items()}
+    assert set(boosts) == {0.0, 0.25, 0.5, 10.0}
+    assert boosts[10.0]["ndcg"] < val["ndcg_floor"]  # too strong a boost is refused
+    allowed = {t: got for t, got in boosts.items() if got["ndcg"] >= val["ndcg_floor"]}
+    best = max(
+        allowed, key=lambda t: (allowed[t]["tail_items"], allowed[t]["tail_share"], allowed[t]["ndcg"])
+    )
+    assert ranker.tail_boost == choice["tail_boost"] == best > 0
+    assert boosts[best]["tail_share"] > boosts[0.0]["tail_share"]
+    both = dataclasses.replace(rk, pop_penalty="auto", pop_penalty_grid=(0.5,))
+    ranker, choice = fusion._choose(exact, both, k=2)
+    val = choice["validation"]
+    assert val["pairs_tried"] == 2 * 4 and set(val["pop_penalty"]) == {"0", "0.5"}
+    assert val["tail_boost"][f"{ranker.tail_boost:g}"] == val["pop_penalty"][f"{ranker.pop_penalty:g}"]
+    assert val["tail_boost"][f"{ranker.tail_boost:g}"]["ndcg"] >= val["ndcg_floor"]
+    fixed = dataclasses.replace(rk, tail_boost=0.3)
+    assert fusion._choose(exact, fixed, k=2)[0].tail_boost == pytest.approx(0.3)
 
 
 def test_a_swept_penalty_replaces_the_rankers_own_for_users_with_history(spark):
@@ -478,14 +540,17 @@ def test_train_saves_the_ranker_in_the_lake_and_recommend_uses_it(spark, lake_cf
     model = load_model(lake, model_id=mid)
     assert model.ranker is not None and model.ranker.path == path
     assert model.ranker.features == L.FEATURES
-    # the loaded pipeline scores exactly like a fresh load of the same files with the penalty
-    # train recorded (the penalty is chosen by the inner validation and may be 0 or not)
+    # the loaded pipeline scores exactly like a fresh load of the same files with the penalty and
+    # boost train recorded (both chosen by the inner validation; each may be 0 or not)
     rows = [(0, 1, 0.5, 2, 0.1, 5, None, None, 0.0, 1.0, 0.0, 0.5, 3, True, 4, 10.0, *NO_CONTEXT)]
     pairs = spark.createDataFrame(rows, FEATURE_ROW_COLUMNS)
-    recorded = summary["ranker"].get("pop_penalty", 0.0)
+    recorded, boost = summary["ranker"]["pop_penalty"], summary["ranker"]["tail_boost"]
     assert model.ranker.pop_penalty == pytest.approx(recorded)
+    assert model.ranker.tail_boost == pytest.approx(boost)
     p1 = L.score(pairs, model.ranker).first()[L.PROBABILITY]
-    p2 = L.score(pairs, L.load(path, L.FEATURES, pop_penalty=recorded)).first()[L.PROBABILITY]
+    p2 = L.score(pairs, L.load(path, L.FEATURES, pop_penalty=recorded, tail_boost=boost)).first()[
+        L.PROBABILITY
+    ]
     assert 0 < p1 < 1 and p1 == pytest.approx(p2, abs=1e-12)
     out = recommend.run(spark, cfg, lake=lake, run_id="r-rank")
     assert out["users"] == 30 and out["rows"] == 30 * cfg.recommend.k

@@ -437,14 +437,21 @@ class RankerConfig:
     """logistic: L2 penalty."""
     pop_penalty: Literal["auto"] | float = "auto"  # beta: log-odds - beta * log(1 + n_i)
     """Popularity penalty of the learned score: `beta * log(1 + n_i)` (n_i the item's training
-    interactions) is subtracted from the log-odds, so that `fused` reaches the tail. `auto`: the
-    largest value of `pop_penalty_grid` whose NDCG@k on the validation users stays at or above
-    `(1 - accuracy_tolerance)` x the unpenalised ranker's."""
+    interactions) is subtracted from the log-odds, so that `fused` reaches the tail. `auto`: chosen
+    on the validation users, with the tail boost (`accuracy_tolerance`)."""
     pop_penalty_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0)
     """`pop_penalty: auto`: the values tried on the validation users."""
-    accuracy_tolerance: float = 0.02  # pop_penalty auto: share of the ranker's NDCG it may give up
-    """`pop_penalty: auto`: the share of the unpenalised ranker's validation NDCG@k the penalty may
-    give up."""
+    tail_boost: Literal["auto"] | float = "auto"  # lambda: log-odds + lambda * [tail] * max(content z, 0)
+    """Tail boost of the learned score: `lambda * max(z, 0)` is added to the log-odds of a tail item
+    (cold ones included), z being the user's content z-score for it, so that each user's list
+    reaches the tail items that user's own history points to. `auto`: chosen with the popularity
+    penalty (below)."""
+    tail_boost_grid: tuple[float, ...] = (0.0, 0.1, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+    """`tail_boost: auto`: the values tried on the validation users (with every penalty value)."""
+    accuracy_tolerance: float = 0.02  # auto penalty / boost: share of the ranker's NDCG they may give up
+    """`pop_penalty` or `tail_boost` `auto`: of the pairs (penalty, boost) tried, those whose NDCG@k
+    on the validation users stays at or above `(1 - accuracy_tolerance)` x the ranker's without
+    either are allowed, and the one reaching the most distinct tail items there is taken."""
     propensity_power: float = 0.0  # positives weighted by (1 + n_i) ** -power in the ranker's fit
     """Inverse-propensity weighting of the ranker's training positives: each weighs `(1 + n_i) **
     -propensity_power` (n_i the item's inner-training interactions), scaled to a mean of 1 over the
@@ -477,6 +484,16 @@ class RankerConfig:
         _check(
             len(self.pop_penalty_grid) > 0 and all(b >= 0 for b in self.pop_penalty_grid),
             "recommend.ranker.pop_penalty_grid",
+            "must hold at least one number, all >= 0",
+        )
+        _check(
+            self.tail_boost == "auto" or (isinstance(self.tail_boost, int | float) and self.tail_boost >= 0),
+            "recommend.ranker.tail_boost",
+            "must be auto or a number >= 0",
+        )
+        _check(
+            len(self.tail_boost_grid) > 0 and all(b >= 0 for b in self.tail_boost_grid),
+            "recommend.ranker.tail_boost_grid",
             "must hold at least one number, all >= 0",
         )
         _check(0 <= self.accuracy_tolerance < 1, "recommend.ranker.accuracy_tolerance", "must be in [0, 1)")

@@ -32,10 +32,12 @@ from:
    "was it chosen" learns that popular items are chosen more often, so its top lists follow
    popularity. The fused score is the log-odds less ``beta * log(1 + n_i)`` (a propensity
    ``(1 + n_i) ** beta`` divided out; cold items keep their score, and so does every item for a
-   user without history), and ``beta`` is the largest of
-   ``pop_penalty_grid`` whose NDCG@k on the held-out users stays at or above
-   ``(1 - accuracy_tolerance)`` (0.98 by default) x the unpenalised ranker's there: the tail that
-   costs little. Spending the ranker's whole lead over its best single signal instead was tried and
+   user without history), plus ``lambda * max(content z, 0)`` for a tail item
+   (``recommend.ranker.tail_boost``: the user's own content evidence lifts the tail items that
+   user's history points to). Of the pairs ``(beta, lambda)`` of the grids, those whose NDCG@k on
+   the held-out users stays at or above ``(1 - accuracy_tolerance)`` (0.98 by default) x the
+   ranker's without either are allowed, and the one whose lists reach the most distinct tail items
+   there is taken: the tail that costs little. Spending the ranker's whole lead over its best single signal instead was tried and
    refused (``docs/scoring.md``): the inner validation does not predict the cost of a strong
    penalty on a sparse log.
 
@@ -174,10 +176,13 @@ def fit_ranker(
             "ranker: the inner split leaves no interaction to fit the feature model on "
             "(every user's history is within recommend.ranker.label_fraction); fused ranks by cf"
         )
-        ranker = L.Ranker(None, L.features_for(rk), signal=L.CF, pop_penalty=fixed_penalty(rk))
+        ranker = L.Ranker(
+            None, L.features_for(rk), signal=L.CF, pop_penalty=fixed_penalty(rk), tail_boost=fixed_boost(rk)
+        )
         ranker.info = {
             "model": L.CF,
             "pop_penalty": ranker.pop_penalty,
+            "tail_boost": ranker.tail_boost,
             "fallback": "no inner training interactions",
             "seconds": round(time.perf_counter() - t0, 2),
         }
@@ -193,7 +198,12 @@ def fit_ranker(
             ranker, choice = _choose(rows, rk, k=cfg.recommend.k, validation=validation)
         else:
             feats = L.features_for(rk)
-            ranker = L.Ranker(L.fit_pipeline(rows, rk, features=feats), feats, pop_penalty=fixed_penalty(rk))
+            ranker = L.Ranker(
+                L.fit_pipeline(rows, rk, features=feats),
+                feats,
+                pop_penalty=fixed_penalty(rk),
+                tail_boost=fixed_boost(rk),
+            )
         if ranker.pipeline is not None:
             train_auc = L.auc(L.probability(ranker.pipeline, rows))
         else:
@@ -205,6 +215,7 @@ def fit_ranker(
     ranker.info = {
         "model": ranker.signal or choice.get("chosen") or rk.model,
         "pop_penalty": ranker.pop_penalty,
+        "tail_boost": ranker.tail_boost,
         "propensity_power": rk.propensity_power,
         **info,
         **choice,
@@ -233,13 +244,29 @@ def user_fold(rk: Any) -> Column:
 
 
 def needs_validation(rk: Any) -> bool:
-    """Whether fitting holds users out: to choose the model, the popularity penalty, or both."""
-    return rk.model == "auto" or rk.pop_penalty == "auto"
+    """Whether fitting holds users out: to choose the model, the popularity penalty, the tail
+    boost, or several."""
+    return rk.model == "auto" or rk.pop_penalty == "auto" or rk.tail_boost == "auto"
 
 
 def fixed_penalty(rk: Any) -> float:
     """The configured popularity penalty, 0 when it is ``auto`` and nothing can choose it."""
     return 0.0 if rk.pop_penalty == "auto" else float(rk.pop_penalty)
+
+
+def fixed_boost(rk: Any) -> float:
+    """The configured tail boost, 0 when it is ``auto`` and nothing can choose it."""
+    return 0.0 if rk.tail_boost == "auto" else float(rk.tail_boost)
+
+
+def _adjustments(rk: Any) -> list[tuple[float, float]]:
+    """The ``(pop_penalty, tail_boost)`` pairs to try on the validation users: each ``auto`` one's
+    grid (0 included) against the other's grid or fixed value."""
+    betas = (
+        sorted({0.0, *map(float, rk.pop_penalty_grid)}) if rk.pop_penalty == "auto" else [fixed_penalty(rk)]
+    )
+    boosts = sorted({0.0, *map(float, rk.tail_boost_grid)}) if rk.tail_boost == "auto" else [fixed_boost(rk)]
+    return [(b, t) for b in betas for t in boosts]
 
 
 def _choose(
@@ -254,9 +281,11 @@ def _choose(
     each fold is validated by models fitted on the other K-1 folds, so every labelled user's lists
     count, and the chosen kind is then fitted again on every labelled user. With ``model: auto``
     the contenders are :data:`CONTENDERS` and the best NDCG@k over all validated users wins;
-    otherwise the configured model. With ``pop_penalty: auto`` the penalty is the largest of
-    ``pop_penalty_grid`` keeping the chosen ranker's NDCG@k at or above ``1 - accuracy_tolerance``
-    times its own without a penalty.
+    otherwise the configured model. With ``pop_penalty`` or ``tail_boost`` ``auto``, every pair of
+    (penalty, boost) of their grids (a fixed one: its value) is tried on the chosen ranker: of the
+    pairs keeping its NDCG@k at or above ``1 - accuracy_tolerance`` times its own without either,
+    the one whose top-k lists reach the most distinct tail items wins (ties: the larger mean tail
+    share, then the higher NDCG); the configured values when none does.
 
     Falls back to fitting gbt on every user (no choice, the configured penalty or 0) when a fit or
     a validated fold lacks either class: too few labelled users to hold any out.
@@ -286,9 +315,13 @@ def _choose(
                 kind,
             )
             ranker = L.Ranker(
-                L.fit_pipeline(rows, rk, features=feats, kind=kind), feats, pop_penalty=fixed_penalty(rk)
+                L.fit_pipeline(rows, rk, features=feats, kind=kind),
+                feats,
+                pop_penalty=fixed_penalty(rk),
+                tail_boost=fixed_boost(rk),
             )
-            return ranker, {"chosen": kind, "pop_penalty": ranker.pop_penalty, "validation": None}
+            info = {"chosen": kind, "pop_penalty": ranker.pop_penalty, "tail_boost": ranker.tail_boost}
+            return ranker, {**info, "validation": None}
         kinds = ("gbt", "logistic") if rk.model == "auto" else (rk.model,)
         fitted = {
             f: {
@@ -308,43 +341,56 @@ def _choose(
                 for f in folds
             ],
         ).persist()
-        base = _sweep(featured, contenders, [0.0], k=k)
-        scores = {name: round(base[(name, 0.0)]["ndcg"], 5) for name in contenders}
+        base = _sweep(featured, contenders, [(0.0, 0.0)], k=k)
+        scores = {name: round(base[(name, 0.0, 0.0)]["ndcg"], 5) for name in contenders}
         if rk.model == "auto":
             chosen = max(contenders, key=lambda name: (scores[name], -contenders.index(name)))
         else:
             chosen = rk.model
         floor = (1 - rk.accuracy_tolerance) * scores[chosen]
-        if rk.pop_penalty == "auto":
-            betas = sorted({0.0, *map(float, rk.pop_penalty_grid)})
-            curve = _sweep(featured, [chosen], betas, k=k)
-            beta = max([b for b in betas if curve[(chosen, b)]["ndcg"] >= floor] + [0.0])
-        else:
-            beta = fixed_penalty(rk)
-            curve = _sweep(featured, [chosen], [0.0, beta], k=k)
+        pairs = _adjustments(rk)
+        swept = _sweep(featured, [chosen], [(0.0, 0.0), *pairs], k=k)
+        curve = {(b, t): got for (_, b, t), got in swept.items()}
+        # the most distinct tail items among the pairs that keep the accuracy (then the larger
+        # mean tail share, then the higher NDCG); the configured values when none does
+        allowed = [p for p in pairs if curve[p]["ndcg"] >= floor] or [(fixed_penalty(rk), fixed_boost(rk))]
+        beta, boost = max(
+            allowed, key=lambda p: (curve[p]["tail_items"], curve[p]["tail_share"], curve[p]["ndcg"])
+        )
         n_val = val_rows.select(S.USER_IDX).distinct().count()
     finally:
         for df in (rows_f, val_rows, featured):
             if df is not None:
                 df.unpersist()
     if chosen not in kinds:
-        ranker = L.Ranker(None, feats, signal=chosen, pop_penalty=beta)
+        ranker = L.Ranker(None, feats, signal=chosen, pop_penalty=beta, tail_boost=boost)
     elif rk.folds > 1:  # each fold's fit left a fold out: the one that ships learns from all
-        ranker = L.Ranker(L.fit_pipeline(rows, rk, features=feats, kind=chosen), feats, pop_penalty=beta)
+        pipeline = L.fit_pipeline(rows, rk, features=feats, kind=chosen)
+        ranker = L.Ranker(pipeline, feats, pop_penalty=beta, tail_boost=boost)
     else:
-        ranker = L.Ranker(fitted[0][chosen], feats, pop_penalty=beta)
+        ranker = L.Ranker(fitted[0][chosen], feats, pop_penalty=beta, tail_boost=boost)
+
+    def line(
+        keep: int,
+    ) -> dict[str, dict[str, float]]:  # the curve along one adjustment, the other at its choice
+        return {
+            f"{adj[1 - keep]:g}": {name: round(v, 5) for name, v in got.items()}
+            for adj, got in sorted(curve.items())
+            if adj[keep] == (beta, boost)[keep]
+        }
+
     return ranker, {
         "chosen": chosen,
         "pop_penalty": beta,
+        "tail_boost": boost,
         "validation": {
             "users": n_val,
             "folds": rk.folds,
             f"ndcg@{k}": scores,
             "ndcg_floor": round(floor, 5),
-            "pop_penalty": {
-                f"{b:g}": {name: round(v, 5) for name, v in got.items()}
-                for (_, b), got in sorted(curve.items(), key=lambda kv: kv[0][1])
-            },
+            "pop_penalty": line(1),
+            "tail_boost": line(0),
+            "pairs_tried": len(pairs),
         },
     }
 
@@ -368,11 +414,15 @@ def _with_logits(featured: DataFrame, fitted: dict[str, Any]) -> DataFrame:
 
 
 def _sweep(
-    featured: DataFrame, names: list[str], betas: list[float], *, k: int
-) -> dict[tuple[str, float], dict[str, float]]:
-    """NDCG@k and top-k tail share of each ranker of ``names`` at each popularity penalty, in one
-    job over the validation candidates."""
-    keep = [S.USER_IDX, S.ITEM_IDX, L.LABEL, "f_is_head", "f_item_evidence", "f_user_history", "f_pop_rank"]
+    featured: DataFrame, names: list[str], adjustments: list[tuple[float, float]], *, k: int
+) -> dict[tuple[str, float, float], dict[str, float]]:
+    """NDCG@k, top-k tail share and distinct top-k tail items (:func:`~longtail.ml.ranker.ndcg_by`)
+    of each ranker of ``names`` at each ``(pop_penalty, tail_boost)``, in one job over the
+    validation candidates."""
+    keep = [
+        S.USER_IDX, S.ITEM_IDX, L.LABEL, "f_is_head", "f_item_evidence", "f_user_history", "f_pop_rank",
+        "f_content_z",
+    ]  # fmt: skip
     stacked = functools.reduce(
         DataFrame.unionByName,
         [
@@ -380,9 +430,11 @@ def _sweep(
             for name in names
         ],
     )
-    grid = featured.sparkSession.createDataFrame([(float(b),) for b in betas], "_beta double")
-    scored = stacked.crossJoin(F.broadcast(grid)).withColumn(
-        "_score", L.penalised(F.col("_logit"), F.col("_beta"))
+    grid = featured.sparkSession.createDataFrame(
+        sorted({(float(b), float(t)) for b, t in adjustments}), "_beta double, _boost double"
     )
-    got = L.ndcg_by(scored, k=k, by=["_model", "_beta"], score_col="_score")
-    return {(name, float(beta)): v for (name, beta), v in got.items()}
+    scored = stacked.crossJoin(F.broadcast(grid)).withColumn(
+        "_score", L.penalised(F.col("_logit"), F.col("_beta"), F.col("_boost"))
+    )
+    got = L.ndcg_by(scored, k=k, by=["_model", "_beta", "_boost"], score_col="_score")
+    return {(name, float(b), float(t)): v for (name, b, t), v in got.items()}

@@ -196,6 +196,7 @@ def load_model(lake: Lake, *, model_id: str | None = None) -> Model:
                 saved.get("info"),
                 signal=saved.get("signal"),
                 pop_penalty=float(saved.get("pop_penalty", 0.0)),
+                tail_boost=float(saved.get("tail_boost", 0.0)),
             )
         except Exception as exc:  # any read failure means the same: train again
             raise MissingInputError(

@@ -15,7 +15,7 @@ This module holds what does not depend on how the candidates are built:
 * :func:`ndcg` — how well a score orders held-out users' candidates (the ``auto`` model choice);
 * :func:`score` — the probability of a candidate being chosen, and its log-odds (or, when a single
   signal won the choice, that signal's per-user z-score as the log-odds), both less the ranker's
-  popularity penalty ``pop_penalty * log(1 + n_i)`` (:func:`penalised`);
+  popularity penalty ``pop_penalty * log(1 + n_i)`` and plus its tail boost (:func:`penalised`);
 * :func:`save` / :func:`load` — MLlib's own persistence.
 """
 
@@ -101,6 +101,8 @@ class Ranker:
         pop_penalty: subtracted from the log-odds, times ``log(1 + n_i)`` (``n_i`` the item's
             training interactions): the propensity correction that lets the fused list reach the
             tail (``recommend.ranker.pop_penalty``, chosen on validation users by default).
+        tail_boost: added to the log-odds of a tail item, times the positive part of the user's
+            content z-score for it (``recommend.ranker.tail_boost``; :func:`penalised`).
     """
 
     pipeline: PipelineModel | None
@@ -109,6 +111,7 @@ class Ranker:
     path: str | None = None
     signal: str | None = None
     pop_penalty: float = 0.0
+    tail_boost: float = 0.0
 
     def __post_init__(self) -> None:
         if (self.pipeline is None) == (self.signal is None):
@@ -117,6 +120,8 @@ class Ranker:
             raise ValueError(f"ranker signal must be one of {SIGNALS}, got {self.signal!r}")
         if not self.pop_penalty >= 0:
             raise ValueError(f"ranker pop_penalty must be >= 0, got {self.pop_penalty!r}")
+        if not self.tail_boost >= 0:
+            raise ValueError(f"ranker tail_boost must be >= 0, got {self.tail_boost!r}")
 
 
 SIGNALS = (CF, CONTENT, VAE)
@@ -149,15 +154,23 @@ def log_odds(p: Column) -> Column:
     return F.log(p / (1 - p))
 
 
-def penalised(logit: Column, pop_penalty: float | Column) -> Column:
-    """``logit - pop_penalty * log(1 + n_i)`` for users with a history: the learned score with the
-    item's popularity discounted (on the log-odds scale, a propensity ``(1 + n_i) ** pop_penalty``
-    divided out); cold items (``n_i = 0``) are not discounted, and neither is anything for a user
-    without history, whose scores carry no taste to correct (their order stays the ranker's
-    popularity-led one). Reads the ``f_item_evidence`` and ``f_user_history`` features."""
+def penalised(logit: Column, pop_penalty: float | Column, tail_boost: float | Column = 0.0) -> Column:
+    """``logit - pop_penalty * log(1 + n_i) + tail_boost * [tail] * max(content z, 0)`` for users
+    with a history.
+
+    The penalty discounts the item's popularity (on the log-odds scale, a propensity
+    ``(1 + n_i) ** pop_penalty`` divided out); cold items (``n_i = 0``) are not discounted. The
+    boost lifts a tail item (cold ones included) by how far the user's content profile prefers it
+    over the user's average candidate (the per-user z-score, its positive part): personal evidence,
+    so different users are lifted towards different tail items, where the penalty moves every user
+    towards the same less popular ones. Neither applies to a user without history, whose scores
+    carry no taste to correct (their order stays the ranker's popularity-led one). Reads the
+    ``f_item_evidence``, ``f_is_head``, ``f_content_z`` and ``f_user_history`` features."""
     beta = pop_penalty if isinstance(pop_penalty, Column) else F.lit(float(pop_penalty))
+    boost = tail_boost if isinstance(tail_boost, Column) else F.lit(float(tail_boost))
     known = (F.col("f_user_history") > 0).cast("double")
-    return logit - beta * known * F.col("f_item_evidence")
+    lift = (1.0 - F.col("f_is_head")) * F.greatest(F.col("f_content_z"), F.lit(0.0))
+    return logit + known * (boost * lift - beta * F.col("f_item_evidence"))
 
 
 def _z(signal: str) -> Column:
@@ -340,18 +353,22 @@ def score(pairs: DataFrame, ranker: Ranker) -> DataFrame:
         assert ranker.pipeline is not None
         out = ranker.pipeline.transform(featured)
         out = out.withColumn(LOGIT, log_odds(vector_to_array(F.col("probability"))[1]))
-    out = out.withColumn(LOGIT, penalised(F.col(LOGIT), ranker.pop_penalty)).withColumn(
+    out = out.withColumn(LOGIT, penalised(F.col(LOGIT), ranker.pop_penalty, ranker.tail_boost)).withColumn(
         PROBABILITY, 1 / (1 + F.exp(-F.col(LOGIT)))
     )
     return out.drop(*[c for c in out.columns if c not in pairs.columns and c not in (LOGIT, PROBABILITY)])
 
 
-def with_penalty(scored: DataFrame, ranker: Ranker, pop_penalty: float) -> DataFrame:
+def with_penalty(
+    scored: DataFrame, ranker: Ranker, pop_penalty: float, tail_boost: float | None = None
+) -> DataFrame:
     """:func:`score`'s output with :data:`LOGIT` and :data:`PROBABILITY` as if the ranker had been
-    given ``pop_penalty`` instead of its own (the penalty is linear: the difference is applied)."""
+    given ``pop_penalty`` (and ``tail_boost``; None: its own) instead of its own (both terms are
+    linear: the differences are applied)."""
     cols = feature_columns()
-    used = {name: cols[name] for name in ("f_user_history", "f_item_evidence")}
-    logit = penalised(F.col(LOGIT), pop_penalty - ranker.pop_penalty)
+    used = {name: cols[name] for name in ("f_user_history", "f_item_evidence", "f_is_head", "f_content_z")}
+    boost = ranker.tail_boost if tail_boost is None else tail_boost
+    logit = penalised(F.col(LOGIT), pop_penalty - ranker.pop_penalty, boost - ranker.tail_boost)
     return (
         scored.withColumns(used)
         .withColumn(LOGIT, logit)
@@ -383,9 +400,10 @@ def ndcg_by(
     scored: DataFrame, *, k: int, by: list[str], score_col: str = PROBABILITY
 ) -> dict[tuple[Any, ...], dict[str, float]]:
     """:func:`ndcg` for each group of the ``by`` columns (e.g. model x popularity penalty), in one
-    job: ``{group values: {"ndcg": ..., "tail_share": ...}}``, ``tail_share`` being the mean share
-    of the top-k places held by non-head items (``f_is_head = 0``; only where ``scored`` has it).
-    One row per group comes back to the driver. Ties in the score are broken as ``recommend``
+    job: ``{group values: {"ndcg": ..., "tail_share": ..., "tail_items": ...}}``, ``tail_share``
+    being the mean share of the top-k places held by non-head items (``f_is_head = 0``; only where
+    ``scored`` has it) and ``tail_items`` the number of distinct non-head items in the group's
+    top-k lists (its long-tail reach). One row per group comes back to the driver. Ties in the score are broken as ``recommend``
     breaks them (:func:`longtail.ml.scoring.top_k`): the more popular item first (``f_pop_rank``,
     where ``scored`` has it), then item_idx; so a single signal that does not score a user's items
     (a user without history) is measured on the popular list it ships, not on item ids."""
@@ -393,13 +411,14 @@ def ndcg_by(
     order = Window.partitionBy(S.USER_IDX, *by).orderBy(F.col(score_col).desc(), *ties, F.col(S.ITEM_IDX))
     top = F.col("_r") <= k
     tail = (F.col("f_is_head") == 0) if "f_is_head" in scored.columns else F.lit(False)
+    ranked = scored.withColumn("_r", F.row_number().over(order))
     per_user = (
-        scored.withColumn("_r", F.row_number().over(order))
-        .groupBy(S.USER_IDX, *by)
+        ranked.groupBy(S.USER_IDX, *by)
         .agg(
             F.sum(F.when(top & (F.col(LABEL) > 0), 1.0 / F.log2(F.col("_r") + 1.0))).alias("_dcg"),
             F.sum(F.when(F.col(LABEL) > 0, 1)).alias("_pos"),
             F.avg(F.when(top, tail.cast("double"))).alias("_tail"),
+            F.collect_set(F.when(top & tail, F.col(S.ITEM_IDX))).alias("_tail_items"),
         )
         .withColumn(
             "_idcg",
@@ -414,10 +433,20 @@ def ndcg_by(
         .withColumn("_ndcg", F.coalesce(F.col("_dcg") / F.col("_idcg"), F.lit(0.0)))
     )
     rows = (
-        per_user.groupBy(*by).agg(F.avg("_ndcg").alias("ndcg"), F.avg("_tail").alias("tail_share")).collect()
+        per_user.groupBy(*by)
+        .agg(
+            F.avg("_ndcg").alias("ndcg"),
+            F.avg("_tail").alias("tail_share"),
+            F.size(F.array_distinct(F.flatten(F.collect_list("_tail_items")))).alias("tail_items"),
+        )
+        .collect()
     )
     return {
-        tuple(r[c] for c in by): {"ndcg": float(r["ndcg"]), "tail_share": float(r["tail_share"] or 0.0)}
+        tuple(r[c] for c in by): {
+            "ndcg": float(r["ndcg"]),
+            "tail_share": float(r["tail_share"] or 0.0),
+            "tail_items": int(r["tail_items"]),
+        }
         for r in rows
     }
 
@@ -459,10 +488,13 @@ def load(
     *,
     signal: str | None = None,
     pop_penalty: float = 0.0,
+    tail_boost: float = 0.0,
 ) -> Ranker:
     """Read a pipeline :func:`save` wrote, or rebuild a single-signal ranker (``signal``)."""
     if signal is not None:
-        return Ranker(None, tuple(features), dict(info or {}), None, signal, pop_penalty)
+        return Ranker(None, tuple(features), dict(info or {}), None, signal, pop_penalty, tail_boost)
     if path is None:
         raise ValueError("a saved ranker needs its path (or its signal)")
-    return Ranker(PipelineModel.load(path), tuple(features), dict(info or {}), path, None, pop_penalty)
+    return Ranker(
+        PipelineModel.load(path), tuple(features), dict(info or {}), path, None, pop_penalty, tail_boost
+    )

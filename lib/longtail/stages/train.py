@@ -75,6 +75,7 @@ def run(
             "path": ranker.path,
             "signal": ranker.signal,
             "pop_penalty": ranker.pop_penalty,
+            "tail_boost": ranker.tail_boost,
             "features": list(ranker.features),
             "info": {k: v for k, v in ranker.info.items() if k != "importances"},
         }
