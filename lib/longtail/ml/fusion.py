@@ -370,9 +370,9 @@ def _choose(
     else:
         ranker = L.Ranker(fitted[0][chosen], feats, pop_penalty=beta, tail_boost=boost)
 
-    def line(
-        keep: int,
-    ) -> dict[str, dict[str, float]]:  # the curve along one adjustment, the other at its choice
+    def line(keep: int) -> dict[str, dict[str, float]]:
+        """The curve along one adjustment, the other (``keep``: 0 the penalty, 1 the boost) held
+        at its chosen value."""
         return {
             f"{adj[1 - keep]:g}": {name: round(v, 5) for name, v in got.items()}
             for adj, got in sorted(curve.items())
