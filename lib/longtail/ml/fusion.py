@@ -37,9 +37,9 @@ from:
    user's history points to). Of the pairs ``(beta, lambda)`` of the grids, those whose NDCG@k on
    the held-out users stays at or above ``(1 - accuracy_tolerance)`` (0.98 by default) x the
    ranker's without either are allowed, and the one whose lists reach the most distinct tail items
-   there is taken: the tail that costs little. Spending the ranker's whole lead over its best single signal instead was tried and
-   refused (``docs/scoring.md``): the inner validation does not predict the cost of a strong
-   penalty on a sparse log.
+   there is taken: the tail that costs little. Spending the ranker's whole lead over its best
+   single signal instead was tried and refused (``docs/scoring.md``): the inner validation does
+   not predict the cost of a strong penalty on a sparse log.
 
 The production ALS (on all of ``interactions``) is fitted separately by the caller; the ranker only
 reads signals on a per-user scale (z-scores, ranks, indicators) plus raw scores, so it carries over.
@@ -176,9 +176,7 @@ def fit_ranker(
             "ranker: the inner split leaves no interaction to fit the feature model on "
             "(every user's history is within recommend.ranker.label_fraction); fused ranks by cf"
         )
-        ranker = L.Ranker(
-            None, L.features_for(rk), signal=L.CF, pop_penalty=fixed_penalty(rk), tail_boost=fixed_boost(rk)
-        )
+        ranker = fixed_ranker(rk, None, L.features_for(rk), signal=L.CF)
         ranker.info = {
             "model": L.CF,
             "pop_penalty": ranker.pop_penalty,
@@ -198,12 +196,7 @@ def fit_ranker(
             ranker, choice = _choose(rows, rk, k=cfg.recommend.k, validation=validation)
         else:
             feats = L.features_for(rk)
-            ranker = L.Ranker(
-                L.fit_pipeline(rows, rk, features=feats),
-                feats,
-                pop_penalty=fixed_penalty(rk),
-                tail_boost=fixed_boost(rk),
-            )
+            ranker = fixed_ranker(rk, L.fit_pipeline(rows, rk, features=feats), feats)
         if ranker.pipeline is not None:
             train_auc = L.auc(L.probability(ranker.pipeline, rows))
         else:
@@ -257,6 +250,14 @@ def fixed_penalty(rk: Any) -> float:
 def fixed_boost(rk: Any) -> float:
     """The configured tail boost, 0 when it is ``auto`` and nothing can choose it."""
     return 0.0 if rk.tail_boost == "auto" else float(rk.tail_boost)
+
+
+def fixed_ranker(rk: Any, pipeline: Any, features: tuple[str, ...], *, signal: str | None = None) -> L.Ranker:
+    """A ranker with the configured ``pop_penalty`` and ``tail_boost`` (each 0 when it is ``auto``
+    and nothing can choose it): where no validation chooses them."""
+    return L.Ranker(
+        pipeline, features, signal=signal, pop_penalty=fixed_penalty(rk), tail_boost=fixed_boost(rk)
+    )
 
 
 def _adjustments(rk: Any) -> list[tuple[float, float]]:
@@ -314,12 +315,7 @@ def _choose(
                 thin,
                 kind,
             )
-            ranker = L.Ranker(
-                L.fit_pipeline(rows, rk, features=feats, kind=kind),
-                feats,
-                pop_penalty=fixed_penalty(rk),
-                tail_boost=fixed_boost(rk),
-            )
+            ranker = fixed_ranker(rk, L.fit_pipeline(rows, rk, features=feats, kind=kind), feats)
             info = {"chosen": kind, "pop_penalty": ranker.pop_penalty, "tail_boost": ranker.tail_boost}
             return ranker, {**info, "validation": None}
         kinds = ("gbt", "logistic") if rk.model == "auto" else (rk.model,)
