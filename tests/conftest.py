@@ -22,6 +22,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # ran out in a broadcast late in a worker's share of the suite (what earlier modules left behind;
 # see _release_module_state). Two xdist workers x 3 GiB fit the 24 GiB machine many times over.
 os.environ.setdefault("PYSPARK_SUBMIT_ARGS", "--driver-memory 3g pyspark-shell")
+# Every driver JVM of the suite (this session's, and the spark-submit processes the tests start,
+# which inherit the variable; spark-submit.sh adds its own options in front) collects garbage with
+# the throughput collector instead of Java 17's default G1. The suite runs two worker JVMs and
+# their subprocesses on two cores, so JVM CPU is its bottleneck. Measured on one pipeline of
+# test_pipeline's night 1 (2-core VM, nothing else running, 2026-12-06): G1 156-158 s wall over
+# four runs and 288 CPU-seconds (one run measured), ParallelGC 145 s and 150 s, 262 and 273
+# CPU-seconds. The stages' own launcher leaves the collector to the user (Spark's choice).
+os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:+UseParallelGC")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
