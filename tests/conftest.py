@@ -25,11 +25,9 @@ os.environ.setdefault("PYSPARK_SUBMIT_ARGS", "--driver-memory 3g pyspark-shell")
 # Every driver JVM of the suite (this session's, and the spark-submit processes the tests start,
 # which inherit the variable; spark-submit.sh adds its own options in front) collects garbage with
 # the throughput collector instead of Java 17's default G1. The suite runs two worker JVMs and
-# their subprocesses on two cores, so JVM CPU is its bottleneck. Measured on one pipeline of
-# test_pipeline's night 1 (2-core VM, nothing else running, 2026-12-06), between G1 runs of the same
-# hour: G1 157.6 and 156.2 s against ParallelGC 145.1 s; later G1 145.0 s and 268 CPU-seconds
-# against ParallelGC 139.5 s and 251 (README). The stages' own launcher leaves the collector to the
-# user (Spark's choice).
+# their subprocesses on two cores, so JVM CPU is its bottleneck; the figures (4-8% of a test
+# pipeline's wall time, measured against G1 runs of the same hour) are in the README's testing
+# notes. The stages' own launcher leaves the collector to the user (Spark's choice).
 os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:+UseParallelGC")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
