@@ -315,6 +315,27 @@ def test_pop_penalty_is_the_largest_that_keeps_the_rankers_accuracy(spark):
     assert fusion._choose(exact, fixed, k=2)[0].pop_penalty == pytest.approx(0.3)
 
 
+def test_the_accuracy_floor_spends_only_a_lead_over_cf_and_content():
+    rk = RankerConfig(accuracy_tolerance=0.02, lead_tolerance=0.1)
+    floor = fusion.accuracy_floor
+    # no lead over the better baseline: the tolerance alone
+    assert floor({"gbt": 0.30, "cf": 0.30, "content": 0.10}, "gbt", rk) == pytest.approx(0.98 * 0.30)
+    assert floor({"gbt": 0.28, "cf": 0.30, "content": 0.10}, "cf", rk) == pytest.approx(0.98 * 0.30)
+    # a small lead: down to 2% above the better baseline (content here), not further
+    assert floor({"gbt": 0.40, "cf": 0.30, "content": 0.37}, "gbt", rk) == pytest.approx(1.02 * 0.37)
+    # a large lead: at most lead_tolerance of the ranker's own
+    assert floor({"gbt": 0.40, "cf": 0.20, "content": 0.10}, "gbt", rk) == pytest.approx(0.9 * 0.40)
+    # the Mult-VAE is a fusion input, not a baseline: its score does not raise the floor
+    assert floor({"gbt": 0.40, "cf": 0.20, "vae": 0.39}, "gbt", rk) == pytest.approx(0.9 * 0.40)
+    # lead_tolerance at or below the tolerance: the lead is not spent
+    same = dataclasses.replace(rk, lead_tolerance=0.02)
+    assert floor({"gbt": 0.40, "cf": 0.20}, "gbt", same) == pytest.approx(0.98 * 0.40)
+    # no baseline measured: the tolerance alone
+    assert floor({"gbt": 0.40}, "gbt", rk) == pytest.approx(0.98 * 0.40)
+    with pytest.raises(ConfigError, match="lead_tolerance"):
+        RankerConfig(lead_tolerance=1.0)
+
+
 def test_the_penalty_is_subtracted_from_the_log_odds_and_saved(spark, tmp_path):
     pairs = spark.createDataFrame(
         [(0, 1, 0.5, 2, 0.1, 5, None, None, 0.0, 1.0, 0.0, 0.5, 3, True, 4, 10.0, *NO_CONTEXT),

@@ -35,11 +35,14 @@ from:
    user without history), plus ``lambda * max(content z, 0)`` for a tail item
    (``recommend.ranker.tail_boost``: the user's own content evidence lifts the tail items that
    user's history points to). Of the pairs ``(beta, lambda)`` of the grids, those whose NDCG@k on
-   the held-out users stays at or above ``(1 - accuracy_tolerance)`` (0.98 by default) x the
-   ranker's without either are allowed, and the one whose lists reach the most distinct tail items
-   there is taken: the tail that costs little. Spending the ranker's whole lead over its best
-   single signal instead was tried and refused (``docs/scoring.md``): the inner validation does
-   not predict the cost of a strong penalty on a sparse log.
+   the held-out users stays at or above :func:`accuracy_floor` are allowed, and the one whose
+   lists reach the most distinct tail items there is taken: the tail that costs little. The floor
+   is ``(1 - accuracy_tolerance)`` (0.98 by default) x the ranker's NDCG without either; where the
+   ranker leads the better of CF and content by more, part of that lead may go to the tail, down to
+   ``(1 + accuracy_tolerance)`` x that signal's NDCG but never more than ``lead_tolerance`` (15%)
+   of the ranker's own. Spending the whole lead, uncapped, was tried and refused
+   (``docs/scoring.md``): the inner validation does not predict the cost of a strong penalty on a
+   sparse log.
 
 The production ALS (on all of ``interactions``) is fitted separately by the caller; the ranker only
 reads signals on a per-user scale (z-scores, ranks, indicators) plus raw scores, so it carries over.
@@ -270,6 +273,26 @@ def _adjustments(rk: Any) -> list[tuple[float, float]]:
     return [(b, t) for b in betas for t in boosts]
 
 
+BASELINES = (L.CF, L.CONTENT)  # what a recommender ships without fusion: the lead is measured over these
+
+
+def accuracy_floor(scores: dict[str, float], chosen: str, rk: Any) -> float:
+    """The validation NDCG@k the chosen (penalty, boost) pair must keep (module doc, step 5).
+
+    ``(1 - accuracy_tolerance)`` x the chosen ranker's own NDCG ``s``; where the ranker leads the
+    better of CF and content (:data:`BASELINES`, ``b``) by more, down to ``(1 + accuracy_tolerance)
+    x b`` but never below ``(1 - lead_tolerance) x s``:
+    ``min((1 - tol) s, max((1 + tol) b, (1 - lead_tol) s))``. A ranker no better than its baselines
+    gives up ``tol``; one well ahead of them spends up to ``lead_tolerance`` of its accuracy on
+    tail reach and stays ahead of them on the validation users."""
+    own = scores[chosen]
+    floor = (1 - rk.accuracy_tolerance) * own
+    base = [scores[b] for b in BASELINES if b in scores]
+    if not base or rk.lead_tolerance <= rk.accuracy_tolerance:
+        return floor
+    return min(floor, max((1 + rk.accuracy_tolerance) * max(base), (1 - rk.lead_tolerance) * own))
+
+
 def _choose(
     rows: DataFrame, rk: Any, *, k: int, validation: DataFrame | None = None
 ) -> tuple[L.Ranker, dict[str, Any]]:
@@ -284,8 +307,9 @@ def _choose(
     the contenders are :data:`CONTENDERS` and the best NDCG@k over all validated users wins;
     otherwise the configured model. With ``pop_penalty`` or ``tail_boost`` ``auto``, every pair of
     (penalty, boost) of their grids (a fixed one: its value) is tried on the chosen ranker: of the
-    pairs keeping its NDCG@k at or above ``1 - accuracy_tolerance`` times its own without either,
-    the one whose top-k lists reach the most distinct tail items wins (ties: the larger mean tail
+    pairs keeping its NDCG@k at or above :func:`accuracy_floor` (``1 - accuracy_tolerance`` times
+    its own without either, lower by up to ``lead_tolerance`` where it leads CF and content), the
+    one whose top-k lists reach the most distinct tail items wins (ties: the larger mean tail
     share, then the higher NDCG); the configured values when none does.
 
     Falls back to fitting gbt on every user (no choice, the configured penalty or 0) when a fit or
@@ -343,7 +367,7 @@ def _choose(
             chosen = max(contenders, key=lambda name: (scores[name], -contenders.index(name)))
         else:
             chosen = rk.model
-        floor = (1 - rk.accuracy_tolerance) * scores[chosen]
+        floor = accuracy_floor(scores, chosen, rk)
         pairs = _adjustments(rk)
         swept = _sweep(featured, [chosen], [(0.0, 0.0), *pairs], k=k)
         curve = {(b, t): got for (_, b, t), got in swept.items()}
