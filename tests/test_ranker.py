@@ -332,6 +332,8 @@ def test_the_accuracy_floor_spends_only_a_lead_over_cf_and_content():
     assert floor({"gbt": 0.40, "cf": 0.20}, "gbt", same) == pytest.approx(0.98 * 0.40)
     # no baseline measured: the tolerance alone
     assert floor({"gbt": 0.40}, "gbt", rk) == pytest.approx(0.98 * 0.40)
+    # the default leaves the lead unspent (docs/scoring.md: it did not hold on the test splits)
+    assert floor({"gbt": 0.40, "cf": 0.20}, "gbt", RankerConfig()) == pytest.approx(0.98 * 0.40)
     with pytest.raises(ConfigError, match="lead_tolerance"):
         RankerConfig(lead_tolerance=1.0)
 

