@@ -284,7 +284,8 @@ def accuracy_floor(scores: dict[str, float], chosen: str, rk: Any) -> float:
     x b`` but never below ``(1 - lead_tolerance) x s``:
     ``min((1 - tol) s, max((1 + tol) b, (1 - lead_tol) s))``. A ranker no better than its baselines
     gives up ``tol``; one well ahead of them spends up to ``lead_tolerance`` of its accuracy on
-    tail reach and stays ahead of them on the validation users."""
+    tail reach and stays ahead of them on the validation users. While ``lead_tolerance <=
+    accuracy_tolerance`` (the default: 0) the floor is ``(1 - tol) s`` alone."""
     own = scores[chosen]
     floor = (1 - rk.accuracy_tolerance) * own
     base = [scores[b] for b in BASELINES if b in scores]
