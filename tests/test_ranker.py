@@ -549,6 +549,12 @@ def test_no_inner_test_interaction_reaches_the_features(spark, lake_cfg, monkeyp
         # every label is an inner-test pair; the sample keeps all positives among the candidates
         assert info["positives"] >= 1 and info["rows"] > info["positives"]
         assert rows.where(F.col(L.LABEL) == 1).count() == info["positives"]
+        # the split's diagnostics: every user here has 6 inner-training interactions; the labels on
+        # items the inner training part never saw are those whose item evidence is 0
+        assert info["users_with_history"] == info["users"] == 30
+        no_history = {i for _, i, _ in inner_test} - set(counts)
+        cold_rows = rows.where((F.col(L.LABEL) == 1) & (F.col("f_item_evidence") == 0)).count()
+        assert info["positives_on_items_without_history"] == cold_rows <= len(no_history) * 30
     finally:
         rows.unpersist()
         info["inner_train"].unpersist()

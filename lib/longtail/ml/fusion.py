@@ -134,7 +134,9 @@ def labelled_candidates(
         counts = rows.agg(
             F.count(F.lit(1)).alias("rows"),
             F.sum(L.LABEL).alias("positives"),
+            F.sum(F.when(F.col("f_item_evidence") == 0, F.col(L.LABEL))).alias("cold_positives"),
             F.countDistinct(S.USER_IDX).alias("users"),
+            F.countDistinct(F.when(F.col("f_user_history") > 0, F.col(S.USER_IDX))).alias("with_history"),
         ).first()
         held_out = inner_test.count()
     finally:
@@ -144,7 +146,11 @@ def labelled_candidates(
     info = {
         "rows": int(counts["rows"]),
         "positives": int(counts["positives"] or 0),
+        # how far the inner split is from what recommend faces (docs/evaluation.md: on a sparse log
+        # many more labels fall on items without inner-training interactions than on test)
+        "positives_on_items_without_history": int(counts["cold_positives"] or 0),
         "users": int(counts["users"]),
+        "users_with_history": int(counts["with_history"]),
         "held_out_interactions": int(held_out),
         "inner_train": inner_train,
         "inner_test": inner_test,
