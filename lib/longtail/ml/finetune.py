@@ -390,7 +390,7 @@ def save(
     in ``adapter/`` is the trained one, unscaled). ``model`` may be a list of trainings of one base
     (a soup): their weights are averaged first (:func:`average`), each LoRA adapter kept as
     ``adapter-<seed>/`` (``seeds``: one per model)."""
-    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    models: list[Any] = list(model) if isinstance(model, (list, tuple)) else [model]
     if len(models) > 1 and len(seeds) != len(models):
         raise ValueError(f"save: {len(models)} models need as many seeds, got {list(seeds)}")
     out.mkdir(parents=True)

@@ -300,7 +300,7 @@ def fit_pipeline(
         raise ValueError(f"ranker: cannot fit model kind {kind!r} (gbt or logistic)")
     if cfg.propensity_power > 0:
         train = with_propensity_weights(train, cfg.propensity_power)
-    weights = {"weightCol": WEIGHT} if cfg.propensity_power > 0 else {}
+    weights: dict[str, Any] = {"weightCol": WEIGHT} if cfg.propensity_power > 0 else {}
     assembler = VectorAssembler(inputCols=list(features), outputCol=FEATURES_VEC, handleInvalid="error")
     if {S.USER_IDX, S.ITEM_IDX} <= set(train.columns):
         # MLlib's tree learner samples its input per partition (split candidates), so the same rows
@@ -334,7 +334,8 @@ def with_propensity_weights(train: DataFrame, power: float) -> DataFrame:
     ``f_item_evidence = log(1 + n_i)``), scaled so the positives' weights average 1 (the classes keep
     their balance), and 1 for a negative. One aggregate job for the scale."""
     raw = F.exp(-float(power) * F.col("f_item_evidence"))
-    mean = train.where(F.col(LABEL) > 0).agg(F.avg(raw)).first()[0]
+    row = train.where(F.col(LABEL) > 0).agg(F.avg(raw)).first()  # one row: an aggregate
+    mean = row[0] if row is not None else None
     if mean is None:
         raise ValueError("ranker: no positive row to weigh (the training labels hold no 1)")
     return train.withColumn(WEIGHT, F.when(F.col(LABEL) > 0, raw / float(mean)).otherwise(F.lit(1.0)))
