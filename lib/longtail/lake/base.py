@@ -94,6 +94,21 @@ class _Engine:
     def vacuum(self, path: str, *, retention_hours: float, dry_run: bool) -> list[str]:
         raise NotImplementedError
 
+    def rows(self, path: str, columns: list[str] | None) -> tuple[list[dict[str, Any]], int]:
+        """A small table's rows on the driver and the version read; this default collects a Spark
+        read (timestamps as Spark's ``collect`` gives them: naive, UTC in the lake's sessions)."""
+        df, version = self.read(path, None)
+        return [r.asDict() for r in (df.select(*columns) if columns else df).collect()], version
+
+    def append_rows(
+        self, path: str, rows: list[dict[str, Any]], schema: T.StructType, *, txn: Txn | None
+    ) -> int | None:
+        """Append driver-side ``rows`` (dicts with ``schema``'s fields); this default goes through a
+        Spark DataFrame and :meth:`append` (:meth:`overwrite` creates a missing table)."""
+        df = self.spark.createDataFrame([tuple(r.get(f.name) for f in schema.fields) for r in rows], schema)
+        write = self.append if self.exists(path) else self.overwrite
+        return write(path, df, txn=txn)
+
     # shared helpers
     def _rs_table(self, path: str, version: int | None = None) -> Any:
         from deltalake import DeltaTable
@@ -114,7 +129,14 @@ class _Engine:
 
 def _check_schema(table_schema: T.StructType, df: DataFrame, what: str) -> DataFrame:
     """``df`` with the table's column order; raise if names or types (nullability aside) differ."""
-    have = {f.name: _strip_nullability(f.dataType) for f in df.schema.fields}
+    _check_fields(table_schema, df.schema, what)
+    return df.select(*[F.col(f"`{f.name}`") for f in table_schema.fields])
+
+
+def _check_fields(table_schema: T.StructType, schema: T.StructType, what: str) -> None:
+    """Raise :class:`SchemaMismatchError` if ``schema``'s names or types (nullability aside)
+    differ from the table's."""
+    have = {f.name: _strip_nullability(f.dataType) for f in schema.fields}
     want = {f.name: _strip_nullability(f.dataType) for f in table_schema.fields}
     if have != want:
         missing = sorted(set(want) - set(have))
@@ -125,10 +147,9 @@ def _check_schema(table_schema: T.StructType, df: DataFrame, what: str) -> DataF
             if want[n] != have[n]
         )
         raise SchemaMismatchError(
-            f"{what}: the DataFrame's schema does not match the table's (missing {missing}, "
+            f"{what}: the schema written does not match the table's (missing {missing}, "
             f"extra {extra}, different types {differ}); overwrite the table to change its schema"
         )
-    return df.select(*[F.col(f"`{f.name}`") for f in table_schema.fields])
 
 
 def _strip_nullability(dt: T.DataType) -> T.DataType:

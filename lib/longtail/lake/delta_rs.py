@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -31,6 +32,7 @@ from longtail.lake.base import (
     DuplicateKeysError,
     LakeError,
     Txn,
+    _check_fields,
     _check_schema,
     _check_writable_types,
     _Engine,
@@ -76,6 +78,17 @@ class _DeltaRsEngine(_Engine):
         if not files:
             return self.spark.createDataFrame([], schema), int(dt.version())
         return self.spark.read.schema(schema).parquet(*files), int(dt.version())
+
+    def rows(self, path: str, columns: list[str] | None) -> tuple[list[dict[str, Any]], int]:
+        # A small table (`runs`) read by deltalake on the driver: no Spark job. Local and S3 lakes
+        # (the stores this engine's Parquet footer reads cover); others collect a Spark read.
+        if not _driver_io(path):
+            return super().rows(path, columns)
+        if not self.exists(path):
+            raise LakeError(f"no Delta table at {path}")
+        dt = self._rs_table(path)
+        got = dt.to_pyarrow_table(columns=columns).to_pylist()
+        return [{k: _naive_utc(v) for k, v in r.items()} for r in got], int(dt.version())
 
     def history(self, path: str) -> list[dict[str, Any]]:
         if not self.exists(path):
@@ -148,6 +161,23 @@ class _DeltaRsEngine(_Engine):
             df = _check_schema(schema, df, f"append to {path}")
         with self._staged(path) as stage:
             files = stage.write(df)
+            return self._commit(path, files, [], mode="append", schema=schema, txn=txn, op="append")
+
+    def append_rows(
+        self, path: str, rows: list[dict[str, Any]], schema: T.StructType, *, txn: Txn | None
+    ) -> int | None:
+        # Driver-side rows (`runs`: one per stage start and end) written as one Parquet file by
+        # pyarrow and committed like a Spark write: no Spark job for a one-row append.
+        if not _driver_io(path):
+            return super().append_rows(path, rows, schema, txn=txn)
+        if self._skip(path, txn):
+            return None
+        if self.exists(path):
+            table_schema = _spark_schema(self._rs_table(path))
+            _check_fields(table_schema, schema, f"append to {path}")
+            schema = table_schema
+        with self._staged(path) as stage:
+            files = stage.write_rows(rows, schema)
             return self._commit(path, files, [], mode="append", schema=schema, txn=txn, op="append")
 
     def merge(self, path: str, df: DataFrame, keys: list[str], *, txn: Txn | None) -> int | None:
@@ -460,6 +490,34 @@ class _Stage:
             fs.delete(jpath, True)
         return nonempty
 
+    def write_rows(self, rows: list[dict[str, Any]], schema: T.StructType) -> list[_DataFile]:
+        """Write driver-side ``rows`` as one Parquet file (pyarrow, timestamps as UTC micro-seconds,
+        as Spark writes them for Delta) into a new folder; describe it like :meth:`write`."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        folder = f"{self.write_id}-{len(self.folders)}"
+        uri = join_uri(self.table_path, folder)
+        self.folders.append(uri)
+        name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
+        file_uri = join_uri(uri, name)
+        arrow_schema = to_arrow_schema(schema, timezone="UTC")
+        table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], arrow_schema)
+        if is_local(file_uri):
+            Path(local_path(uri)).mkdir(parents=True)
+            pq.write_table(table, local_path(file_uri), compression="snappy")
+            st = Path(local_path(file_uri)).stat()
+            size, mtime = st.st_size, int(st.st_mtime * 1000)
+        else:
+            fs, p = _arrow_fs(file_uri, self.storage_options)
+            with fs.open_output_stream(p) as out:
+                pq.write_table(table, out, compression="snappy")
+            info = fs.get_file_info(p)
+            size, mtime = int(info.size), int(info.mtime.timestamp() * 1000)
+        n, stats = _parquet_stats(file_uri, self.storage_options)
+        return [_DataFile(file_uri, f"{folder}/{name}", size, mtime, n, stats)] if n else []
+
     def _spark_counts(self, folder: str, names: list[str]) -> dict[str, tuple[int, str]]:
         counts = {name: 0 for name in names}
         if names:
@@ -480,6 +538,19 @@ class _Stage:
                 fs.delete(jpath, True)
             except Exception:  # pragma: no cover - cleanup must not hide the real error
                 log.warning("could not delete staged files under %s", uri, exc_info=True)
+
+
+def _driver_io(path: str) -> bool:
+    """True where the driver reads and writes a small table's files itself (pyarrow, deltalake): a
+    local or an S3 lake; other stores go through Spark."""
+    return is_local(path) or scheme(rs_uri(path)) == "s3"
+
+
+def _naive_utc(v: Any) -> Any:
+    """A timestamp as Spark's ``collect`` gives it in the lake's sessions (UTC): naive, in UTC."""
+    if isinstance(v, datetime) and v.tzinfo is not None:
+        return v.astimezone(timezone.utc).replace(tzinfo=None)
+    return v
 
 
 def _spark_schema(dt: Any) -> T.StructType:

@@ -5,7 +5,9 @@
   each write into its own folder ``<table>/<write id>/part-*.parquet``; the driver then commits
   them through ``deltalake`` as **one** Delta transaction (add and remove actions, optionally an
   application transaction id). Merge and delete are copy-on-write at file granularity, computed by
-  Spark. The driver only ever holds file lists and Parquet footers, never table rows.
+  Spark. The driver only ever holds file lists and Parquet footers, never table rows, except
+  the few bookkeeping rows of :meth:`Lake.rows` and :meth:`Lake.append_new_rows` (`runs`), which it
+  reads and writes itself on a local or S3 lake (no Spark job).
 * **delta-spark** (``io.delta:delta-spark`` on the classpath): ``format("delta")``,
   ``DeltaTable.merge`` / ``delete``, ``txnAppId``/``txnVersion`` for idempotence.
 
@@ -29,6 +31,7 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from longtail.core import failpoints
 from longtail.core import schema as S
@@ -144,6 +147,19 @@ class Lake:
         self.reads[table] = read_version
         return df
 
+    def rows(self, table: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
+        """The rows of a SMALL table (bookkeeping such as `runs`) on the driver, as dicts with
+        naive UTC timestamps. delta-rs reads a local or S3 lake with deltalake, without a Spark
+        job; otherwise a Spark read is collected. Not for data tables: they stay on the executors.
+
+        Raises:
+            LakeError: the table does not exist.
+        """
+        failpoints.hit(f"read:{table}")
+        got, read_version = self._engine.rows(self.path(table), columns)
+        self.reads[table] = read_version
+        return got
+
     def overwrite(self, table: str, df: DataFrame, *, txn: Txn | None = None) -> int | None:
         """Replace the table's rows (and schema) with ``df``'s; create the table if needed."""
         return self._written(table, self._engine.overwrite(self.path(table), df, txn=txn))
@@ -240,6 +256,40 @@ class Lake:
                 return n, write(table, new, txn=txn)
             finally:
                 new.unpersist()
+
+        return self.serialized(table, attempt, retries=retries)
+
+    def append_new_rows(
+        self,
+        table: str,
+        rows: list[dict[str, Any]],
+        schema: StructType,
+        *,
+        keys: list[str],
+        retries: int = 5,
+    ) -> int:
+        """:meth:`append_new` for a few driver-side rows (dicts with ``schema``'s fields), e.g. the
+        `runs` table's: the table's keys are read with :meth:`rows` and the new rows written
+        without a Spark job where the engine can (delta-rs on a local or S3 lake). Same guarantees:
+        each key once, safe under concurrency (:meth:`serialized`). Timestamps: naive UTC.
+
+        Returns:
+            The number of rows added.
+        """
+
+        def key(r: dict[str, Any]) -> tuple[Any, ...]:
+            return tuple(r.get(k) for k in keys)
+
+        def attempt(txn: Txn, exists: bool) -> tuple[int, int | None]:
+            held = {key(r) for r in self._engine.rows(self.path(table), keys)[0]} if exists else set()
+            new: dict[tuple[Any, ...], dict[str, Any]] = {}
+            for r in rows:
+                if key(r) not in held:
+                    new.setdefault(key(r), r)  # duplicates within ``rows``: the first
+            if not new and exists:
+                return 0, -1
+            version = self._engine.append_rows(self.path(table), list(new.values()), schema, txn=txn)
+            return len(new), self._written(table, version)
 
         return self.serialized(table, attempt, retries=retries)
 

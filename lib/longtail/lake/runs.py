@@ -6,7 +6,7 @@ A run killed outright (SIGKILL, a lost driver) leaves only its ``running`` row, 
 their last commit. The next stage run on the lake then appends an ``abandoned`` row for it when
 its process is gone (same host) or it started more than ``lake.stale_run_hours`` ago: the
 latest row of a ``(run_id, stage, started_at)`` (one attempt) is its status. Rows are written with
-:meth:`~longtail.lake.Lake.append_new` on that key, so two runs marking the same stale run add one
+:meth:`~longtail.lake.Lake.append_new_rows` on that key, so two runs marking the same stale run add one
 row. The final row carries the whole validated config as JSON; the config holds paths and knobs
 only, never credentials (storage credentials belong in Spark/Hadoop settings, which are not
 recorded).
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyspark.sql import Row, SparkSession
+from pyspark.sql import SparkSession
 
 from longtail.core import schema as S
 from longtail.core.config import Config
@@ -115,7 +115,7 @@ def mark_abandoned(spark: SparkSession, lake: Lake, *, stale_after_hours: float)
     if not lake.exists(S.RUNS):
         return []
     with _unrecorded(lake):
-        rows = lake.read(S.RUNS).select(S.RUN_ID, "stage", "status", "started_at", "message").collect()
+        rows = lake.rows(S.RUNS, [S.RUN_ID, "stage", "status", "started_at", "message"])
     final = {(r[S.RUN_ID], r["stage"], r["started_at"]) for r in rows if r["status"] in FINAL}
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     here = socket.gethostname()
@@ -137,25 +137,22 @@ def mark_abandoned(spark: SparkSession, lake: Lake, *, stale_after_hours: float)
         stale.append((r, why))
     if not stale:
         return []
-    out = spark.createDataFrame(
-        [
-            Row(
-                run_id=r[S.RUN_ID],
-                stage=r["stage"],
-                status=ABANDONED,
-                started_at=r["started_at"],
-                finished_at=now,
-                config="{}",
-                tables_read=None,
-                tables_written=None,
-                message=why,
-            )
-            for r, why in stale
-        ],
-        S.RUNS_SCHEMA,
-    )
+    out = [
+        {
+            S.RUN_ID: r[S.RUN_ID],
+            "stage": r["stage"],
+            "status": ABANDONED,
+            "started_at": r["started_at"],
+            "finished_at": now,
+            "config": "{}",
+            "tables_read": None,
+            "tables_written": None,
+            "message": why,
+        }
+        for r, why in stale
+    ]
     with _unrecorded(lake):
-        lake.append_new(S.RUNS, out, keys=KEYS)
+        lake.append_new_rows(S.RUNS, out, S.RUNS_SCHEMA, keys=KEYS)
     marked = [(r[S.RUN_ID], r["stage"]) for r, _ in stale]
     log.warning("runs: marked %d killed or lost run(s) abandoned: %s", len(marked), marked)
     return marked
@@ -170,19 +167,19 @@ def _append(
     *,
     finished: bool = True,
 ) -> None:
-    row = Row(
-        run_id=record.run_id,
-        stage=record.stage,
-        status=record.status,
-        started_at=record.started_at,
-        finished_at=dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) if finished else None,
-        config=cfg.to_json(),
-        tables_read=json.dumps(dict(lake.reads), sort_keys=True),
-        tables_written=json.dumps({t: v for t, v in lake.writes.items() if t != S.RUNS}, sort_keys=True),
-        message=message,
-    )
-    with _unrecorded(lake):
-        lake.append_new(S.RUNS, spark.createDataFrame([row], S.RUNS_SCHEMA), keys=KEYS)
+    row = {
+        S.RUN_ID: record.run_id,
+        "stage": record.stage,
+        "status": record.status,
+        "started_at": record.started_at,
+        "finished_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) if finished else None,
+        "config": cfg.to_json(),
+        "tables_read": json.dumps(dict(lake.reads), sort_keys=True),
+        "tables_written": json.dumps({t: v for t, v in lake.writes.items() if t != S.RUNS}, sort_keys=True),
+        "message": message,
+    }
+    with _unrecorded(lake):  # driver-side rows: no Spark job on delta-rs (Lake.append_new_rows)
+        lake.append_new_rows(S.RUNS, [row], S.RUNS_SCHEMA, keys=KEYS)
 
 
 @contextmanager

@@ -55,24 +55,25 @@ def is_current(spark: SparkSession, lake: Lake, cfg: Config, stage: str) -> bool
     settings for that stage. The `runs` table is small (one row per stage run)."""
     if stage not in SETTINGS or not lake.exists(S.RUNS):
         return False
-    rows = (
-        lake.read(S.RUNS)
-        .where((F.col("stage") == stage) & (F.col("status") == SUCCEEDED))
-        .orderBy(F.col("finished_at").desc())
-        .limit(1)
-        .collect()
-    )
-    if not rows:
+    done = [
+        r
+        for r in lake.rows(
+            S.RUNS, ["stage", "status", "finished_at", "config", "tables_read", "tables_written"]
+        )
+        if r["stage"] == stage and r["status"] == SUCCEEDED
+    ]
+    if not done:
         return False
-    read = json.loads(rows[0]["tables_read"] or "{}")
-    written = json.loads(rows[0]["tables_written"] or "{}")
+    last = max(done, key=lambda r: r["finished_at"])
+    read = json.loads(last["tables_read"] or "{}")
+    written = json.loads(last["tables_written"] or "{}")
     # Every table the run read must still be at the version it read, and every table it wrote at
     # the version it wrote; a table it read and then wrote (recommend reads the previous
     # `recommendations`) is expected at the written version. `runs` is bookkeeping, not an input.
     expected = {table: version for table, version in read.items() if table != S.RUNS} | written
     if not read or any(lake.version(table) != version for table, version in expected.items()):
         return False
-    then = json.loads(rows[0]["config"])
+    then = json.loads(last["config"])
     now = cfg.to_dict()
     same = json.loads(json.dumps({k: now[k] for k in SETTINGS[stage]}, default=str))
     return all(then.get(k) == same[k] for k in SETTINGS[stage])
