@@ -171,6 +171,39 @@ def test_lake_operations_on_s3_with_each_engine(spark, s3, engine):
     assert lake.read("t").count() == rows_now
 
 
+def test_bookkeeping_rows_on_s3_from_the_driver_and_through_spark_when_pyarrow_cannot_write(
+    spark, s3, monkeypatch, caplog
+):
+    """delta-rs writes `runs`-like rows to S3 from the driver (pyarrow with the S3A settings); where
+    pyarrow's write fails (a store it cannot reach), the rows go through Spark instead, once."""
+    import datetime as dt
+
+    from pyspark.sql import types as T
+
+    from longtail.lake.delta_rs import _DeltaRsEngine
+
+    schema = T.StructType(
+        [T.StructField("id", T.StringType(), False), T.StructField("ts", T.TimestampType(), False)]
+    )
+    t = dt.datetime(2026, 5, 1, 8, 0, 0, 250000)
+    lake = Lake(spark, f"s3a://{s3.bucket}/book", "delta-rs")
+    tracker = spark.sparkContext.statusTracker()
+    jobs = len(tracker.getJobIdsForGroup())
+    assert lake.append_new_rows("runs", [{"id": "a", "ts": t}], schema, keys=["id", "ts"]) == 1
+    assert len(tracker.getJobIdsForGroup()) == jobs  # no Spark job
+    assert any(k.startswith("book/runs/w") and k.endswith(".parquet") for k in s3.keys("book/runs/"))
+
+    def denied(*args, **kwargs):
+        raise OSError("AWS Error ACCESS_DENIED during PutObject operation")
+
+    monkeypatch.setattr(_DeltaRsEngine, "append_rows", denied)
+    rows = [{"id": "a", "ts": t}, {"id": "b", "ts": t}]
+    with caplog.at_level("WARNING", logger="longtail.lake.facade"):
+        assert lake.append_new_rows("runs", rows, schema, keys=["id", "ts"]) == 1
+    assert "appending through Spark" in caplog.text
+    assert sorted((r["id"], r["ts"]) for r in lake.rows("runs")) == [("a", t), ("b", t)]
+
+
 def test_an_s3_table_written_by_one_engine_is_read_appended_and_merged_by_the_other(spark, s3, engine):
     other = "delta-spark" if engine == "delta-rs" else "delta-rs"
     root = f"s3a://{s3.bucket}/interop-{engine}"

@@ -96,18 +96,20 @@ class _Engine:
 
     def rows(self, path: str, columns: list[str] | None) -> tuple[list[dict[str, Any]], int]:
         """A small table's rows on the driver and the version read; this default collects a Spark
-        read (timestamps as Spark's ``collect`` gives them: naive, UTC in the lake's sessions)."""
+        read (timestamps as pyspark's ``collect`` gives them: naive, in the driver's time zone)."""
         df, version = self.read(path, None)
         return [r.asDict() for r in (df.select(*columns) if columns else df).collect()], version
+
+    def driver_io(self, path: str) -> bool:
+        """True where :meth:`append_rows` writes driver-side rows without Spark (this default: no)."""
+        return False
 
     def append_rows(
         self, path: str, rows: list[dict[str, Any]], schema: T.StructType, *, txn: Txn | None
     ) -> int | None:
-        """Append driver-side ``rows`` (dicts with ``schema``'s fields); this default goes through a
-        Spark DataFrame and :meth:`append` (:meth:`overwrite` creates a missing table)."""
-        df = self.spark.createDataFrame([tuple(r.get(f.name) for f in schema.fields) for r in rows], schema)
-        write = self.append if self.exists(path) else self.overwrite
-        return write(path, df, txn=txn)
+        """Append driver-side ``rows`` (dicts with ``schema``'s fields) without Spark; only where
+        :meth:`driver_io` is true."""
+        raise NotImplementedError
 
     # shared helpers
     def _rs_table(self, path: str, version: int | None = None) -> Any:

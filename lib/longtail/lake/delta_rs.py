@@ -82,7 +82,7 @@ class _DeltaRsEngine(_Engine):
     def rows(self, path: str, columns: list[str] | None) -> tuple[list[dict[str, Any]], int]:
         # A small table (`runs`) read by deltalake on the driver: no Spark job. Local and S3 lakes
         # (the stores this engine's Parquet footer reads cover); others collect a Spark read.
-        if not _driver_io(path):
+        if not self.driver_io(path):
             return super().rows(path, columns)
         if not self.exists(path):
             raise LakeError(f"no Delta table at {path}")
@@ -163,13 +163,17 @@ class _DeltaRsEngine(_Engine):
             files = stage.write(df)
             return self._commit(path, files, [], mode="append", schema=schema, txn=txn, op="append")
 
+    def driver_io(self, path: str) -> bool:
+        # where the driver reads and writes a small table's files itself (pyarrow, deltalake)
+        return is_local(path) or scheme(rs_uri(path)) == "s3"
+
     def append_rows(
         self, path: str, rows: list[dict[str, Any]], schema: T.StructType, *, txn: Txn | None
     ) -> int | None:
         # Driver-side rows (`runs`: one per stage start and end) written as one Parquet file by
         # pyarrow and committed like a Spark write: no Spark job for a one-row append.
-        if not _driver_io(path):
-            return super().append_rows(path, rows, schema, txn=txn)
+        if not self.driver_io(path):
+            raise LakeError(f"append_rows: {path} is not on a local or S3 store; append a DataFrame")
         if self._skip(path, txn):
             return None
         if self.exists(path):
@@ -538,12 +542,6 @@ class _Stage:
                 fs.delete(jpath, True)
             except Exception:  # pragma: no cover - cleanup must not hide the real error
                 log.warning("could not delete staged files under %s", uri, exc_info=True)
-
-
-def _driver_io(path: str) -> bool:
-    """True where the driver reads and writes a small table's files itself (pyarrow, deltalake): a
-    local or an S3 lake; other stores go through Spark."""
-    return is_local(path) or scheme(rs_uri(path)) == "s3"
 
 
 def _naive_utc(v: Any) -> Any:

@@ -148,9 +148,10 @@ class Lake:
         return df
 
     def rows(self, table: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
-        """The rows of a SMALL table (bookkeeping such as `runs`) on the driver, as dicts with
-        naive UTC timestamps. delta-rs reads a local or S3 lake with deltalake, without a Spark
-        job; otherwise a Spark read is collected. Not for data tables: they stay on the executors.
+        """The rows of a SMALL table (bookkeeping such as `runs`) on the driver, as dicts. delta-rs
+        reads a local or S3 lake with deltalake, without a Spark job (timestamps: naive UTC);
+        otherwise a Spark read is collected (naive, in the driver's time zone, as pyspark gives
+        them). Not for data tables: they stay on the executors.
 
         Raises:
             LakeError: the table does not exist.
@@ -269,13 +270,24 @@ class Lake:
         retries: int = 5,
     ) -> int:
         """:meth:`append_new` for a few driver-side rows (dicts with ``schema``'s fields), e.g. the
-        `runs` table's: the table's keys are read with :meth:`rows` and the new rows written
-        without a Spark job where the engine can (delta-rs on a local or S3 lake). Same guarantees:
-        each key once, safe under concurrency (:meth:`serialized`). Timestamps: naive UTC.
+        `runs` table's. On delta-rs with a local or S3 lake the table's keys are read with
+        deltalake, compared on the driver and the new rows written by pyarrow: no Spark job
+        (timestamps: naive datetimes are UTC). Elsewhere the rows become a DataFrame for
+        :meth:`append_new`. Same guarantees: each key once, safe under concurrency
+        (:meth:`serialized`).
 
         Returns:
             The number of rows added.
         """
+
+        def through_spark() -> int:
+            df = self.spark.createDataFrame(
+                [tuple(r.get(f.name) for f in schema.fields) for r in rows], schema
+            )
+            return self.append_new(table, df, keys=keys, retries=retries)
+
+        if not self._engine.driver_io(self.path(table)):
+            return through_spark()
 
         def key(r: dict[str, Any]) -> tuple[Any, ...]:
             return tuple(r.get(k) for k in keys)
@@ -291,7 +303,13 @@ class Lake:
             version = self._engine.append_rows(self.path(table), list(new.values()), schema, txn=txn)
             return len(new), self._written(table, version)
 
-        return self.serialized(table, attempt, retries=retries)
+        try:
+            return self.serialized(table, attempt, retries=retries)
+        except OSError as exc:  # pyarrow could not write to this object store (an attempt's files
+            if is_local(self.root):  # are deleted with it, nothing was committed): Spark can
+                raise
+            log.warning("%s: driver-side write failed (%s); appending through Spark", table, exc)
+            return through_spark()
 
     def serialized(
         self, table: str, attempt: Callable[[Txn, bool], tuple[int, int | None]], *, retries: int = 5
