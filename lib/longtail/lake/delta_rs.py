@@ -445,11 +445,16 @@ class _Stage:
         self.write_id = f"w{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
         self.folders: list[str] = []
 
-    def write(self, df: DataFrame) -> list[_DataFile]:
-        """Write ``df`` as Parquet (on the executors) into a new folder; describe the files."""
+    def _new_folder(self) -> tuple[str, str]:
+        """``(name, uri)`` of this write's next folder (recorded, so :meth:`discard` deletes it)."""
         folder = f"{self.write_id}-{len(self.folders)}"
         uri = join_uri(self.table_path, folder)
         self.folders.append(uri)
+        return folder, uri
+
+    def write(self, df: DataFrame) -> list[_DataFile]:
+        """Write ``df`` as Parquet (on the executors) into a new folder; describe the files."""
+        folder, uri = self._new_folder()
         if self.spark.conf.get(_TS_TYPE_CONF, None) != "TIMESTAMP_MICROS":
             # Delta readers expect micro-second timestamps, not Spark's legacy INT96.
             log.warning("setting %s=TIMESTAMP_MICROS for Delta data files", _TS_TYPE_CONF)
@@ -501,9 +506,7 @@ class _Stage:
         import pyarrow.parquet as pq
         from pyspark.sql.pandas.types import to_arrow_schema
 
-        folder = f"{self.write_id}-{len(self.folders)}"
-        uri = join_uri(self.table_path, folder)
-        self.folders.append(uri)
+        folder, uri = self._new_folder()
         name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
         file_uri = join_uri(uri, name)
         arrow_schema = to_arrow_schema(schema, timezone="UTC")

@@ -65,7 +65,7 @@ def recorded(spark: SparkSession, cfg: Config, lake: Lake, stage: str, run_id: s
     t0 = time.perf_counter()
     try:  # bookkeeping never stops a stage
         mark_abandoned(spark, lake, stale_after_hours=cfg.lake.stale_run_hours)
-        _append(spark, cfg, lake, record, json.dumps(_process()), finished=False)
+        _append(cfg, lake, record, json.dumps(_process()), finished=False)
     except Exception:
         log.exception("could not record the start of %s in `runs`", stage)
     message: str | None = None
@@ -79,7 +79,7 @@ def recorded(spark: SparkSession, cfg: Config, lake: Lake, stage: str, run_id: s
     finally:
         record.seconds = time.perf_counter() - t0
         try:
-            _append(spark, cfg, lake, record, message)
+            _append(cfg, lake, record, message)
         except Exception:  # never hide the stage's own error behind a bookkeeping one
             log.exception("could not record the run of %s in `runs`", stage)
         tracking.log_stage_run(cfg, lake, record, message)  # warns, never raises
@@ -159,7 +159,6 @@ def mark_abandoned(spark: SparkSession, lake: Lake, *, stale_after_hours: float)
 
 
 def _append(
-    spark: SparkSession,
     cfg: Config,
     lake: Lake,
     record: StageRecord,
