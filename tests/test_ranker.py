@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import math
 
 import numpy as np
@@ -15,7 +16,7 @@ from test_recommend import PAIR_COLUMNS, _candidates, _lists, _toy, toy_config
 from longtail.core import schema as S
 from longtail.core.config import ConfigError, RankerConfig
 from longtail.core.errors import MissingInputError
-from longtail.ml import fusion
+from longtail.ml import fusion, holdout
 from longtail.ml import ranker as L
 from longtail.ml import scoring as R
 from longtail.ml.model import current_embeddings, load_model
@@ -503,6 +504,41 @@ def lake_cfg(spark, tmp_path_factory, model_dir):
         root, model_dir, "recommend.ranker.model=gbt", "recommend.ranker.trees=5", "recommend.ranker.depth=3"
     )
     return lake, mid, cfg
+
+
+def test_beyond_max_users_only_a_seeded_sample_is_labelled_and_the_rest_trains_the_features(spark):
+    """A log of more users than ``max_users``: about that many users give labels (their latest
+    interactions, as without a cap), every interaction of the others stays in the inner training
+    part, and nothing is lost or doubled; up to the cap the split is the plain per-user one."""
+    t0 = dt.datetime(2024, 1, 1)
+    rows = [
+        (f"u{u}", f"i{(u + j) % 50}", t0 + dt.timedelta(hours=u + 24 * j), 1.0)
+        for u in range(400)
+        for j in range(5)
+    ]
+    inter = spark.createDataFrame(
+        rows, f"{S.USER_ID} string, {S.ITEM_ID} string, {S.TS} timestamp, {S.WEIGHT} double"
+    )
+    key = [S.USER_ID, S.ITEM_ID, S.TS]
+
+    def split(**kw):
+        train, test = fusion.inner_split(inter, RankerConfig(**kw))
+        return {tuple(r) for r in train.select(*key).collect()}, {
+            tuple(r) for r in test.select(*key).collect()
+        }
+
+    everything = {tuple(r) for r in inter.select(*key).collect()}
+    train, test = split(max_users=100)
+    assert not train & test and train | test == everything
+    labelled = {u for u, _, _ in test}
+    assert 60 <= len(labelled) <= 140  # a hash sample of about 100 of 400
+    latest = {u: max(ts for v, _, ts in everything if v == u) for u in labelled}
+    assert test == {r for r in everything if r[0] in labelled and r[2] == latest[r[0]]}  # 5 x 0.2 = 1 each
+    assert {u for u, _, _ in train} == {f"u{u}" for u in range(400)}  # the others keep all theirs
+    assert split(max_users=100) == (train, test)  # seeded
+    assert {u for u, _, _ in split(max_users=100, seed=7)[1]} != labelled
+    plain = holdout.time_split(inter, test_fraction=0.2, cutoff=None)[1]
+    assert split(max_users=400)[1] == {tuple(r) for r in plain.select(*key).collect()}
 
 
 def test_no_inner_test_interaction_reaches_the_features(spark, lake_cfg, monkeypatch):

@@ -467,8 +467,10 @@ class RankerConfig:
     use_vae: bool = True
     """Whether the Mult-VAE's score, z-score and rank are ranker features and `vae` a single-signal
     contender (with `train.vae.enabled`; without a VAE they are 0 either way)."""
-    max_users: int = 50_000  # users whose inner-test labels train the ranker at most (seeded sample)
-    """At most this many users' labels train the ranker (a seeded sample beyond)."""
+    max_users: int = 5_000  # users whose latest interactions label the ranker's training rows
+    """Users labelled for the ranker: every user up to this many; beyond, a seeded hash sample of about this many, and every
+    interaction of the others stays in the inner training part the feature model (ALS, head, Mult-VAE) learns from, so that it
+    sees nearly as much of the log as the production one (docs/scoring.md, "Labelled users")."""
     seed: int = 42
     """Seed of the negative sampling and the user sample."""
 

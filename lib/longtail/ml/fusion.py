@@ -4,16 +4,17 @@ The labels must be interactions the features never saw, or the ranker learns to 
 memory of them. So, given the interactions ``train`` (or ``evaluate``, its training part) learns
 from:
 
-1. **Inner split** (:func:`longtail.ml.holdout.time_split`): per user, the latest
+1. **Inner split** (:func:`inner_split`): per labelled user, the latest
    ``recommend.ranker.label_fraction`` of the interactions are the labels (inner test), the rest
-   the inner training part. ``evaluate``'s own test part never gets here: it passes only its
+   the inner training part. Every user is labelled up to ``recommend.ranker.max_users`` users;
+   beyond, a seeded sample of that many is, and the others' interactions all stay in the inner
+   training part. ``evaluate``'s own test part never gets here: it passes only its
    training part.
 2. **Feature model**: ALS and the projection head fitted on the inner training part only
    (:func:`longtail.ml.cf.fit`); item popularity, head/tail, profiles and seen-item exclusion come
    from it too, exactly as they would at recommendation time.
-3. **Candidates** (:func:`longtail.ml.scoring.candidates`) of the users with a label (at most
-   ``max_users``, a seeded sample), labelled 1 when the user interacted with the item in the inner
-   test part; all positives and at most ``negatives`` seeded negatives per user are kept.
+3. **Candidates** (:func:`longtail.ml.scoring.candidates`) of the users with a label, labelled 1
+   when the user interacted with the item in the inner test part; all positives and at most ``negatives`` seeded negatives per user are kept.
 4. **Classifier** (:func:`longtail.ml.ranker.fit_pipeline`) on the executors. With
    ``recommend.ranker.model: auto`` (the default) the labelled users are split by a seeded hash:
    GBT and logistic regression are fitted on ``1 - validation_fraction`` of them, and the held-out
@@ -68,9 +69,26 @@ log = logging.getLogger(__name__)
 
 
 def inner_split(interactions: DataFrame, rk: Any) -> tuple[DataFrame, DataFrame]:
-    """Step 1 of the module doc: per user, the latest ``label_fraction`` of ``interactions`` are
-    the labels, the rest the feature model's training part."""
-    return holdout.time_split(interactions, test_fraction=rk.label_fraction, cutoff=None)
+    """Step 1 of the module doc: per labelled user, the latest ``label_fraction`` of the user's
+    ``interactions`` are the labels, the rest the feature model's training part.
+
+    Every user is labelled while there are at most ``max_users``; beyond, a seeded hash sample of
+    about ``max_users`` users is (``|xxhash64(user_id, seed)| mod 10^6 < share x 10^6``, ``share =
+    max_users / users``), and every interaction of the other users stays in the training part. The
+    feature model then learns from nearly as much of the log as the production one, which a label
+    of every user's latest interactions would not allow on a log of 1-3 interactions per user (its
+    inner ALS saw 27% of the training rows; docs/evaluation.md)."""
+    n_users = interactions.select(S.USER_ID).distinct().count()
+    if n_users <= rk.max_users:
+        return holdout.time_split(interactions, test_fraction=rk.label_fraction, cutoff=None)
+    share = rk.max_users / n_users
+    bucket = F.abs(F.xxhash64(F.col(S.USER_ID), F.lit(rk.seed))) % 1_000_000
+    labelled = bucket < F.lit(round(share * 1_000_000))
+    train, test = holdout.time_split(
+        interactions.where(labelled), test_fraction=rk.label_fraction, cutoff=None
+    )
+    log.info("ranker: labels from about %d of %d users (recommend.ranker.max_users)", rk.max_users, n_users)
+    return interactions.where(~labelled).unionByName(train), test
 
 
 def labelled_candidates(
@@ -96,14 +114,9 @@ def labelled_candidates(
     inner_train, inner_test = split or inner_split(interactions, rk)
     inner_train, inner_test = inner_train.persist(), inner_test.persist()
     model, _, _ = cf.fit(spark, cfg, inner_train, items, embeddings, model_id=model_id)
-    users = inner_test.select(
-        S.USER_ID
-    ).distinct()  # users without inner history too: they learn the cold case
-    n_users = users.count()
-    if n_users > rk.max_users:
-        users = users.sample(fraction=min(1.0, rk.max_users / n_users * 1.02), seed=rk.seed).limit(
-            rk.max_users
-        )
+    # the labelled users (inner_split's sample), those without inner history too: they learn the
+    # cold case
+    users = inner_test.select(S.USER_ID).distinct()
     cands = R.candidates(
         spark,
         cfg.recommend,
