@@ -77,7 +77,7 @@ def inner_split(interactions: DataFrame, rk: Any) -> tuple[DataFrame, DataFrame]
     max_users / users``), and every interaction of the other users stays in the training part. The
     feature model then learns from nearly as much of the log as the production one, which a label
     of every user's latest interactions would not allow on a log of 1-3 interactions per user (its
-    inner ALS saw 27% of the training rows; docs/evaluation.md)."""
+    inner ALS saw 28% of the training rows; docs/evaluation.md)."""
     n_users = interactions.select(S.USER_ID).distinct().count()
     if n_users <= rk.max_users:
         return holdout.time_split(interactions, test_fraction=rk.label_fraction, cutoff=None)
