@@ -14,7 +14,8 @@ from:
    (:func:`longtail.ml.cf.fit`); item popularity, head/tail, profiles and seen-item exclusion come
    from it too, exactly as they would at recommendation time.
 3. **Candidates** (:func:`longtail.ml.scoring.candidates`) of the users with a label, labelled 1
-   when the user interacted with the item in the inner test part; all positives and at most ``negatives`` seeded negatives per user are kept.
+   when the user interacted with the item in the inner test part; all positives and at most
+   ``negatives`` seeded negatives per user are kept.
 4. **Classifier** (:func:`longtail.ml.ranker.fit_pipeline`) on the executors. With
    ``recommend.ranker.model: auto`` (the default) the labelled users are split by a seeded hash:
    GBT and logistic regression are fitted on ``1 - validation_fraction`` of them, and the held-out
@@ -73,17 +74,15 @@ def inner_split(interactions: DataFrame, rk: Any) -> tuple[DataFrame, DataFrame]
     ``interactions`` are the labels, the rest the feature model's training part.
 
     Every user is labelled while there are at most ``max_users``; beyond, a seeded hash sample of
-    about ``max_users`` users is (``|xxhash64(user_id, seed)| mod 10^6 < share x 10^6``, ``share =
-    max_users / users``), and every interaction of the other users stays in the training part. The
+    about ``max_users`` users is (:func:`longtail.ml.holdout.in_user_sample`, ``share = max_users /
+    users``, the ranker's seed), and every interaction of the other users stays in the training part. The
     feature model then learns from nearly as much of the log as the production one, which a label
     of every user's latest interactions would not allow on a log of 1-3 interactions per user (its
     inner ALS saw 28% of the training rows; docs/evaluation.md)."""
     n_users = interactions.select(S.USER_ID).distinct().count()
     if n_users <= rk.max_users:
         return holdout.time_split(interactions, test_fraction=rk.label_fraction, cutoff=None)
-    share = rk.max_users / n_users
-    bucket = F.abs(F.xxhash64(F.col(S.USER_ID), F.lit(rk.seed))) % 1_000_000
-    labelled = bucket < F.lit(round(share * 1_000_000))
+    labelled = holdout.in_user_sample(rk.max_users / n_users, rk.seed)
     train, test = holdout.time_split(
         interactions.where(labelled), test_fraction=rk.label_fraction, cutoff=None
     )

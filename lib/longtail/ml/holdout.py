@@ -51,6 +51,14 @@ def n_test_expr(n: Column, test_fraction: float) -> Column:
     return F.when(n >= 2, F.least(at_least_one, n - 1)).otherwise(F.lit(1)).cast("long")
 
 
+def in_user_sample(share: float, seed: int) -> Column:
+    """True for about ``share`` of the users, whole users:
+    ``|xxhash64(user_id, seed)| mod 10^6 < round(share x 10^6)``. A pure function of the user id,
+    so the same users are kept in every run with the same seed and share, whatever the layout."""
+    bucket = F.abs(F.xxhash64(F.col(S.USER_ID), F.lit(seed))) % 1_000_000
+    return bucket < F.lit(round(share * 1_000_000))
+
+
 def parse_cutoff(cutoff: str | dt.datetime) -> dt.datetime:
     """An aware UTC datetime from an ISO-8601 string or a datetime; a value without a zone is UTC.
 

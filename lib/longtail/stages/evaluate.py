@@ -106,8 +106,7 @@ def sample_test_users(test_part: DataFrame, ev: EvaluateConfig) -> tuple[DataFra
     if n_users <= ev.max_users:
         return test_part, {"users": n_users, "of": n_users, "share": 1.0}
     share = ev.max_users / n_users
-    bucket = F.abs(F.xxhash64(F.col(S.USER_ID), F.lit(ev.bootstrap_seed))) % 1_000_000
-    kept = test_part.where(bucket < F.lit(round(share * 1_000_000)))
+    kept = test_part.where(holdout.in_user_sample(share, ev.bootstrap_seed))
     n_kept = kept.select(S.USER_ID).distinct().count()
     log.info("evaluate: %d of %d test users evaluated (evaluate.max_users %d)", n_kept, n_users, ev.max_users)
     return kept, {"users": n_kept, "of": n_users, "share": round(share, 6)}
