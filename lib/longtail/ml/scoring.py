@@ -354,6 +354,9 @@ def candidates(
         queries = queries.join(V.user_vectors(vae, seen), S.USER_IDX, "left")
         signals.append(Signal(VAE, VAE_VEC, VAE_VEC, cfg.candidates))
         moments.append(VAE)
+    # blocked_top_k reads its inputs twice (its sizing aggregate, then the plan; docs/scaling.md,
+    # "Limits"): cached, the joins, the head's projection and the VAE's user encoder run once
+    queries, items = queries.persist(), items.persist()
     pairs = blocked_top_k(
         queries,
         items,
@@ -377,7 +380,8 @@ def candidates(
     pairs = with_category_overlap(pairs, history, labels, user_idx, item_idx).localCheckpoint(
         eager=True
     )  # see docs/decisions.md: the plans of every variant start here
-    profiles.unpersist()
+    for df in (profiles, queries, items):
+        df.unpersist()
     if vae is not None:
         seen.unpersist()
     return Candidates(
