@@ -46,11 +46,14 @@ def tail_items(ratings: DataFrame, cfg: Config) -> DataFrame:
 def synthetic_ratings(vae: V.VaeModel, ratings: DataFrame, cfg: Config) -> DataFrame:
     """``(user_idx, item_idx, rating, n, score)``: per tail item, its ``augment_users`` most
     plausible users by the VAE's logit (users who already have the item excluded), ``rating`` =
-    ``augment_weight``, ``n`` = 0 (no real event), ``score`` the logit."""
+    ``augment_weight``, ``n`` = 0 (no real event), ``score`` the logit. Persisted and computed
+    before it is returned (the caller unpersists it)."""
     vc = cfg.train.vae
     seen = ratings.select(S.USER_IDX, S.ITEM_IDX)
-    queries = V.item_vectors(vae).join(tail_items(ratings, cfg), S.ITEM_IDX)
-    users = V.user_vectors(vae, seen)
+    # blocked_top_k reads its inputs twice (sizing, then the plan): cached, the VAE's user encoder
+    # and the tail rule run once; the cache is dropped once the result is computed
+    queries = V.item_vectors(vae).join(tail_items(ratings, cfg), S.ITEM_IDX).persist()
+    users = V.user_vectors(vae, seen).persist()
     pairs = blocked_top_k(
         queries,
         users,
@@ -61,13 +64,17 @@ def synthetic_ratings(vae: V.VaeModel, ratings: DataFrame, cfg: Config) -> DataF
         block_queries=cfg.recommend.block_users,
         block_items=cfg.recommend.block_items,
     )
-    return pairs.select(
+    out = pairs.select(
         S.USER_IDX,
         S.ITEM_IDX,
         F.lit(float(vc.augment_weight)).alias("rating"),
         F.lit(0).cast("long").alias("n"),
         F.col(V.VAE).cast("double").alias(SCORE),
-    )
+    ).persist()
+    out.count()
+    queries.unpersist()
+    users.unpersist()
+    return out
 
 
 def synthetic_rows(synthetic: DataFrame, user_map: DataFrame, item_map: DataFrame, run_id: str) -> DataFrame:

@@ -237,7 +237,7 @@ def fit(
             vae = V.fit(spark, ratings, cfg.train.vae, text=text, staging=staging)
         synthetic = None
         if vae is not None and cfg.train.vae.augment:
-            synthetic = A.synthetic_ratings(vae, ratings, cfg).persist()
+            synthetic = A.synthetic_ratings(vae, ratings, cfg)  # persisted
             users_f, items_f = fit_als(spark, ratings.unionByName(synthetic.drop(A.SCORE)), cfg)
         else:
             users_f, items_f = fit_als(spark, ratings, cfg)
