@@ -158,8 +158,9 @@ def labelled_candidates(
     info = {
         "rows": int(counts["rows"]),
         "positives": int(counts["positives"] or 0),
-        # how far the inner split is from what recommend faces (docs/evaluation.md: on a sparse log
-        # many more labels fall on items without inner-training interactions than on test)
+        # how far the inner split is from what recommend faces (docs/evaluation.md: on the sparse
+        # sample twice the test part's share of labels falls on items without inner-training
+        # interactions, 0.82% against 0.40%)
         "positives_on_items_without_history": int(counts["cold_positives"] or 0),
         "users": int(counts["users"]),
         "users_with_history": int(counts["with_history"]),
