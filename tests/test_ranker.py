@@ -551,7 +551,12 @@ def test_no_inner_test_interaction_reaches_the_features(spark, lake_cfg, monkeyp
         return real_fit(spark_, cfg_, interactions, *args, **kwargs)
 
     monkeypatch.setattr(fusion.cf, "fit", spy)
-    inter = lake.read(S.INTERACTIONS)
+    # three users' latest interaction on an item nobody else has (a18, b18: never in the log), so
+    # some labels fall on items the inner training part never saw
+    base = lake.read(S.INTERACTIONS)
+    late = synthetic.T0 + dt.timedelta(days=365)
+    extra = [(u, i, late, 1.0) for u, i in (("u00", "a18"), ("u02", "a18"), ("u01", "b18"))]
+    inter = base.unionByName(spark.createDataFrame(extra, S.INTERACTIONS_SCHEMA))
     items = lake.read(S.ITEMS)
     rows, info = fusion.labelled_candidates(
         spark, cfg, inter, items, current_embeddings(lake, mid, items=items), model_id=mid
@@ -563,7 +568,7 @@ def test_no_inner_test_interaction_reaches_the_features(spark, lake_cfg, monkeyp
         fitted_on = {tuple(r) for r in seen_by_fit[0].select(*key).collect()}
         assert inner_test and not inner_test & fitted_on
         assert inner_test | fitted_on == {tuple(r) for r in inter.select(*key).collect()}
-        # 8 interactions per user, label_fraction 0.2: the latest 2 of each user are labels
+        # 8 or 9 interactions per user, label_fraction 0.2: the latest 2 of each user are labels
         assert len(inner_test) == 30 * 2
         # the features' item evidence counts the inner training part only
         counts: dict[str, int] = {}
@@ -585,12 +590,16 @@ def test_no_inner_test_interaction_reaches_the_features(spark, lake_cfg, monkeyp
         # every label is an inner-test pair; the sample keeps all positives among the candidates
         assert info["positives"] >= 1 and info["rows"] > info["positives"]
         assert rows.where(F.col(L.LABEL) == 1).count() == info["positives"]
-        # the split's diagnostics: every user here has 6 inner-training interactions; the labels on
-        # items the inner training part never saw are those whose item evidence is 0
+        # the split's diagnostics: every user here has 6 or 7 inner-training interactions; the
+        # labels on items the inner training part never saw are those whose item evidence is 0
         assert info["users_with_history"] == info["users"] == 30
         no_history = {i for _, i, _ in inner_test} - set(counts)
+        assert {"a18", "b18"} <= no_history
         cold_rows = rows.where((F.col(L.LABEL) == 1) & (F.col("f_item_evidence") == 0)).count()
-        assert info["positives_on_items_without_history"] == cold_rows <= len(no_history) * 30
+        assert info["positives_on_items_without_history"] == cold_rows <= 3
+        assert info["held_out_interactions"] == len(inner_test)
+        cold_labels = sum(1 for _, i, _ in inner_test if i in no_history)
+        assert info["held_out_on_items_without_history"] == cold_labels >= 3
     finally:
         rows.unpersist()
         info["inner_train"].unpersist()

@@ -150,21 +150,29 @@ def labelled_candidates(
             F.countDistinct(S.USER_IDX).alias("users"),
             F.countDistinct(F.when(F.col("f_user_history") > 0, F.col(S.USER_IDX))).alias("with_history"),
         ).first()
-        held_out = inner_test.count()
+        # the held-out labels, and those on items the inner training part never saw: comparable with
+        # evaluate's test_interactions / test_interactions_on_cold_items (holdout.split_summary)
+        seen = inner_train.select(S.ITEM_ID).distinct().withColumn("_seen", F.lit(1))
+        held = (
+            inner_test.join(seen, S.ITEM_ID, "left")
+            .agg(F.count(F.lit(1)).alias("n"), F.count(F.when(F.col("_seen").isNull(), 1)).alias("cold"))
+            .first()
+        )
     finally:
         cands.unpersist()
         model.unpersist()
-    assert counts is not None
+    assert counts is not None and held is not None
     info = {
         "rows": int(counts["rows"]),
         "positives": int(counts["positives"] or 0),
         # how far the inner split is from what recommend faces (docs/evaluation.md: on the sparse
         # sample twice the test part's share of labels falls on items without inner-training
-        # interactions, 0.82% against 0.40%)
+        # interactions, 0.82% against 0.40%): among the candidates' positives, and among all labels
         "positives_on_items_without_history": int(counts["cold_positives"] or 0),
         "users": int(counts["users"]),
         "users_with_history": int(counts["with_history"]),
-        "held_out_interactions": int(held_out),
+        "held_out_interactions": int(held["n"]),
+        "held_out_on_items_without_history": int(held["cold"]),
         "inner_train": inner_train,
         "inner_test": inner_test,
         "validation": validation,
