@@ -35,3 +35,12 @@ def driver(memory: str = "4g", java_options: str | None = None, *, force: bool =
         os.environ["PYSPARK_SUBMIT_ARGS"] = f"{args} pyspark-shell"
     else:
         os.environ.setdefault("PYSPARK_SUBMIT_ARGS", f"{args} pyspark-shell")
+
+
+def dataset_names(value: str, allowed: tuple[str, ...]) -> list[str]:
+    """The names of a comma-separated ``--datasets`` value; exits naming any not in ``allowed``."""
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise SystemExit(f"--datasets: unknown {bad}; allowed: {list(allowed)}")
+    return names

@@ -29,7 +29,7 @@ import math
 import sys
 from pathlib import Path
 
-from _env import driver  # lib/ on the path, Spark's workers pointed at it
+from _env import dataset_names, driver  # lib/ on the path, Spark's workers pointed at it
 
 driver("2g")
 
@@ -79,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from longtail.lake import Lake
     from longtail.stages import evaluate as E
 
-    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
-    bad = [n for n in names if n not in DATASETS]
-    if bad:
-        raise SystemExit(f"--datasets: {bad} have no generative topic (allowed: {list(DATASETS)})")
+    names = dataset_names(args.datasets, DATASETS)  # movies: no generative topic to bound on
     spark = build_session("longtail-cold-bound", master=args.master)
     spark.sparkContext.setLogLevel("WARN")
     for name in names:

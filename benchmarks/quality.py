@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _env import REPO, driver  # lib/ on the path, Spark's workers pointed at it
+from _env import REPO, dataset_names, driver  # lib/ on the path, Spark's workers pointed at it
 
 # the coverage bootstrap collects up to 2 million list rows: more than the default 1 GiB driver heap
 driver("4g")
@@ -182,10 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     from longtail.stages import encode, ingest
     from longtail.stages import evaluate as E
 
-    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
-    bad = [n for n in names if n not in DATASETS]
-    if bad:
-        raise SystemExit(f"--datasets: unknown {bad}; allowed: {list(DATASETS)}")
+    names = dataset_names(args.datasets, DATASETS)
     spark = build_session("longtail-quality", master=args.master)
     spark.sparkContext.setLogLevel("WARN")
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

@@ -29,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # sets sys.path and the Spark environment for lib/
+from _env import dataset_names
 
 GRID = {
     "min_tail_share": (0.1, 0.2, 0.3),
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     per_dataset: dict[str, dict[str, dict[str, Any]]] = {}
     out: dict[str, Any] = {"grid": GRID, "datasets": {}}
-    for name in [n.strip() for n in args.datasets.split(",") if n.strip()]:
+    for name in dataset_names(args.datasets, quality.DATASETS):
         lake_dir = Path(args.lake_root) / name
         lake_dir.mkdir(parents=True, exist_ok=True)
         confs, overrides = quality.inputs(spark, name, args, lake_dir)
