@@ -120,7 +120,13 @@ def test_evaluate_writes_every_variant_and_metric_and_a_report(spark, tmp_path: 
             assert p["lo"] <= p["diff"] <= p["hi"]
     html = Path(summary["report"]["html"])
     assert html.exists() and html.parent.name == "eval-1"
-    assert "fused_rerank" in html.read_text()
+    page = html.read_text()
+    assert "fused_rerank" in page
+    # the ranker's choice and inner split sit in the report's context, beside the outer split's
+    ranker = summary["ranker"]
+    for key in ("ranker", "held_out_on_items_without_history", "test_interactions_on_cold_items"):
+        assert f"<th>{key}" in page or f"<h3>{key}</h3>" in page, key
+    assert f"<th>model</th><td>{ranker['model']}</td>" in page
 
     # a re-run of the same run id replaces its rows (no duplicates); another run id appends (the
     # re-runs use the blend, which fits no ranker, and two variants without intervals: the rows are

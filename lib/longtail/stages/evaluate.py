@@ -590,6 +590,9 @@ def write_run_report(
         "holdout": holdout or cfg.evaluate.holdout,
         "split": result["split"],
         "users": result["users"],
+        # the learned fusion's choice, inner validation and inner split (None for fusion: blend):
+        # its held_out_* counts read beside the split's test_interactions* (docs/scoring.md)
+        "ranker": result.get("ranker"),
         "finetuned": result.get("finetuned"),
         "seconds": result["seconds"],
         "config": cfg.to_dict(),
