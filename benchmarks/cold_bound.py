@@ -47,26 +47,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def oracle_recall(cold_test: dict[str, list[str]], pool: dict[str, int], places: int) -> float:
-    """Mean over users of the best expected recall of ``places`` cold items (the module doc).
+def oracle_curve(cold_test: dict[str, list[str]], pool: dict[str, int], k: int) -> list[float]:
+    """The bound for ``R`` = 1 .. ``k`` cold places: element ``R - 1`` is the mean over users of the
+    best expected recall of ``R`` cold items (the module doc).
 
     ``cold_test``: user -> topics of the user's cold test items (one entry per item);
     ``pool``: topic -> cold items of the topic in the catalogue.
 
-    >>> oracle_recall({"u": ["a"]}, {"a": 4, "b": 2}, 1)
-    0.25
-    >>> oracle_recall({"u": ["a", "b"]}, {"a": 4, "b": 2}, 2)  # both places on b: 2 x (1/2) / 2 items
-    0.5
+    >>> oracle_curve({"u": ["a"]}, {"a": 4, "b": 2}, 2)
+    [0.25, 0.5]
+    >>> oracle_curve({"u": ["a", "b"]}, {"a": 4, "b": 2}, 2)  # both places on b: 2 x (1/2) / 2 items
+    [0.25, 0.5]
     """
-    total = 0.0
+    totals = [0.0] * k
     for topics in cold_test.values():
-        chances: list[float] = []
-        for topic in set(topics):
-            n = pool[topic]
-            chances += [topics.count(topic) / n] * n
-        chances.sort(reverse=True)
-        total += sum(chances[:places]) / len(topics)
-    return total / len(cold_test)
+        # each cold item's chance, best first: one topic's items share theirs
+        best = sorted(((topics.count(t) / pool[t], pool[t]) for t in set(topics)), reverse=True)
+        chances = ([c for c, n in best for _ in range(min(n, k))] + [0.0] * k)[:k]
+        running = 0.0
+        for places, chance in enumerate(chances):
+            running += chance
+            totals[places] += running / len(topics)
+    return [total / len(cold_test) for total in totals]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| cold places in the top {args.k} | oracle bound on cold Recall@{args.k} |")
         print("|---:|---:|")
         reach = None
-        for places in range(1, args.k + 1):
-            bound = oracle_recall(cold_test, pool, places)
+        for places, bound in enumerate(oracle_curve(cold_test, pool, args.k), start=1):
             if places <= max(reserved, 4) or places % 5 == 0 or (reach is None and bound >= args.target):
                 print(f"| {places}{' (reserved)' if places == reserved else ''} | {bound:.4f} |")
             if reach is None and bound >= args.target:
