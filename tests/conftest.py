@@ -28,7 +28,16 @@ os.environ.setdefault("PYSPARK_SUBMIT_ARGS", "--driver-memory 3g pyspark-shell")
 # their subprocesses on two cores, so JVM CPU is its bottleneck; the figures (4-8% of a test
 # pipeline's wall time, measured against G1 runs of the same hour) are in the README's testing
 # notes. The stages' own launcher leaves the collector to the user (Spark's choice).
-os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:+UseParallelGC")
+# The same JVMs evaluate Spark SQL's expressions interpreted, without generating and compiling Java
+# for each query (whole-stage codegen off, and the expression factories' NO_CODEGEN mode, which
+# Spark's own test suites use): the suite's tables have tens to hundreds of rows, so compiling is
+# most of a query's CPU. A 40-user test pipeline took 80-83 s against 97-102 s with codegen
+# (docs/decisions.md). Production and the benchmarks keep Spark's codegen; the README's quickstart
+# (./spark-submit.sh, outside pytest) runs the whole pipeline with it.
+os.environ.setdefault(
+    "SPARK_SUBMIT_OPTS",
+    "-XX:+UseParallelGC -Dspark.sql.codegen.wholeStage=false -Dspark.sql.codegen.factoryMode=NO_CODEGEN",
+)
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
