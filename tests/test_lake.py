@@ -251,6 +251,26 @@ def test_time_travel_and_history(spark, lake_root, engine):
     assert [h["longtail.operation"] for h in hist] == ["merge", "append", "overwrite"]
 
 
+def test_a_read_is_the_version_it_was_taken_at_whatever_is_committed_after_it(spark, lake_root, engine):
+    """A stage reads, then writes, then runs queries on what it read (train: the id map it read
+    plus the ids it appended). Every query derived from a read sees the version the read recorded,
+    on both engines: a live delta-spark path read would plan each new query on the latest snapshot
+    and count the appended rows twice (the three nights on delta-spark wrote duplicate
+    item_factors rows this way)."""
+    lake = Lake(spark, lake_root, engine)
+    lake.overwrite("t", _df(spark, ROWS[:2]))  # v0: a, b
+    before = lake.read("t")
+    assert lake.reads == {"t": 0}
+    new = _df(spark, ROWS[2:])
+    lake.append("t", new)  # v1: a, b, c
+    assert lake.read("t").count() == 3
+    assert before.count() == 2  # a new query on the old read
+    assert _rows(before.unionByName(new)) == sorted(ROWS)  # each row once, as train's item map
+    assert before.join(new.select("id"), "id", "left_anti").count() == 2
+    lake.merge("t", _df(spark, [("a", None, 9.0, None)]), ["id"])  # v2: a changed
+    assert _rows(before.where(F.col("id") == "a")) == [ROWS[0]]
+
+
 def test_failed_spark_write_leaves_the_table_and_no_staged_files(spark, lake_root, engine):
     lake = Lake(spark, lake_root, engine)
     lake.overwrite("t", _df(spark, ROWS))

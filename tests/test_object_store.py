@@ -278,26 +278,34 @@ def test_the_pipeline_on_s3_on_delta_rs_then_delta_spark_and_the_launcher_with_e
     assert any(k.startswith("lt/reports/") for k in keys)
     assert any(k.startswith("lt/models/ranker/s3-rs/") for k in keys)  # MLlib's persistence
 
-    # night 2 on delta-spark: every stage works (nothing is current), the cheaper blend, no report
+    # night 2 on delta-spark: every stage works (nothing is current), the cheaper blend, no report;
+    # ten new items and four new users, so that train appends to the id maps on delta-spark
     night2 = [
         *base,
         "lake.engine=delta-spark",
         "sample.seed=43",
+        "sample.n_items=130",
+        "sample.n_users=44",
         "recommend.fusion=blend",
         "evaluate.variants=[cf]",
         "evaluate.report=false",
     ]
     second = pipeline.run(spark, load_config(overrides=night2), run_id="s3-spark")
     assert {s["status"] for s in second["stages"].values()} == {SUCCEEDED}
-    assert 0 < second["stages"]["encode"]["summary"]["encoded"] <= items
+    assert 0 < second["stages"]["encode"]["summary"]["encoded"] <= 130  # the night's items at most
     ds = Lake(spark, root, "delta-spark")
     stored_items = ds.read(S.ITEMS)
     assert stored_items.count() == stored_items.select(S.ITEM_ID).distinct().count() >= items
     stored = ds.read(S.INTERACTIONS)
     assert stored.count() == stored.select(S.USER_ID, S.ITEM_ID, S.TS).distinct().count() > events
     assert {r[0] for r in ds.read(S.METRICS).select(S.RUN_ID).distinct().collect()} == {"s3-rs", "s3-spark"}
+    ids = ds.read(S.ID_MAP_ITEMS)
+    assert ids.count() == ids.select(S.ITEM_IDX).distinct().count() > items  # the new ids appended
+    for table, key, n in ((S.ITEM_FACTORS, S.ITEM_ID, None), (S.USER_FACTORS, S.USER_ID, 44)):
+        fitted = ds.read(table)
+        assert fitted.count() == fitted.select(key).distinct().count() == (n or fitted.count()), table
     # and back: delta-rs reads what delta-spark committed
-    assert Lake(spark, root, "delta-rs").read(S.RECOMMENDATIONS).count() == 40 * cfg.recommend.k
+    assert Lake(spark, root, "delta-rs").read(S.RECOMMENDATIONS).count() == 44 * cfg.recommend.k
 
     # the launcher: --s3a adds hadoop-aws; S3 settings on the command line, credentials in the env
     env = {

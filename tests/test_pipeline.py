@@ -192,6 +192,9 @@ def test_three_nights_refresh_incrementally_and_a_retried_night_is_a_no_op(spark
             == lake.read(S.ID_MAP_ITEMS).count()
         )
         assert set(texts) <= {r[0] for r in lake.read(S.ID_MAP_ITEMS).select(S.ITEM_ID).collect()}
+        for table, key in ((S.ITEM_FACTORS, S.ITEM_ID), (S.USER_FACTORS, S.USER_ID)):
+            fitted = lake.read(table)
+            assert fitted.count() == fitted.select(key).distinct().count(), (night, table)
         recs = lake.read(S.RECOMMENDATIONS)
         written = stages["recommend"]["summary"]["version"]
         assert DeltaTable(str(root / S.RECOMMENDATIONS)).version() == written > recs_version

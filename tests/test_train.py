@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pytest
 import synthetic
@@ -9,6 +11,7 @@ from helpers import make_tiny_bert
 
 from longtail.core import schema as S
 from longtail.core.errors import MissingInputError
+from longtail.core.text import content_hash
 from longtail.lake import Lake
 from longtail.ml.cf import new_ids
 from longtail.ml.head import HeadError, HeadSpec, ProjectionHead
@@ -125,6 +128,51 @@ def test_train_writes_factors_and_head_and_keeps_ids_stable(spark, lake_root, mo
     assert {r[S.ITEM_ID]: r[S.ITEM_IDX] for r in lake2.read(S.ID_MAP_ITEMS).collect()} == items_map
     assert lake2.version(S.ID_MAP_ITEMS) == 0 and lake2.version(S.ITEM_FACTORS) == 1
     assert load_model(lake2).head.spec.extra["run_id"] == "r2"
+
+
+@pytest.mark.spark
+def test_a_second_train_with_new_items_and_users_writes_each_id_once(spark, lake_root, model_dir, engine):
+    """New items and a new user arrive between two trains: the id maps grow by exactly them and every
+    factor row is there once. train appends the new ids before it writes the factors, which join
+    the ids it read with the ids it appended; on delta-spark a live read saw the appended rows as
+    well and wrote each new item's factors twice (issue found by the three nights on delta-spark)."""
+    synthetic.build_lake(spark, lake_root, model_dir)
+    cfg = synthetic.config(lake_root, model_dir, "recommend.fusion=blend", "train.vae.enabled=false")
+    train.run(spark, cfg, lake=Lake(spark, lake_root, engine), run_id="r1")
+    lake = Lake(spark, lake_root, engine)
+    mid = lake.read(S.ITEM_EMBEDDINGS).first()[S.MODEL_ID]
+    vecs = synthetic.vectors()
+    new_items = ["c00", "c01", "c02"]
+    text = {i: f"text of {i}" for i in new_items}
+    lake.append(
+        S.ITEMS,
+        spark.createDataFrame(
+            [(i, i.upper(), text[i], None, content_hash(text[i]), synthetic.T0) for i in new_items],
+            S.ITEMS_SCHEMA,
+        ),
+    )
+    lake.append(
+        S.ITEM_EMBEDDINGS,
+        spark.createDataFrame(
+            [
+                (i, content_hash(text[i]), mid, vecs[f"a0{n}"].tolist(), synthetic.T0)
+                for n, i in enumerate(new_items)
+            ],
+            S.ITEM_EMBEDDINGS_SCHEMA,
+        ),
+    )
+    later = synthetic.T0 + dt.timedelta(days=90)
+    events = [(u, i, later, 1.0) for u in ("u00", "u02", "u04", "u99") for i in new_items]
+    lake.append(S.INTERACTIONS, spark.createDataFrame(events, S.INTERACTIONS_SCHEMA))
+    summary = train.run(spark, cfg, lake=Lake(spark, lake_root, engine), run_id="r2")
+    assert summary["users"] == 31 and summary["items_with_factors"] == 39  # 36 + the 3 new items
+    lake = Lake(spark, lake_root, engine)
+    ids = lake.read(S.ID_MAP_ITEMS).collect()
+    assert sorted(r[S.ITEM_IDX] for r in ids) == list(range(43))  # new ids numbered after the old
+    assert {r[S.ITEM_ID] for r in ids} == set(synthetic.item_ids()) | set(new_items)
+    for table, key, n in ((S.ITEM_FACTORS, S.ITEM_ID, 39), (S.USER_FACTORS, S.USER_ID, 31)):
+        rows = [r[key] for r in lake.read(table).select(key).collect()]
+        assert len(rows) == len(set(rows)) == n, table
 
 
 @pytest.mark.spark

@@ -83,12 +83,15 @@ class _DeltaSparkEngine(_Engine):
     def read(self, path: str, version: int | None) -> tuple[DataFrame, int]:
         if not self.exists(path):
             raise LakeError(f"no Delta table at {path}")
-        reader = self.spark.read.format("delta")
-        if version is not None:
-            reader = reader.option("versionAsOf", version)
+        # Pinned even for "the latest": a live path read plans every query derived from it on the
+        # table's latest snapshot (Delta's file index updates the log each time), so a stage that
+        # reads a table, appends to it and then queries what it read would see its own rows as well
+        # (train's id map held each new id twice). Pinned, the DataFrame is the version recorded in
+        # `Lake.reads`, as on delta-rs, whose reads list that version's files.
         read_version = version if version is not None else self.version(path)
         assert read_version is not None
-        return reader.load(path), int(read_version)
+        df = self.spark.read.format("delta").option("versionAsOf", read_version).load(path)
+        return df, int(read_version)
 
     def history(self, path: str) -> list[dict[str, Any]]:
         if not self.exists(path):
