@@ -54,15 +54,23 @@ def interactions(seed: int = 0, n_users: int = 30) -> list[tuple[str, str, dt.da
     return rows
 
 
+def item_rows(ids: list[str]) -> list[tuple]:
+    """`items` rows of ``ids``: title the upper-cased id, description ``text of <id>``."""
+    return [(i, i.upper(), f"text of {i}", None, content_hash(f"text of {i}"), T0) for i in ids]
+
+
+def embedding_rows(vecs: dict[str, np.ndarray], mid: str) -> list[tuple]:
+    """`item_embeddings` rows of ``vecs`` (item -> vector) for the texts of :func:`item_rows`."""
+    return [(i, content_hash(f"text of {i}"), mid, v.tolist(), T0) for i, v in vecs.items()]
+
+
 def build_lake(spark, root: str, model_dir: str) -> tuple[Lake, str]:
     """Write items, interactions and item_embeddings (under the tiny BERT's model_id) to ``root``."""
     lake = Lake(spark, root)
     mid = inspect_model(model_dir).model_id
-    items = [(i, i.upper(), f"text of {i}", None, content_hash(f"text of {i}"), T0) for i in item_ids()]
-    lake.overwrite(S.ITEMS, spark.createDataFrame(items, S.ITEMS_SCHEMA))
+    lake.overwrite(S.ITEMS, spark.createDataFrame(item_rows(item_ids()), S.ITEMS_SCHEMA))
     lake.overwrite(S.INTERACTIONS, spark.createDataFrame(interactions(), S.INTERACTIONS_SCHEMA))
-    vecs = vectors()
-    emb = [(i, content_hash(f"text of {i}"), mid, vecs[i].tolist(), T0) for i in item_ids()]
+    emb = embedding_rows(vectors(), mid)
     lake.overwrite(S.ITEM_EMBEDDINGS, spark.createDataFrame(emb, S.ITEM_EMBEDDINGS_SCHEMA))
     return lake, mid
 

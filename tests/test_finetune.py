@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from longtail.core import schema as S
 from longtail.core.config import FinetuneConfig
 from longtail.core.errors import MissingInputError
-from longtail.core.text import content_hash, encoder_text
+from longtail.core.text import encoder_text
 from longtail.lake import Lake
 from longtail.ml import finetune as FT
 from longtail.ml.encoder import TextEncoder, inspect_model, pool
@@ -34,8 +34,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _items(spark, ids):
-    rows = [(i, i.upper(), f"text of {i}", None, content_hash(f"text of {i}"), T0) for i in ids]
-    return spark.createDataFrame(rows, S.ITEMS_SCHEMA)
+    return spark.createDataFrame(synthetic.item_rows(ids), S.ITEMS_SCHEMA)
 
 
 def _events(spark, rows):

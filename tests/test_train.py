@@ -11,7 +11,6 @@ from helpers import make_tiny_bert
 
 from longtail.core import schema as S
 from longtail.core.errors import MissingInputError
-from longtail.core.text import content_hash
 from longtail.lake import Lake
 from longtail.ml.cf import new_ids
 from longtail.ml.head import HeadError, HeadSpec, ProjectionHead
@@ -136,31 +135,16 @@ def test_a_second_train_with_new_items_and_users_writes_each_id_once(spark, lake
     factor row is there once. train appends the new ids before it writes the factors, which join
     the ids it read with the ids it appended; on delta-spark a live read saw the appended rows as
     well and wrote each new item's factors twice (issue found by the three nights on delta-spark)."""
-    synthetic.build_lake(spark, lake_root, model_dir)
+    _, mid = synthetic.build_lake(spark, lake_root, model_dir)
     cfg = synthetic.config(lake_root, model_dir, "recommend.fusion=blend", "train.vae.enabled=false")
     train.run(spark, cfg, lake=Lake(spark, lake_root, engine), run_id="r1")
     lake = Lake(spark, lake_root, engine)
-    mid = lake.read(S.ITEM_EMBEDDINGS).first()[S.MODEL_ID]
-    vecs = synthetic.vectors()
     new_items = ["c00", "c01", "c02"]
-    text = {i: f"text of {i}" for i in new_items}
-    lake.append(
-        S.ITEMS,
-        spark.createDataFrame(
-            [(i, i.upper(), text[i], None, content_hash(text[i]), synthetic.T0) for i in new_items],
-            S.ITEMS_SCHEMA,
-        ),
-    )
-    lake.append(
-        S.ITEM_EMBEDDINGS,
-        spark.createDataFrame(
-            [
-                (i, content_hash(text[i]), mid, vecs[f"a0{n}"].tolist(), synthetic.T0)
-                for n, i in enumerate(new_items)
-            ],
-            S.ITEM_EMBEDDINGS_SCHEMA,
-        ),
-    )
+    vecs = synthetic.vectors()
+    new_vecs = {i: vecs[f"a0{n}"] for n, i in enumerate(new_items)}  # topic a's texts
+    lake.append(S.ITEMS, spark.createDataFrame(synthetic.item_rows(new_items), S.ITEMS_SCHEMA))
+    emb = synthetic.embedding_rows(new_vecs, mid)
+    lake.append(S.ITEM_EMBEDDINGS, spark.createDataFrame(emb, S.ITEM_EMBEDDINGS_SCHEMA))
     later = synthetic.T0 + dt.timedelta(days=90)
     events = [(u, i, later, 1.0) for u in ("u00", "u02", "u04", "u99") for i in new_items]
     lake.append(S.INTERACTIONS, spark.createDataFrame(events, S.INTERACTIONS_SCHEMA))
