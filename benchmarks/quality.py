@@ -13,7 +13,15 @@ a second run re-uses them), then ONE ``evaluate`` with the default config (``con
 holdout ``test``, every variant, ``evaluate.k`` [10, 20], the bootstrap intervals). No setting is
 tuned, here or elsewhere, on these figures. One table per dataset: the headline metrics and each
 variant's difference to ``cf`` with its paired bootstrap 95% interval. ``--json`` writes every
-figure; each dataset's report lands in ``<lake>/reports/<run_id>``. Run under the benchmark lock::
+figure; each dataset's report lands in ``<lake>/reports/<run_id>``.
+
+The text vectors are encoded with torch's own linear layers (``--cpu-linear aten``, i.e.
+``encoder.cpu_linear=aten``), not the default ``auto``: ``auto`` times oneDNN against torch's BLAS
+at every model load and takes the faster, so under load the same items may be encoded either way,
+and the two differ at fp32 rounding (up to 2e-7 per component), which is enough to change the
+learned ranker's choice on the sparse sample (docs/evaluation.md, "Run-to-run variation"). With
+the pin, a fresh ``--lake-root`` gives the same figures on the same machine; items already in a
+re-used lake keep the vectors they were encoded with. Run under the benchmark lock::
 
     flock /tmp/longtail-bench.lock .venv/bin/python benchmarks/quality.py --lake-root /tmp/lt_quality3
 """
@@ -80,6 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["vae"],
         help="evaluate.ablate: also rank fused and fused_rerank with the ranker fitted without this signal "
         "(<variant>_no_<signal>) and print the paired difference it makes",
+    )
+    p.add_argument(
+        "--cpu-linear",
+        default="aten",
+        choices=["aten", "onednn", "auto"],
+        help="encoder.cpu_linear for the items this run encodes (default aten: the same vectors at any load; "
+        "auto, the production default, picks by a timing at load)",
     )
     return p.parse_args(argv)
 
@@ -191,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         lake_dir = Path(args.lake_root) / name
         lake_dir.mkdir(parents=True, exist_ok=True)
         confs, overrides = inputs(spark, name, args, lake_dir)
-        tuned = ["evaluate.finetuned=always"] if args.finetune else []
+        tuned = [f"encoder.cpu_linear={args.cpu_linear}"]
+        if args.finetune:
+            tuned.append("evaluate.finetuned=always")
         if args.ablate:
             tuned.append(f"evaluate.ablate=[{','.join(args.ablate)}]")
         cfg = load_config([*confs, *args.conf], [f"lake.root={lake_dir}", *overrides, *tuned])
