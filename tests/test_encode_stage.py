@@ -15,7 +15,7 @@ from longtail.core.config import load_config
 from longtail.core.errors import MissingInputError
 from longtail.core.text import content_hash, encoder_text
 from longtail.lake import Lake
-from longtail.ml.encoder import TextEncoder
+from longtail.ml.encoder import TextEncoder, _onednn_usable
 from longtail.ml.encoding import encode_tasks
 from longtail.ml.model import current_embeddings
 from longtail.stages import encode
@@ -67,12 +67,13 @@ def test_incremental_dedupe_change_and_model_switch(spark, lake_root: str, model
     model_a, model_b = models
     lake = Lake(spark, lake_root)
     _write_items(spark, lake, ITEMS)
-    cfg = _cfg(lake_root, model_a)
+    cfg = _cfg(lake_root, model_a, "encoder.cpu_linear=aten")
     enc_a = TextEncoder(model_a, device="cpu", max_length=16)
 
     # run 1: 5 items, 4 distinct texts (i1 == i3) -> 4 encoded, 5 rows, one commit
     first = encode.run(spark, cfg, lake=lake)
     assert (first["items"], first["encoded"], first["reused"]) == (5, 4, 0)
+    assert first["linear_backends"] == ["aten"]  # what the workers' encoders ran, as configured
     assert first["model_id"] == enc_a.model_id and first["hash_mismatches"] == 0
     assert first["version"] == lake.version(S.ITEM_EMBEDDINGS) == 0
     table = _table(lake)
@@ -86,6 +87,7 @@ def test_incremental_dedupe_change_and_model_switch(spark, lake_root: str, model
     # run 2: nothing changed -> nothing encoded, no new version
     second = encode.run(spark, cfg, lake=lake)
     assert (second["items"], second["encoded"], second["version"]) == (0, 0, None)
+    assert second["linear_backends"] == []
     assert lake.version(S.ITEM_EMBEDDINGS) == 0
 
     # run 3: i2's description changes -> exactly i2 re-encoded; i6 is new with i4's text -> reused
@@ -104,9 +106,11 @@ def test_incremental_dedupe_change_and_model_switch(spark, lake_root: str, model
     np.testing.assert_allclose(table[("i6", enc_a.model_id)][1], table[("i4", enc_a.model_id)][1])
 
     # run 4: model switch -> every item re-encoded under the new model_id (4 distinct texts of 6 items)
-    cfg_b = _cfg(lake_root, model_b)
+    backend = "onednn" if _onednn_usable() else "aten"
+    cfg_b = _cfg(lake_root, model_b, f"encoder.cpu_linear={backend}")
     fourth = encode.run(spark, cfg_b, lake=lake)
     assert (fourth["items"], fourth["encoded"], fourth["version"]) == (6, 4, 2)
+    assert fourth["linear_backends"] == [backend]
     assert fourth["model_id"] != enc_a.model_id
     current = current_embeddings(lake, fourth["model_id"]).collect()
     assert sorted(r[S.ITEM_ID] for r in current) == ["i1", "i2", "i3", "i4", "i5", "i6"]

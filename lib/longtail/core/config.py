@@ -179,7 +179,8 @@ class EncoderConfig:
     slow task holds a bounded slice and a large catalogue is not cut into one task per core."""
     cpu_linear: Literal["auto", "onednn", "aten"] = "auto"  # fp32 linear layers on CPU
     """fp32 linear layers on CPU: oneDNN or torch's BLAS (`aten`); `auto`: oneDNN where a timing at load is >=
-    10% faster."""
+    10% faster, so under load one run may take either: the vectors then differ at fp32 rounding. Set
+    `aten` or `onednn` where two runs of the same batches must give bit-equal vectors (benchmarks)."""
     use_finetuned: Literal["auto", "never", "always"] = "auto"
     """`auto`: the lake's fine-tuned copy of `model` when `finetune` made one (its own `model_id`), else
     `model`; `never`: `model` itself (switching back re-encodes nothing); `always`: fail without one."""

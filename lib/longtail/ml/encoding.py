@@ -6,7 +6,8 @@ per-worker model cache by a fresh uuid per UDF object, so every stage run in a l
 slices each Arrow batch into fixed-row batches, while the encoder batches by token budget after
 sorting by length. The iterator UDF here keeps one :class:`~longtail.ml.encoder.TextEncoder` per worker
 keyed by its settings (:func:`~longtail.ml.encoder.cached_encoder`), picks the task's GPU from
-``TaskContext.resources()`` and returns per-worker diagnostics (pid, peak RSS) for the summary.
+``TaskContext.resources()`` and returns per-worker diagnostics (pid, peak RSS, the linear layers'
+backend) for the summary.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 _WORKER = "_worker_pid"
 _RSS = "_worker_peak_rss_mb"
 _HASH_OK = "_hash_ok"
+_LINEAR = "_worker_linear"  # TextEncoder.linear_backend: aten or onednn (the vectors differ at fp32 rounding)
 ENCODED_SCHEMA = T.StructType(
     [
         T.StructField(S.CONTENT_HASH, T.StringType(), False),
@@ -36,6 +38,7 @@ ENCODED_SCHEMA = T.StructType(
         T.StructField(_HASH_OK, T.BooleanType(), False),
         T.StructField(_WORKER, T.LongType(), False),
         T.StructField(_RSS, T.DoubleType(), False),
+        T.StructField(_LINEAR, T.StringType(), False),
     ]
 )
 
@@ -107,6 +110,7 @@ def encode_partitions(settings: EncoderConfig, *, num_threads: int | None, done:
                     _HASH_OK: [content_hash(t) == h for t, h in zip(texts, hashes, strict=True)],
                     _WORKER: pid,
                     _RSS: rss_mb,
+                    _LINEAR: enc.linear_backend,
                 }
             )
 

@@ -34,6 +34,7 @@ from longtail.core.session import session_conf
 from longtail.lake import Lake
 from longtail.ml.encoding import (
     _HASH_OK,
+    _LINEAR,
     _RSS,
     _WORKER,
     ARROW_BATCH_CONF,
@@ -119,6 +120,7 @@ def _encode_and_merge(
             F.count(F.lit(1)).alias("n"),
             F.countDistinct(_WORKER).alias("workers"),
             F.max(_RSS).alias("rss"),
+            F.array_sort(F.collect_set(_LINEAR)).alias("linear"),
             F.sum(F.when(~F.col(_HASH_OK), 1).otherwise(0)).alias("bad"),
         ).first()
         n_encoded = int(stats["n"]) if stats else 0
@@ -161,6 +163,8 @@ def _encode_and_merge(
         "version": version,
         "workers": int(stats["workers"]) if stats and n_encoded else 0,
         "worker_peak_rss_mb": float(stats["rss"]) if stats and stats["rss"] is not None else None,
+        # both where encoder.cpu_linear auto timed differently in two workers (docs/encode.md)
+        "linear_backends": list(stats["linear"]) if stats and n_encoded else [],
         "hash_mismatches": int(stats["bad"] or 0) if stats else 0,
         "seconds": round(time.perf_counter() - t0, 3),
     }
