@@ -59,6 +59,8 @@ DIFFS = (("ndcg", 10), ("recall", 20), ("long_tail_coverage", 10), ("long_tail_c
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from longtail.ml.encoder import CPU_LINEARS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--movies", default=str(REPO.parent / "shared" / "data" / "movielens_tmdb"))
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: movies,dense,sparse")
@@ -92,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--cpu-linear",
         default="aten",
-        choices=["aten", "onednn", "auto"],
+        choices=CPU_LINEARS,
         help="encoder.cpu_linear for the items this run encodes (default aten: the same vectors at any load; "
         "auto, the production default, picks by a timing at load)",
     )
