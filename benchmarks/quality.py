@@ -16,12 +16,13 @@ variant's difference to ``cf`` with its paired bootstrap 95% interval. ``--json`
 figure; each dataset's report lands in ``<lake>/reports/<run_id>``.
 
 The text vectors are encoded with torch's own linear layers (``--cpu-linear aten``, i.e.
-``encoder.cpu_linear=aten``), not the default ``auto``: ``auto`` times oneDNN against torch's BLAS
-at every model load and takes the faster, so under load the same items may be encoded either way,
-and the two differ at fp32 rounding (up to 2e-7 per component), which is enough to change the
-learned ranker's choice on the sparse sample (docs/evaluation.md, "Run-to-run variation"). With
-the pin, a fresh ``--lake-root`` gives the same figures on the same machine; items already in a
-re-used lake keep the vectors they were encoded with. Run under the benchmark lock::
+``encoder.cpu_linear=aten``), not the default ``auto``: ``auto`` takes oneDNN or torch's BLAS by
+a timing (kept per host, docs/encode.md), so two hosts, or one host before and after its timing is
+deleted, may encode the same items either way, and the two differ at fp32 rounding (up to 2e-7 per
+component), which is enough to change the learned ranker's choice on the sparse sample
+(docs/evaluation.md, "Run-to-run variation"). With the pin, a fresh ``--lake-root`` gives the same
+figures on the same machine; items already in a re-used lake keep the vectors they were encoded
+with. Run under the benchmark lock::
 
     flock /tmp/longtail-bench.lock .venv/bin/python benchmarks/quality.py --lake-root /tmp/lt_quality3
 """
@@ -96,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="aten",
         choices=CPU_LINEARS,
         help="encoder.cpu_linear for the items this run encodes (default aten: the same vectors at any load; "
-        "auto, the production default, picks by a timing at load)",
+        "auto, the production default, picks by a timing kept per host)",
     )
     return p.parse_args(argv)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(REPO / "lib"), os.environ.get("PYTHONPATH", "")) if p
 )
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# encoder.cpu_linear auto keeps its timing per host (longtail.ml.encoder.host_onednn_speedup): the
+# suite's go to a directory of its own, not the user's ~/.cache/longtail
+os.environ.setdefault("LONGTAIL_CACHE_DIR", tempfile.mkdtemp(prefix="longtail-test-cache-"))
 # The driver JVM's heap must be set before it starts: the default 1 GiB ran out while evaluate's
 # test ranked eight lists (about 0.5 GiB of live heap after GC; docs/decisions.md), and 2 GiB once
 # ran out in a broadcast late in a worker's share of the suite (what earlier modules left behind;

@@ -176,7 +176,10 @@ def test_onednn_linears_match_the_reference(tiny: Path) -> None:
 
 
 @pytest.mark.skipif(not HAS_ONEDNN, reason="torch built without oneDNN (mkldnn)")
-def test_onednn_swap_that_changes_the_output_is_undone(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_onednn_swap_that_changes_the_output_is_undone(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(encoder_module.PROBE_CACHE_ENV, str(tmp_path))  # no kept timing: the patched one
     real = encoder_module.use_onednn_linears
 
     def broken(model: torch.nn.Module, rows: int) -> list:
@@ -194,6 +197,41 @@ def test_onednn_swap_that_changes_the_output_is_undone(tiny: Path, monkeypatch: 
     np.testing.assert_allclose(enc.encode(["the heist"])[0], _reference(tiny, "the heist"), atol=1e-5)
     with pytest.raises(EncoderError, match="output changed"):
         TextEncoder(str(tiny), device="cpu", max_length=16, cpu_linear="onednn")
+
+
+@pytest.mark.skipif(not HAS_ONEDNN, reason="torch built without oneDNN (mkldnn)")
+def test_auto_times_once_per_host_and_keeps_the_timing(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    timings: list[int] = []
+
+    def timed(model: torch.nn.Module, rows: int) -> float:
+        timings.append(rows)
+        return 1.5 if len(timings) == 1 else 0.5  # a second timing would choose BLAS
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(encoder_module.PROBE_CACHE_ENV, str(cache))
+    monkeypatch.setattr(encoder_module, "_onednn_speedup", timed)
+    first = TextEncoder(str(tiny), device="cpu", max_length=16, batch_tokens=16)
+    second = TextEncoder(str(tiny), device="cpu", max_length=16, batch_tokens=16)
+    assert (first.linear_backend, second.linear_backend) == ("onednn", "onednn")  # the kept timing
+    assert timings == [16]
+    kept = json.loads((cache / "cpu_linear.json").read_text())
+    [(key, value)] = kept.items()
+    assert value == 1.5 and f"torch {torch.__version__}" in key and "| 16 rows |" in key
+    # another batch budget is another key: timed again, kept beside the first
+    TextEncoder(str(tiny), device="cpu", max_length=16, batch_tokens=32)
+    assert timings == [16, 32] and len(json.loads((cache / "cpu_linear.json").read_text())) == 2
+    # a damaged file is timed again and rewritten
+    (cache / "cpu_linear.json").write_text("{not json")
+    assert TextEncoder(str(tiny), device="cpu", max_length=16, batch_tokens=16).linear_backend == "aten"
+    assert timings == [16, 32, 16] and json.loads((cache / "cpu_linear.json").read_text())
+    # where nothing can be kept (a file in the directory's place), every load times for itself
+    blocked = tmp_path / "not_a_dir"
+    blocked.write_text("")
+    monkeypatch.setenv(encoder_module.PROBE_CACHE_ENV, str(blocked))
+    assert TextEncoder(str(tiny), device="cpu", max_length=16, batch_tokens=16).linear_backend == "aten"
+    assert timings == [16, 32, 16, 16]
 
 
 def test_cpu_linear_setting_is_checked(tiny: Path) -> None:

@@ -178,9 +178,10 @@ class EncoderConfig:
     ceil(texts / texts_per_task)) tasks, rounded up to a multiple of the parallelism, so a failed or
     slow task holds a bounded slice and a large catalogue is not cut into one task per core."""
     cpu_linear: Literal["auto", "onednn", "aten"] = "auto"  # fp32 linear layers on CPU
-    """fp32 linear layers on CPU: oneDNN or torch's BLAS (`aten`); `auto`: oneDNN where a timing at load is >=
-    10% faster, so under load one run may take either: the vectors then differ at fp32 rounding. Set
-    `aten` or `onednn` where two runs of the same batches must give bit-equal vectors (benchmarks)."""
+    """fp32 linear layers on CPU: oneDNN or torch's BLAS (`aten`); `auto`: oneDNN where a timing is >= 10%
+    faster, timed once per host and kept in `$LONGTAIL_CACHE_DIR` (default ~/.cache/longtail; delete
+    `cpu_linear.json` there to time again). The two give vectors that differ at fp32 rounding: set
+    `aten` or `onednn` where hosts or runs must agree bit for bit (benchmarks)."""
     use_finetuned: Literal["auto", "never", "always"] = "auto"
     """`auto`: the lake's fine-tuned copy of `model` when `finetune` made one (its own `model_id`), else
     `model`; `never`: `model` itself (switching back re-encodes nothing); `always`: fail without one."""

@@ -39,6 +39,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,8 +74,12 @@ POOLINGS = ("mean", "cls", "max")
 # is capped; on GPU large batches are what keeps the device busy and the budget applies as given.
 CPU_BATCH_TOKENS = 2048
 # How nn.Linear runs on CPU in fp32: "onednn" (packed weights, torch.ops.mkldnn), "aten" (torch's
-# BLAS), or "auto": whichever a short timing at load finds faster (oneDNN when >= 10% faster).
+# BLAS), or "auto": whichever a short timing finds faster (oneDNN when >= 10% faster), timed once
+# per host and kept (host_onednn_speedup).
 CPU_LINEARS = ("auto", "onednn", "aten")
+# Where `auto` keeps its timings, one per (torch, CPU, layer shape, rows, threads): the directory in
+# this variable, else $XDG_CACHE_HOME/longtail (~/.cache/longtail).
+PROBE_CACHE_ENV = "LONGTAIL_CACHE_DIR"
 # Batch widths are rounded up to a multiple of this: tensor shapes then repeat across calls, so the
 # allocator reuses freed blocks instead of fragmenting the heap (peak RSS crept up with the number
 # of calls without it), and GPU kernels get aligned shapes.
@@ -389,6 +394,68 @@ def _onednn_speedup(model: Any, rows: int, reps: int = 3) -> float:
     return best["aten"] / best["onednn"]
 
 
+def probe_cache_path() -> Path:
+    """The file :func:`host_onednn_speedup` keeps its timings in (:data:`PROBE_CACHE_ENV`)."""
+    root = os.environ.get(PROBE_CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or "~/.cache", "longtail"
+    )
+    return Path(root).expanduser() / "cpu_linear.json"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_onednn_speedup(model: Any, rows: int) -> tuple[float, str]:
+    """:func:`_onednn_speedup`, timed once per host and kept: ``(speedup, "cached" or "timed")``.
+
+    Timed at every load, the choice followed the load of the moment: Spark's Python workers load
+    the model side by side and timed each other, so one run took oneDNN and the next BLAS, and
+    the two give vectors that differ at fp32 rounding (docs/encode.md). The timings live in
+    :func:`probe_cache_path` under (torch version, CPU model, widest layer, rows, torch threads); an
+    exclusive lock makes the workers of a host time one after another, the first one timing and
+    the others reading its result. Delete the file to time again. Where the file cannot be
+    written, every load times for itself, as before (with a warning).
+    """
+    import fcntl
+
+    import torch
+
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    widest = max(linears, key=lambda m: m.in_features * m.out_features) if linears else None
+    shape = f"{widest.in_features}x{widest.out_features}" if widest is not None else "none"
+    key = f"torch {torch.__version__} | {_cpu_name()} | {shape} | {rows} rows | {torch.get_num_threads()} threads"
+    path = probe_cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "a", encoding="utf-8") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            try:
+                cache = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+            except ValueError:
+                cache = {}  # a damaged file is timed again and rewritten
+            if isinstance(cache.get(key), (int, float)):
+                return float(cache[key]), "cached"
+            speedup = _onednn_speedup(model, rows)
+            cache[key] = round(speedup, 3)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, indent=1, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, path)
+            return speedup, "timed"
+    except OSError as e:
+        log.warning(
+            "encoder.cpu_linear auto: cannot keep the timing in %s (%s); timing this load only", path, e
+        )
+        return _onednn_speedup(model, rows), "timed"
+
+
 def _is_exact_gelu(act: Any) -> bool:
     import torch
 
@@ -475,8 +542,9 @@ class TextEncoder:
         pooling: ``auto`` (the model's sentence-transformers config; mean if it has none),
             ``mean``, ``cls`` or ``max``.
         num_threads: ``torch.set_num_threads`` for CPU inference; None leaves torch's default.
-        cpu_linear: on CPU in fp32, ``auto`` (oneDNN for the linear layers where a short timing at
-            load finds it >= 10% faster than torch's BLAS), ``onednn`` or ``aten`` (torch's BLAS).
+        cpu_linear: on CPU in fp32, ``auto`` (oneDNN for the linear layers where a short timing
+            finds it >= 10% faster than torch's BLAS; timed once per host and kept,
+            :func:`host_onednn_speedup`), ``onednn`` or ``aten`` (torch's BLAS).
 
     Attributes:
         model_id: ``<name>@<weights sha256, 12 hex>/<pooling>/<max_length>``.
@@ -561,8 +629,10 @@ class TextEncoder:
         if not eligible:
             raise EncoderError("cpu_linear='onednn' needs fp32 on CPU and a torch built with oneDNN (mkldnn)")
         if cpu_linear == "auto":
-            speedup = _onednn_speedup(self.model, self.batch_tokens)
-            log.info("oneDNN linear layers: %.2fx torch's BLAS on %d tokens", speedup, self.batch_tokens)
+            speedup, how = host_onednn_speedup(self.model, self.batch_tokens)
+            log.info(
+                "oneDNN linear layers: %.2fx torch's BLAS on %d tokens (%s)", speedup, self.batch_tokens, how
+            )
             if speedup < 1.1:
                 return "aten"
         # Guard: the whole model must give the same hidden states (to fp32 rounding) after the swap.
