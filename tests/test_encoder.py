@@ -223,15 +223,16 @@ def test_auto_times_once_per_host_and_keeps_the_timing(
     TextEncoder(str(tiny), device="cpu", max_length=16, batch_tokens=32)
     assert timings == [16, 32] and len(json.loads((cache / "cpu_linear.json").read_text())) == 2
     # a damaged file is timed again and rewritten
-    (cache / "cpu_linear.json").write_text("{not json")
-    assert TextEncoder(str(tiny), device="cpu", max_length=16, batch_tokens=16).linear_backend == "aten"
-    assert timings == [16, 32, 16] and json.loads((cache / "cpu_linear.json").read_text())
+    for damaged, n in (("{not json", 3), ("[1.5]", 4)):
+        (cache / "cpu_linear.json").write_text(damaged)
+        assert TextEncoder(str(tiny), device="cpu", max_length=16, batch_tokens=16).linear_backend == "aten"
+        assert len(timings) == n and isinstance(json.loads((cache / "cpu_linear.json").read_text()), dict)
     # where nothing can be kept (a file in the directory's place), every load times for itself
     blocked = tmp_path / "not_a_dir"
     blocked.write_text("")
     monkeypatch.setenv(encoder_module.PROBE_CACHE_ENV, str(blocked))
     assert TextEncoder(str(tiny), device="cpu", max_length=16, batch_tokens=16).linear_backend == "aten"
-    assert timings == [16, 32, 16, 16]
+    assert timings == [16, 32, 16, 16, 16]
 
 
 def test_cpu_linear_setting_is_checked(tiny: Path) -> None:

@@ -441,6 +441,8 @@ def host_onednn_speedup(model: Any, rows: int) -> tuple[float, str]:
                 cache = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
             except ValueError:
                 cache = {}  # a damaged file is timed again and rewritten
+            if not isinstance(cache, dict):
+                cache = {}
             if isinstance(cache.get(key), (int, float)):
                 return float(cache[key]), "cached"
             speedup = _onednn_speedup(model, rows)
