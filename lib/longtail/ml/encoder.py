@@ -416,9 +416,9 @@ def _cpu_name() -> str:
 def host_onednn_speedup(model: Any, rows: int) -> tuple[float, str]:
     """:func:`_onednn_speedup`, timed once per host and kept: ``(speedup, "cached" or "timed")``.
 
-    Timed at every load, the choice followed the load of the moment: Spark's Python workers load
-    the model side by side and timed each other, so one run took oneDNN and the next BLAS, and
-    the two give vectors that differ at fp32 rounding (docs/encode.md). The timings live in
+    Timed at every load, the choice could follow the load of the moment (Spark's Python workers
+    load the model side by side, other jobs share the cores), so two runs of one host could take
+    different backends, whose vectors differ at fp32 rounding (docs/encode.md). The timings live in
     :func:`probe_cache_path` under (torch version, CPU model, widest layer, rows, torch threads); an
     exclusive lock makes the workers of a host time one after another, the first one timing and
     the others reading its result. Delete the file to time again. Where the file cannot be
