@@ -366,6 +366,14 @@ def _onednn_usable() -> bool:
     return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _widest_linear(model: Any) -> Any:
+    """The model's ``nn.Linear`` with the most weights (None without one): what the timing times."""
+    import torch
+
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return max(linears, key=lambda m: m.in_features * m.out_features) if linears else None
+
+
 def _onednn_speedup(model: Any, rows: int, reps: int = 3) -> float:
     """Time the model's widest linear layer on ``rows`` tokens: BLAS seconds / oneDNN seconds.
 
@@ -374,10 +382,9 @@ def _onednn_speedup(model: Any, rows: int, reps: int = 3) -> float:
     """
     import torch
 
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if not linears:
+    widest = _widest_linear(model)
+    if widest is None:
         return 0.0
-    widest = max(linears, key=lambda m: m.in_features * m.out_features)
     dnn = _onednn_linear_type()(widest, rows)
     x = torch.randn(rows, widest.in_features, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -428,11 +435,11 @@ def host_onednn_speedup(model: Any, rows: int) -> tuple[float, str]:
 
     import torch
 
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    widest = max(linears, key=lambda m: m.in_features * m.out_features) if linears else None
+    widest = _widest_linear(model)
     shape = f"{widest.in_features}x{widest.out_features}" if widest is not None else "none"
     key = f"torch {torch.__version__} | {_cpu_name()} | {shape} | {rows} rows | {torch.get_num_threads()} threads"
     path = probe_cache_path()
+    speedup: float | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.with_name(path.name + ".lock"), "a", encoding="utf-8") as lock:
@@ -450,12 +457,13 @@ def host_onednn_speedup(model: Any, rows: int) -> tuple[float, str]:
             tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(cache, indent=1, sort_keys=True), encoding="utf-8")
             os.replace(tmp, path)
-            return speedup, "timed"
     except OSError as e:
         log.warning(
             "encoder.cpu_linear auto: cannot keep the timing in %s (%s); timing this load only", path, e
         )
-        return _onednn_speedup(model, rows), "timed"
+    if speedup is None:  # the lock or the file failed before the timing
+        speedup = _onednn_speedup(model, rows)
+    return speedup, "timed"
 
 
 def _is_exact_gelu(act: Any) -> bool:
